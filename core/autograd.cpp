@@ -1,0 +1,192 @@
+// Tape-based reverse-mode autograd (see autograd.h for the design and the gradient contract).
+#include "core/autograd.h"
+
+namespace tl {
+namespace {
+thread_local Tape* tls_tape = nullptr;
+thread_local bool tls_grad_enabled = true;
+}  // namespace
+
+Variable::Variable(Tensor value, bool requires_grad) : data_(std::make_shared<Data>()) {
+  data_->value = std::move(value);
+  data_->node = std::make_shared<GradNode>();
+  data_->node->requires_grad = requires_grad;
+}
+
+const Tensor& Variable::value() const {
+  TL_CHECK(defined(), ValueError, "use of an undefined Variable");
+  return data_->value;
+}
+Tensor& Variable::mutable_value() {
+  TL_CHECK(defined(), ValueError, "use of an undefined Variable");
+  return data_->value;
+}
+bool Variable::requires_grad() const { return defined() && data_->node && data_->node->requires_grad; }
+const Tensor& Variable::grad() const {
+  static const Tensor none;
+  return (defined() && data_->node) ? data_->node->grad : none;
+}
+void Variable::set_grad(const Tensor& g) {
+  TL_CHECK(defined() && data_->node, ValueError, "set_grad on a Variable that takes no gradient");
+  if (g.defined()) check_same_shape(value(), g, "set_grad");
+  data_->node->grad = g;
+}
+void Variable::zero_grad() {
+  if (defined() && data_->node) data_->node->grad = Tensor();
+}
+void Variable::retain_grad() {
+  if (defined() && data_->node) data_->node->retain = true;
+}
+const std::shared_ptr<GradNode>& Variable::node() const {
+  TL_CHECK(defined(), ValueError, "use of an undefined Variable");
+  return data_->node;
+}
+Variable Variable::make_result(Tensor value, std::shared_ptr<GradNode> node) {
+  Variable v;
+  v.data_ = std::make_shared<Data>();
+  v.data_->value = std::move(value);
+  v.data_->node = std::move(node);
+  return v;
+}
+
+Parameter::Parameter(Tensor value, std::string name, bool trainable) : Variable(std::move(value), trainable) {
+  data_->name = std::move(name);
+}
+void Parameter::set_trainable(bool trainable) {
+  TL_CHECK(defined(), ValueError, "set_trainable on an undefined Parameter");
+  data_->node->requires_grad = trainable;
+  if (!trainable) data_->node->grad = Tensor();
+}
+const std::string& Parameter::name() const {
+  TL_CHECK(defined(), ValueError, "name of an undefined Parameter");
+  return data_->name;
+}
+
+Tape& Tape::current() {
+  if (tls_tape) return *tls_tape;
+  thread_local Tape default_tape;
+  return default_tape;
+}
+
+size_t Tape::saved_bytes() const {
+  size_t total = 0;
+  for (const TapeEntry& e : entries_) total += e.saved_bytes;
+  return total;
+}
+
+void Tape::record(TapeEntry entry) {
+  entries_.push_back(std::move(entry));
+  if (entries_.size() >= prune_at_) {
+    prune_dead_entries();
+    prune_at_ = std::max<size_t>(64, entries_.size() * 2);
+  }
+}
+
+// An entry whose output Variable is gone (and that no later entry consumed) can never receive a gradient.
+// Dropping it releases its inputs, which may make earlier entries dead too: walk from the back.
+void Tape::prune_dead_entries() {
+  for (size_t i = entries_.size(); i-- > 0;) {
+    if (entries_[i].output.expired()) entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+void Tape::backward(const Variable& root, const Tensor& seed) {
+  TL_CHECK(root.defined() && root.requires_grad(), ValueError,
+           "backward(): the root does not require a gradient (no trainable parameter feeds it)");
+  const std::shared_ptr<GradNode>& root_node = root.node();
+  if (seed.defined()) {
+    check_same_shape(root.value(), seed, "backward seed");
+    root_node->grad = seed;
+  } else {
+    root_node->grad = Tensor::full(root.shape(), 1.0, root.value().dtype(), root.value().device(), root.value().layout());
+  }
+  last_backward_.clear();
+  for (size_t i = entries_.size(); i-- > 0;) {
+    TapeEntry& e = entries_[i];
+    std::shared_ptr<GradNode> out = e.output.lock();
+    if (!out || !out->grad.defined()) continue;
+    std::vector<GradSlot> slots(e.inputs.size());
+    BackwardRecord rec{e.op, std::vector<bool>(e.inputs.size(), false)};
+    for (size_t k = 0; k < e.inputs.size(); ++k) {
+      const auto& in = e.inputs[k];
+      if (!in || !in->requires_grad) continue;
+      slots[k].needed = true;
+      rec.input_grad_computed[k] = true;
+      // Accumulate in place only into a gradient nobody else shares (an aliased grad_out must not change).
+      if (in->grad.defined() && in->grad.is_unique()) {
+        slots[k].accumulate = true;
+        slots[k].grad = in->grad;
+      }
+    }
+    Tensor grad_out = out->grad;
+    if (!out->is_leaf && !out->retain && out.get() != root_node.get()) out->grad = Tensor();
+    e.backward(grad_out, slots);
+    grad_out = Tensor();
+    for (size_t k = 0; k < e.inputs.size(); ++k) {
+      if (!slots[k].needed) continue;
+      GradNode& in = *e.inputs[k];
+      TL_CHECK(slots[k].grad.defined(), Error, "backward of op '", e.op, "' produced no gradient for input ", k);
+      if (slots[k].accumulate) continue;  // added in place
+      if (in.grad.defined()) {
+        Tensor sum = in.grad.clone();
+        sum.add_(slots[k].grad);
+        in.grad = sum;
+      } else {
+        in.grad = slots[k].grad;
+      }
+    }
+    e.backward = nullptr;  // release saved tensors now
+    last_backward_.push_back(std::move(rec));
+  }
+  if (!root_node->is_leaf && !root_node->retain) root_node->grad = Tensor();
+  entries_.clear();
+}
+
+TapeScope::TapeScope(Tape& tape) : previous_(tls_tape) { tls_tape = &tape; }
+TapeScope::~TapeScope() { tls_tape = previous_; }
+
+NoGradGuard::NoGradGuard() : previous_(tls_grad_enabled) { tls_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { tls_grad_enabled = previous_; }
+bool grad_enabled() { return tls_grad_enabled; }
+
+void backward(const Variable& root, const Tensor& seed) { Tape::current().backward(root, seed); }
+
+bool should_record(std::initializer_list<const Variable*> inputs) {
+  if (!tls_grad_enabled) return false;
+  for (const Variable* v : inputs)
+    if (v && needs_grad(*v)) return true;
+  return false;
+}
+
+size_t bytes_of(std::initializer_list<Tensor> saved) {
+  size_t total = 0;
+  for (const Tensor& t : saved)
+    if (t.defined()) total += t.nbytes();
+  return total;
+}
+
+Variable record_op(const char* op, Tensor output, std::initializer_list<const Variable*> inputs, size_t saved_bytes,
+                   BackwardFn backward) {
+  auto node = std::make_shared<GradNode>();
+  node->requires_grad = true;
+  node->is_leaf = false;
+  TapeEntry e;
+  e.op = op;
+  for (const Variable* v : inputs) e.inputs.push_back(v && needs_grad(*v) ? v->node() : nullptr);
+  e.output = node;
+  e.backward = std::move(backward);
+  e.saved_bytes = saved_bytes;
+  Tape::current().record(std::move(e));
+  return Variable::make_result(std::move(output), std::move(node));
+}
+
+void give_grad(GradSlot& slot, const Tensor& g) {
+  if (!slot.needed) return;
+  if (slot.accumulate) {
+    slot.grad.add_(g);
+  } else {
+    slot.grad = g;
+  }
+}
+
+}  // namespace tl

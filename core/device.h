@@ -1,0 +1,49 @@
+// The CUDA side of the runtime: device presence, the stream all GPU work is queued on, the cuDNN/cuBLAS
+// handles bound to it, a persistent workspace, and the math-mode switches (TF32).
+//
+// All GPU work of tlengine runs on one explicit stream (cuda::stream()). Ops never synchronise the host,
+// so a whole training step can be captured as one CUDA graph. Only explicit copies to the host
+// (Tensor::to(Device::CPU)) and cuda::synchronize() wait for the GPU.
+#pragma once
+#include <cstddef>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cudnn.h>
+
+namespace tl::cuda {
+
+// True when a CUDA device can be used. Never throws; cached after the first call.
+bool available();
+// Number of bytes free / total on the device (cudaMemGetInfo).
+void memory_info(size_t* free_bytes, size_t* total_bytes);
+
+// The stream every tlengine GPU op is queued on. Created on first use (non-blocking).
+cudaStream_t stream();
+// Use `s` for the ops of this thread until the guard ends (e.g. for graph capture on a side stream).
+class StreamGuard {
+ public:
+  explicit StreamGuard(cudaStream_t s);
+  ~StreamGuard();
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+
+ private:
+  cudaStream_t previous_;
+};
+void synchronize();  // waits for the current stream; for tests, tools and host copies only
+
+cudnnHandle_t cudnn();    // bound to stream()
+cublasHandle_t cublas();  // bound to stream(), its own workspace set
+
+// A scratch buffer of at least `bytes`, valid on stream() until the next call that needs more.
+// It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing.
+void* workspace(size_t bytes);
+
+// TF32 tensor cores for float32 convolutions and matmuls. Default: on for convolutions (PyTorch's default),
+// off for matmuls. Tests that compare with the CPU turn both off.
+void set_allow_tf32(bool conv, bool matmul);
+bool allow_tf32_conv();
+bool allow_tf32_matmul();
+
+}  // namespace tl::cuda

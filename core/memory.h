@@ -1,0 +1,36 @@
+// Memory: the storage behind tensors. CPU memory is 64-byte aligned host memory; CUDA memory comes
+// from CUDA's stream-ordered pool (cudaMallocAsync/cudaFreeAsync on cuda::stream()), whose release
+// threshold is raised so freed blocks stay cached: no cudaMalloc/cudaFree per op.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "core/dtype.h"
+
+namespace tl {
+
+class Storage {
+ public:
+  Storage(size_t bytes, Device device);  // uninitialised memory
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  Device device_;
+};
+
+struct MemoryStats {
+  size_t current_bytes = 0;  // bytes held by live tensors on this device
+  size_t peak_bytes = 0;
+  size_t allocations = 0;  // number of Storage objects created
+};
+MemoryStats memory_stats(Device d);
+void reset_peak_memory(Device d);
+
+}  // namespace tl

@@ -1,0 +1,172 @@
+// safetensors reader (validating) and atomic writer.
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+namespace tl::io {
+namespace {
+constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // 100 MiB, as the reference implementation
+
+bool parse_dtype(const std::string& s, DType* out) {
+  if (s == "F32") *out = DType::F32;
+  else if (s == "F64") *out = DType::F64;
+  else if (s == "BF16") *out = DType::BF16;
+  else if (s == "F16") *out = DType::F16;
+  else return false;
+  return true;
+}
+const char* dtype_tag(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F64: return "F64";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+  }
+  return "?";
+}
+}  // namespace
+
+const Tensor& TensorFile::at(const std::string& name) const {
+  auto it = tensors.find(name);
+  TL_CHECK(it != tensors.end(), IOError, "tensor '", name, "' is not in the file");
+  return it->second;
+}
+
+TensorFile read_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  TL_CHECK(f.good(), IOError, path, ": cannot open file");
+  const uint64_t file_size = static_cast<uint64_t>(f.tellg());
+  f.seekg(0);
+  TL_CHECK(file_size >= 8, IOError, path, ": file is ", file_size, " bytes, too short for a safetensors header");
+  unsigned char len_bytes[8];
+  f.read(reinterpret_cast<char*>(len_bytes), 8);
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  TL_CHECK(header_len <= kMaxHeaderBytes, IOError, path, ": header length ", header_len,
+           " exceeds the 100 MiB limit (not a safetensors file, or corrupted)");
+  TL_CHECK(header_len <= file_size - 8, IOError, path, ": header length ", header_len, " runs past the end of the ",
+           file_size, "-byte file (truncated?)");
+  std::string header(header_len, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(header);
+  } catch (const std::exception& e) {
+    throw IOError(detail::concat(path, ": header is not valid JSON: ", e.what()));
+  }
+  TL_CHECK(j.is_object(), IOError, path, ": header is not a JSON object");
+  const uint64_t data_size = file_size - 8 - header_len;
+
+  struct Entry { std::string name; DType dtype; Shape shape; uint64_t begin, end; };
+  std::vector<Entry> entries;
+  TensorFile out;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& v = it.value();
+    if (name == "__metadata__") {
+      TL_CHECK(v.is_object(), IOError, path, ": __metadata__ is not an object");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        TL_CHECK(m.value().is_string(), IOError, path, ": __metadata__ value of '", m.key(), "' is not a string");
+        out.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    TL_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"), IOError, path,
+             ": entry '", name, "' lacks dtype/shape/data_offsets");
+    Entry e;
+    e.name = name;
+    TL_CHECK(v["dtype"].is_string() && parse_dtype(v["dtype"].get<std::string>(), &e.dtype), IOError, path,
+             ": tensor '", name, "' has unsupported dtype ", v["dtype"].dump());
+    TL_CHECK(v["shape"].is_array(), IOError, path, ": tensor '", name, "' shape is not an array");
+    uint64_t count = 1;
+    for (const auto& d : v["shape"]) {
+      TL_CHECK(d.is_number_unsigned(), IOError, path, ": tensor '", name, "' has a bad dimension ", d.dump());
+      uint64_t dim = d.get<uint64_t>();
+      TL_CHECK(dim == 0 || count <= std::numeric_limits<uint64_t>::max() / dim / 8, IOError, path, ": tensor '", name,
+               "' shape overflows");
+      count *= dim;
+      e.shape.push_back(static_cast<int64_t>(dim));
+    }
+    const auto& off = v["data_offsets"];
+    TL_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(), IOError,
+             path, ": tensor '", name, "' has bad data_offsets ", off.dump());
+    e.begin = off[0].get<uint64_t>();
+    e.end = off[1].get<uint64_t>();
+    TL_CHECK(e.begin <= e.end && e.end <= data_size, IOError, path, ": tensor '", name, "' data [", e.begin, ", ",
+             e.end, ") lies outside the ", data_size, "-byte data section (truncated or corrupted file)");
+    TL_CHECK(e.end - e.begin == count * dtype_size(e.dtype), IOError, path, ": tensor '", name, "' declares shape ",
+             shape_str(e.shape), " (", count * dtype_size(e.dtype), " bytes) but its offsets span ", e.end - e.begin,
+             " bytes");
+    entries.push_back(std::move(e));
+  }
+  // Offsets must tile the data section exactly: no gaps, no overlaps, no trailing bytes.
+  std::vector<const Entry*> by_offset;
+  for (const Entry& e : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
+  uint64_t expect = 0;
+  for (const Entry* e : by_offset) {
+    TL_CHECK(e->begin == expect, IOError, path, ": tensor '", e->name, "' starts at byte ", e->begin,
+             " of the data section, expected ", expect, " (gap or overlap)");
+    expect = e->end;
+  }
+  TL_CHECK(expect == data_size, IOError, path, ": ", data_size - expect,
+           " trailing bytes after the last tensor (corrupted file)");
+
+  for (const Entry& e : entries) {
+    Tensor t = Tensor::empty(e.shape, e.dtype, Device::CPU);
+    f.seekg(static_cast<std::streamoff>(8 + header_len + e.begin));
+    f.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
+    TL_CHECK(f.good(), IOError, path, ": read of tensor '", e.name, "' failed");
+    out.names.push_back(e.name);
+    out.tensors[e.name] = t;
+  }
+  // Names in file order = order of offsets.
+  out.names.clear();
+  for (const Entry* e : by_offset) out.names.push_back(e->name);
+  return out;
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json j;
+  if (!metadata.empty()) j["__metadata__"] = metadata;
+  std::vector<Tensor> host;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    check_defined(t, "write_safetensors");
+    Tensor h = t.to(Device::CPU, t.dtype(), Layout::NCHW);
+    j[name] = {{"dtype", dtype_tag(h.dtype())}, {"shape", h.shape()}, {"data_offsets", {offset, offset + h.nbytes()}}};
+    offset += h.nbytes();
+    host.push_back(h);
+  }
+  std::string header = j.dump();
+  while ((header.size() + 8) % 8 != 0) header.push_back(' ');  // align the data section
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  TL_CHECK(f, IOError, tmp, ": cannot open for writing: ", std::strerror(errno));
+  bool ok = true;
+  unsigned char len_bytes[8];
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
+  ok = ok && std::fwrite(len_bytes, 1, 8, f) == 8;
+  ok = ok && std::fwrite(header.data(), 1, header.size(), f) == header.size();
+  for (const Tensor& h : host) ok = ok && std::fwrite(h.data(), 1, h.nbytes(), f) == h.nbytes();
+  ok = ok && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    throw IOError(detail::concat(path, ": write failed: ", std::strerror(errno)));
+  }
+  TL_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IOError, path, ": rename failed: ", std::strerror(errno));
+}
+
+}  // namespace tl::io

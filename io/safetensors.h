@@ -1,0 +1,26 @@
+// Reading and writing the safetensors layout: an 8-byte little-endian header length, a JSON header that maps
+// each tensor name to {dtype, shape, data_offsets}, then the raw little-endian data.
+// The reader validates the whole header before it reads any data and throws IOError naming the file.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace tl::io {
+
+struct TensorFile {
+  std::vector<std::string> names;         // in file order
+  std::map<std::string, Tensor> tensors;  // CPU tensors
+  std::map<std::string, std::string> metadata;  // the "__metadata__" entry
+  const Tensor& at(const std::string& name) const;
+  bool has(const std::string& name) const { return tensors.count(name) != 0; }
+};
+
+TensorFile read_safetensors(const std::string& path);
+// Writes atomically: a temporary file beside `path`, fsync, rename. CPU or CUDA tensors; NHWC is stored as NCHW.
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace tl::io

@@ -1,0 +1,55 @@
+// Element-wise add and flatten: CPU reference, CUDA dispatch and autograd (see elementwise.h).
+#include "layers/elementwise.h"
+
+#include "core/device.h"
+#include "kernels/tensor_kernels.h"
+#include "layers/layer_util.h"
+
+namespace tl {
+
+Tensor add_forward(const Tensor& a, const Tensor& b) {
+  check_same_shape(a, b, "add");
+  check_same_dtype_device(a, b, "add");
+  TL_CHECK(a.ndim() != 4 || a.layout() == b.layout(), ShapeError, "add: layouts differ: ", a.str(), " vs ", b.str());
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device(), a.layout());
+  if (a.is_cuda()) {
+    kernels::add(a.data(), b.data(), y.data(), a.dtype(), a.numel(), 1.0, cuda::stream());
+  } else {
+    check_cpu_float(a, "add");
+    if (a.dtype() == DType::F32) {
+      const float *pa = a.data_as<float>(), *pb = b.data_as<float>();
+      float* py = y.data_as<float>();
+      for (int64_t i = 0; i < a.numel(); ++i) py[i] = pa[i] + pb[i];
+    } else {
+      const double *pa = a.data_as<double>(), *pb = b.data_as<double>();
+      double* py = y.data_as<double>();
+      for (int64_t i = 0; i < a.numel(); ++i) py[i] = pa[i] + pb[i];
+    }
+  }
+  return y;
+}
+
+Variable add(const Variable& a, const Variable& b) {
+  Tensor y = add_forward(a.value(), b.value());
+  if (!should_record({&a, &b})) return Variable(y);
+  return record_op("add", y, {&a, &b}, 0, [](const Tensor& dy, std::vector<GradSlot>& s) {
+    give_grad(s[0], dy);
+    give_grad(s[1], dy);
+  });
+}
+
+Variable flatten(const Variable& x, int start_dim) {
+  const Tensor& v = x.value();
+  TL_CHECK(start_dim >= 0 && start_dim < v.ndim(), ShapeError, "flatten: start_dim ", start_dim, " for ", v.str());
+  Tensor src = v.layout() == Layout::NHWC ? v.to_layout(Layout::NCHW) : v;
+  Tensor y = src.flatten_from(start_dim);
+  if (!should_record({&x})) return Variable(y);
+  Shape in_shape = v.shape();
+  Layout in_layout = v.layout();
+  return record_op("flatten", y, {&x}, 0, [in_shape, in_layout](const Tensor& dy, std::vector<GradSlot>& s) {
+    Tensor g = dy.reshape(in_shape);
+    if (in_layout == Layout::NHWC) g = g.to_layout(Layout::NHWC);
+    give_grad(s[0], g);
+  });
+}
+}  // namespace tl

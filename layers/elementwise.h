@@ -1,0 +1,14 @@
+// Element-wise add and flatten.
+//   add_forward(a, b) -> a + b              (same shape, dtype, device, layout)
+//     backward: da = dy, db = dy            (assigned by aliasing dy, or added into an existing gradient)
+//   flatten(x, start_dim=1): (N, C, H, W) -> (N, C*H*W), a view; backward reshapes dy back.
+//   CPU code in layers/elementwise.cpp; CUDA kernels in kernels/tensor_kernels.cu.
+// Gradient contract: see layers/activation.h (accumulate=false assigns, true adds).
+#pragma once
+#include "core/autograd.h"
+
+namespace tl {
+Tensor add_forward(const Tensor& a, const Tensor& b);
+Variable add(const Variable& a, const Variable& b);
+Variable flatten(const Variable& x, int start_dim = 1);
+}  // namespace tl

@@ -1,0 +1,130 @@
+// Test utilities (see tl_testing.h).
+#include "tl_testing.h"
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <sstream>
+
+namespace tl::testing {
+
+double rel_error(const Tensor& actual, const Tensor& expected) {
+  check_same_shape(actual, expected, "rel_error");
+  std::vector<double> a = actual.to_doubles(), b = expected.to_doubles();
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) != std::isnan(b[i])) return INFINITY;
+    max_diff = std::max(max_diff, std::fabs(a[i] - b[i]));
+    max_ref = std::max(max_ref, std::fabs(b[i]));
+  }
+  if (max_ref == 0) return max_diff == 0 ? 0.0 : INFINITY;
+  return max_diff / max_ref;
+}
+
+void expect_close(const Tensor& actual, const Tensor& expected, double tol, const std::string& what) {
+  ASSERT_TRUE(actual.defined()) << what << ": result is undefined";
+  ASSERT_TRUE(expected.defined()) << what << ": reference is undefined";
+  ASSERT_EQ(actual.shape(), expected.shape())
+      << what << ": shape " << shape_str(actual.shape()) << " vs reference " << shape_str(expected.shape());
+  double err = rel_error(actual, expected);
+  EXPECT_LE(err, tol) << what << ": relative error " << err << " > " << tol << " (" << actual.str() << " vs "
+                      << expected.str() << ")";
+}
+
+namespace {
+double weighted_sum(const Tensor& y, const Tensor& seed) {
+  std::vector<double> a = y.to_doubles(), b = seed.to_doubles();
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+}  // namespace
+
+void expect_gradcheck(const VarFn& fn, const std::vector<Tensor>& inputs, const std::vector<bool>& wrt, double tol,
+                      double eps) {
+  ASSERT_EQ(inputs.size(), wrt.size());
+  std::vector<Tensor> base;
+  for (const Tensor& t : inputs) {
+    ASSERT_EQ(t.dtype(), DType::F64) << "gradcheck inputs must be float64";
+    base.push_back(t.to(Device::CPU).clone());
+  }
+  // Analytical.
+  Tape tape;
+  TapeScope scope(tape);
+  std::vector<Variable> vars;
+  for (size_t i = 0; i < base.size(); ++i) vars.emplace_back(base[i].clone(), wrt[i]);
+  Variable y = fn(vars);
+  ASSERT_TRUE(y.requires_grad()) << "gradcheck: the output does not require a gradient";
+  Tensor seed = Tensor::randn(y.shape(), 1234, DType::F64);
+  tape.backward(y, seed);
+  // Numerical, one element at a time.
+  for (size_t i = 0; i < base.size(); ++i) {
+    if (!wrt[i]) continue;
+    Tensor analytical = vars[i].grad();
+    ASSERT_TRUE(analytical.defined()) << "gradcheck: input " << i << " received no gradient";
+    std::vector<double> numeric(static_cast<size_t>(base[i].numel()));
+    double* p = base[i].data_as<double>();
+    for (int64_t j = 0; j < base[i].numel(); ++j) {
+      const double orig = p[j];
+      auto eval = [&](double v) {
+        p[j] = v;
+        NoGradGuard no_grad;
+        std::vector<Variable> vs;
+        for (const Tensor& t : base) vs.emplace_back(t.clone(), false);
+        return weighted_sum(fn(vs).value(), seed);
+      };
+      const double plus = eval(orig + eps), minus = eval(orig - eps);
+      p[j] = orig;
+      numeric[static_cast<size_t>(j)] = (plus - minus) / (2 * eps);
+    }
+    Tensor num = Tensor::from_values(numeric, base[i].shape(), DType::F64);
+    expect_close(analytical, num, tol, "gradcheck of input " + std::to_string(i));
+  }
+}
+
+void expect_grad_contract(const std::function<void(Tensor&, bool)>& backward, const Tensor& like,
+                          const std::string& what) {
+  Tensor fresh;
+  backward(fresh, false);
+  ASSERT_TRUE(fresh.defined()) << what << ": backward with accumulate=false left the gradient undefined";
+  const double tol = like.dtype() == DType::F64 ? 1e-12 : (like.dtype() == DType::F32 ? 1e-6 : kBf16Tol);
+  Tensor prefill = Tensor::randn(like.shape(), 99, like.dtype(), like.device(), like.layout());
+  Tensor assigned = prefill.clone();
+  backward(assigned, false);
+  expect_close(assigned, fresh, tol, what + " (accumulate=false must overwrite a pre-filled gradient)");
+  Tensor accumulated = prefill.clone();
+  backward(accumulated, true);
+  Tensor expected = prefill.clone();
+  expected.add_(fresh);
+  expect_close(accumulated, expected, tol, what + " (accumulate=true must add to the existing gradient)");
+}
+
+const io::TensorFile& fixture(const std::string& name) {
+  static std::map<std::string, io::TensorFile> cache;
+  auto it = cache.find(name);
+  if (it != cache.end()) return it->second;
+  const std::string path = std::string(TL_FIXTURE_DIR) + "/" + name + ".safetensors";
+  try {
+    return cache[name] = io::read_safetensors(path);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("PyTorch fixture missing or unreadable: ") + e.what() +
+                             ". Run the tests through ctest (the torch_fixtures test writes them), or: "
+                             "/usr/bin/python3 tests/torch_ref/make_fixtures.py " TL_FIXTURE_DIR);
+  }
+}
+
+Tensor away_from_zero(const Shape& shape, uint64_t seed, double margin) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> mag(margin, 1.0);
+  std::bernoulli_distribution sign(0.5);
+  std::vector<double> v(static_cast<size_t>(shape_numel(shape)));
+  for (double& x : v) x = sign(rng) ? mag(rng) : -mag(rng);
+  return Tensor::from_values(v, shape, DType::F64);
+}
+
+NoTF32::NoTF32() : conv_(cuda::allow_tf32_conv()), matmul_(cuda::allow_tf32_matmul()) {
+  cuda::set_allow_tf32(false, false);
+}
+NoTF32::~NoTF32() { cuda::set_allow_tf32(conv_, matmul_); }
+
+}  // namespace tl::testing
