@@ -11,6 +11,7 @@ size_t dtype_size(DType t) {
     case DType::F64: return 8;
     case DType::BF16: return 2;
     case DType::F16: return 2;
+    case DType::I32: return 4;
   }
   return 0;
 }
@@ -20,6 +21,7 @@ const char* dtype_name(DType t) {
     case DType::F64: return "float64";
     case DType::BF16: return "bfloat16";
     case DType::F16: return "float16";
+    case DType::I32: return "int32";
   }
   return "?";
 }

@@ -31,6 +31,7 @@ double host_read(const void* p, DType t, int64_t i) {
     case DType::F64: return static_cast<const double*>(p)[i];
     case DType::BF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
     case DType::F16: return half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::I32: return static_cast<const int32_t*>(p)[i];
   }
   return 0;
 }
@@ -40,6 +41,7 @@ void host_write(void* p, DType t, int64_t i, double v) {
     case DType::F64: static_cast<double*>(p)[i] = v; break;
     case DType::BF16: static_cast<uint16_t*>(p)[i] = float_to_bf16(static_cast<float>(v)); break;
     case DType::F16: static_cast<uint16_t*>(p)[i] = float_to_half(static_cast<float>(v)); break;
+    case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
   }
 }
 // Offset in memory of logical element (n, c, h, w) for a given layout.

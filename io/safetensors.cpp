@@ -21,6 +21,7 @@ bool parse_dtype(const std::string& s, DType* out) {
   else if (s == "F64") *out = DType::F64;
   else if (s == "BF16") *out = DType::BF16;
   else if (s == "F16") *out = DType::F16;
+  else if (s == "I32") *out = DType::I32;
   else return false;
   return true;
 }
@@ -30,6 +31,7 @@ const char* dtype_tag(DType t) {
     case DType::F64: return "F64";
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
+    case DType::I32: return "I32";
   }
   return "?";
 }

@@ -2,7 +2,7 @@
 """Writes the PyTorch reference fixtures the C++ tests compare against.
 
 Each tests/torch_ref/fx_<name>.py defines build() -> dict[str, torch.Tensor]; its tensors are written
-to <outdir>/<name>.safetensors (float64 tensors stay float64, the rest float32).
+to <outdir>/<name>.safetensors (float64 stays float64, integer tensors become int32, the rest float32).
 Run with Debian's PyTorch: /usr/bin/python3 tests/torch_ref/make_fixtures.py build/fixtures
 """
 import importlib.util
@@ -13,14 +13,16 @@ import sys
 
 import torch
 
-DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.bfloat16: "BF16", torch.float16: "F16"}
+DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.bfloat16: "BF16", torch.float16: "F16", torch.int32: "I32"}
 
 
 def write_safetensors(path, tensors):
     header, blobs, offset = {}, [], 0
     for name, t in tensors.items():
         t = t.detach().contiguous().cpu()
-        if t.dtype not in DTYPES:
+        if t.dtype in (torch.int64, torch.int16, torch.int8, torch.uint8, torch.bool):
+            t = t.to(torch.int32)  # labels and indices
+        elif t.dtype not in DTYPES:
             t = t.to(torch.float32)
         data = t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes()
         header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
