@@ -12,6 +12,7 @@ size_t dtype_size(DType t) {
     case DType::BF16: return 2;
     case DType::F16: return 2;
     case DType::I32: return 4;
+    case DType::I64: return 8;
   }
   return 0;
 }
@@ -22,6 +23,7 @@ const char* dtype_name(DType t) {
     case DType::BF16: return "bfloat16";
     case DType::F16: return "float16";
     case DType::I32: return "int32";
+    case DType::I64: return "int64";
   }
   return "?";
 }

@@ -7,10 +7,10 @@
 
 namespace tl {
 
-// int32 holds class labels and indices (no arithmetic kernels).
+// int32/int64 hold class labels, indices and counters such as num_batches_tracked (no arithmetic kernels).
 // float32 and float64 run everywhere (float64 is for gradient checks on the CPU);
 // bfloat16 and float16 are CUDA compute types (the CPU only stores and converts them).
-enum class DType : uint8_t { F32, F64, BF16, F16, I32 };  // I32: class labels, indices
+enum class DType : uint8_t { F32, F64, BF16, F16, I32, I64 };  // I32/I64: labels, indices, counters
 enum class Device : uint8_t { CPU, CUDA };
 // Physical order of a 4-D tensor whose logical shape is always (N, C, H, W).
 // NHWC is channels-last, what tensor cores want. Tensors of other ranks are row-major (NCHW).

@@ -32,6 +32,7 @@ double host_read(const void* p, DType t, int64_t i) {
     case DType::BF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
     case DType::F16: return half_to_float(static_cast<const uint16_t*>(p)[i]);
     case DType::I32: return static_cast<const int32_t*>(p)[i];
+    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
   }
   return 0;
 }
@@ -42,6 +43,7 @@ void host_write(void* p, DType t, int64_t i, double v) {
     case DType::BF16: static_cast<uint16_t*>(p)[i] = float_to_bf16(static_cast<float>(v)); break;
     case DType::F16: static_cast<uint16_t*>(p)[i] = float_to_half(static_cast<float>(v)); break;
     case DType::I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case DType::I64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
   }
 }
 // Offset in memory of logical element (n, c, h, w) for a given layout.

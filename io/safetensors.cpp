@@ -22,6 +22,7 @@ bool parse_dtype(const std::string& s, DType* out) {
   else if (s == "BF16") *out = DType::BF16;
   else if (s == "F16") *out = DType::F16;
   else if (s == "I32") *out = DType::I32;
+  else if (s == "I64") *out = DType::I64;
   else return false;
   return true;
 }
@@ -32,6 +33,7 @@ const char* dtype_tag(DType t) {
     case DType::BF16: return "BF16";
     case DType::F16: return "F16";
     case DType::I32: return "I32";
+    case DType::I64: return "I64";
   }
   return "?";
 }
