@@ -1,0 +1,307 @@
+// conv2d: float64 gradient checks, gradient contract, PyTorch parity, frozen-input behaviour, bad arguments,
+// and CUDA (cuDNN) vs CPU.
+#include "layers/conv2d.h"
+#include "tl_testing.h"
+
+using namespace tl;
+using namespace tl::testing;
+
+namespace {
+
+Conv2dOptions opts(int stride, int pad, int dilation = 1, int groups = 1) {
+  Conv2dOptions o;
+  o.stride_h = o.stride_w = stride;
+  o.pad_h = o.pad_w = pad;
+  o.dilation_h = o.dilation_w = dilation;
+  o.groups = groups;
+  return o;
+}
+
+// Gradcheck of x, w and (when has_bias) bias for one configuration.
+void gradcheck_config(const Shape& xs, const Shape& ws, bool has_bias, const Conv2dOptions& o, uint64_t seed) {
+  std::vector<Tensor> inputs = {Tensor::randn(xs, seed, DType::F64), Tensor::randn(ws, seed + 1, DType::F64)};
+  std::vector<bool> wrt = {true, true};
+  if (has_bias) {
+    inputs.push_back(Tensor::randn({ws[0]}, seed + 2, DType::F64));
+    wrt.push_back(true);
+  }
+  expect_gradcheck(
+      [&](const std::vector<Variable>& v) { return conv2d(v[0], v[1], v.size() > 2 ? v[2] : Variable(), o); },
+      inputs, wrt);
+}
+
+// A PyTorch fixture configuration: options stored as [sh, sw, ph, pw, dh, dw, groups].
+struct FixtureConfig {
+  Tensor x, w, b, gy;
+  Conv2dOptions o;
+};
+FixtureConfig load_config(const std::string& name) {
+  const auto& f = fixture("conv2d");
+  FixtureConfig c;
+  c.x = f.at(name + ".x");
+  c.w = f.at(name + ".w");
+  c.gy = f.at(name + ".gy");
+  if (f.has(name + ".b")) c.b = f.at(name + ".b");
+  std::vector<double> v = f.at(name + ".opts").to_doubles();
+  c.o.stride_h = (int)v[0], c.o.stride_w = (int)v[1], c.o.pad_h = (int)v[2], c.o.pad_w = (int)v[3];
+  c.o.dilation_h = (int)v[4], c.o.dilation_w = (int)v[5], c.o.groups = (int)v[6];
+  return c;
+}
+const char* kConfigs[] = {"basic", "stride2", "dil2_groups2", "pointwise_s2", "stem7x7", "depthwise_asym"};
+
+void expect_shape_error_naming(const std::function<void()>& fn, const std::string& a, const std::string& b) {
+  try {
+    fn();
+    ADD_FAILURE() << "no ShapeError thrown";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find(a), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(b), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+TEST(Conv2d, OutputShapeFollowsPyTorch) {
+  // floor((H + 2p - d(R-1) - 1) / s) + 1
+  EXPECT_EQ(conv2d_output_shape({2, 3, 224, 224}, {64, 3, 7, 7}, opts(2, 3)), (Shape{2, 64, 112, 112}));
+  EXPECT_EQ(conv2d_output_shape({1, 4, 8, 7}, {6, 2, 3, 3}, opts(2, 1, 2, 2)), (Shape{1, 6, 3, 3}));
+  EXPECT_EQ(conv2d_output_shape({1, 8, 7, 7}, {4, 8, 1, 1}, opts(2, 0)), (Shape{1, 4, 4, 4}));
+  Conv2dOptions o;
+  o.stride_h = 2, o.pad_w = 2, o.dilation_w = 3;
+  EXPECT_EQ(conv2d_output_shape({1, 1, 9, 9}, {1, 1, 2, 3}, o), (Shape{1, 1, 4, 7}));
+}
+
+TEST(Conv2d, GradcheckFloat64) {
+  gradcheck_config({2, 3, 5, 5}, {4, 3, 3, 3}, true, opts(2, 1), 10);        // stride 2, padding
+  gradcheck_config({1, 4, 6, 5}, {4, 2, 3, 3}, true, opts(1, 1, 2, 2), 20);  // dilation 2, groups 2
+  gradcheck_config({2, 3, 4, 4}, {5, 3, 1, 1}, false, opts(1, 0), 30);       // 1x1, no bias
+}
+
+TEST(Conv2d, GradcheckFloat64StemAndAsymmetric) {
+  gradcheck_config({1, 2, 8, 8}, {3, 2, 7, 7}, true, opts(2, 3), 40);  // ResNet stem: 7x7, stride 2, pad 3
+  Conv2dOptions o;
+  o.stride_h = 2, o.pad_w = 1, o.dilation_w = 2, o.groups = 3;  // depthwise, asymmetric
+  gradcheck_config({1, 3, 6, 5}, {3, 1, 3, 2}, true, o, 50);
+}
+
+TEST(Conv2d, GradContract) {
+  const Conv2dOptions o = opts(1, 1, 1, 2);
+  Tensor x = Tensor::randn({2, 4, 5, 5}, 1, DType::F64), w = Tensor::randn({6, 2, 3, 3}, 2, DType::F64);
+  Tensor dy = Tensor::randn({2, 6, 5, 5}, 3, DType::F64);
+  expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_data(dy, w, x.shape(), g, o, acc); }, x,
+                       "conv2d dx");
+  expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_weight(dy, x, g, o, acc); }, w, "conv2d dw");
+  expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_bias(dy, g, acc); }, Tensor::zeros({6}, DType::F64),
+                       "conv2d db");
+  // Stride 2 (kernel size not inferable from the shapes): the overload that takes the weight shape.
+  const Conv2dOptions o2 = opts(2, 1);
+  Tensor w2 = Tensor::randn({3, 4, 3, 3}, 4, DType::F32), x2 = Tensor::randn({2, 4, 6, 6}, 5, DType::F32);
+  Tensor dy2 = Tensor::randn({2, 3, 3, 3}, 6, DType::F32);
+  expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_weight(dy2, x2, w2.shape(), g, o2, acc); }, w2,
+                       "conv2d dw stride 2");
+  expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_data(dy2, w2, x2.shape(), g, o2, acc); }, x2,
+                       "conv2d dx stride 2");
+}
+
+TEST(Conv2d, MatchesPyTorch) {
+  const auto& f = fixture("conv2d");
+  for (const char* name : kConfigs) {
+    SCOPED_TRACE(name);
+    FixtureConfig c = load_config(name);
+    Variable x(c.x, true), w(c.w, true), b = c.b.defined() ? Variable(c.b, true) : Variable();
+    Tape tape;
+    TapeScope scope(tape);
+    Variable y = conv2d(x, w, b, c.o);
+    const std::string p = std::string(name) + ".";
+    expect_close(y.value(), f.at(p + "y"), kTorchTol, p + "y");
+    tape.backward(y, c.gy);
+    expect_close(x.grad(), f.at(p + "gx"), kTorchTol, p + "gx");
+    expect_close(w.grad(), f.at(p + "gw"), kTorchTol, p + "gw");
+    if (c.b.defined()) expect_close(b.grad(), f.at(p + "gb"), kTorchTol, p + "gb");
+  }
+}
+
+TEST(Conv2d, CpuNhwcMatchesNchw) {
+  FixtureConfig c = load_config("dil2_groups2");
+  Tensor y = conv2d_forward(c.x, c.w, c.b, c.o);
+  Tensor xh = c.x.to_layout(Layout::NHWC), gyh = c.gy.to_layout(Layout::NHWC);
+  Tensor yh = conv2d_forward(xh, c.w, c.b, c.o);
+  EXPECT_EQ(yh.layout(), Layout::NHWC);
+  expect_close(yh, y, 1e-6, "nhwc y");
+  Tensor dx, dxh, dw, dwh;
+  conv2d_backward_data(c.gy, c.w, c.x.shape(), dx, c.o, false);
+  conv2d_backward_data(gyh, c.w.to_layout(Layout::NHWC), c.x.shape(), dxh, c.o, false);
+  EXPECT_EQ(dxh.layout(), Layout::NHWC);
+  expect_close(dxh, dx, 1e-6, "nhwc dx");
+  conv2d_backward_weight(c.gy, c.x, c.w.shape(), dw, c.o, false);
+  dwh = Tensor::zeros(c.w.shape(), DType::F32, Device::CPU, Layout::NHWC);  // accumulate into an NHWC gradient
+  conv2d_backward_weight(gyh, xh, c.w.shape(), dwh, c.o, true);
+  EXPECT_EQ(dwh.layout(), Layout::NHWC);
+  expect_close(dwh, dw, 1e-6, "nhwc dw");
+}
+
+TEST(Conv2d, FrozenWeightRecordsAndSavesOnlyWhatIsNeeded) {
+  Tensor xt = Tensor::randn({2, 3, 6, 6}, 1), wt = Tensor::randn({4, 3, 3, 3}, 2), bt = Tensor::randn({4}, 3);
+  const Conv2dOptions o = opts(1, 1);
+  {  // Nothing needs a gradient: nothing is recorded.
+    Tape tape;
+    TapeScope scope(tape);
+    Variable y = conv2d(Variable(xt, false), Parameter(wt, "w", false), Parameter(bt, "b", false), o);
+    EXPECT_EQ(tape.size(), 0u);
+    EXPECT_FALSE(y.requires_grad());
+  }
+  {  // Frozen w and bias, x needs a gradient: only w is saved, only dx is computed.
+    Tape tape;
+    TapeScope scope(tape);
+    Variable x(xt, true);
+    Parameter w(wt, "w", false), b(bt, "b", false);
+    Variable y = conv2d(x, w, b, o);
+    ASSERT_EQ(tape.size(), 1u);
+    EXPECT_EQ(tape.entries()[0].op, "conv2d");
+    EXPECT_EQ(tape.entries()[0].saved_bytes, wt.nbytes());
+    tape.backward(y, Tensor::randn(y.shape(), 4));
+    ASSERT_EQ(tape.last_backward().size(), 1u);
+    EXPECT_EQ(tape.last_backward()[0].input_grad_computed, (std::vector<bool>{true, false, false}));
+    EXPECT_TRUE(x.grad().defined());
+    EXPECT_FALSE(w.grad().defined());
+    EXPECT_FALSE(b.grad().defined());
+  }
+  {  // Trainable w and bias, x needs none: only x is saved, dx is not computed.
+    Tape tape;
+    TapeScope scope(tape);
+    Variable x(xt, false);
+    Parameter w(wt, "w", true), b(bt, "b", true);
+    Variable y = conv2d(x, w, b, o);
+    ASSERT_EQ(tape.size(), 1u);
+    EXPECT_EQ(tape.entries()[0].saved_bytes, xt.nbytes());
+    tape.backward(y, Tensor::randn(y.shape(), 4));
+    EXPECT_EQ(tape.last_backward()[0].input_grad_computed, (std::vector<bool>{false, true, true}));
+    EXPECT_TRUE(w.grad().defined());
+    EXPECT_TRUE(b.grad().defined());
+  }
+  {  // No bias Variable at all.
+    Tape tape;
+    TapeScope scope(tape);
+    Parameter w(wt, "w", true);
+    Variable y = conv2d(Variable(xt, false), w, Variable(), o);
+    tape.backward(y, Tensor::randn(y.shape(), 4));
+    EXPECT_EQ(tape.last_backward()[0].input_grad_computed, (std::vector<bool>{false, true, false}));
+    EXPECT_EQ(w.grad().shape(), wt.shape());
+  }
+}
+
+TEST(Conv2d, BadArgumentsThrow) {
+  const Tensor x = Tensor::zeros({2, 3, 8, 8});
+  // Channel mismatch names both shapes.
+  expect_shape_error_naming([&] { conv2d_forward(x, Tensor::zeros({4, 2, 3, 3}), Tensor(), {}); }, "[2, 3, 8, 8]",
+                            "[4, 2, 3, 3]");
+  // Groups that do not divide the channels.
+  expect_shape_error_naming([&] { conv2d_forward(x, Tensor::zeros({4, 1, 3, 3}), Tensor(), opts(1, 0, 1, 2)); },
+                            "[2, 3, 8, 8]", "[4, 1, 3, 3]");
+  // Channels per group mismatch with groups.
+  expect_shape_error_naming(
+      [&] { conv2d_forward(Tensor::zeros({1, 4, 8, 8}), Tensor::zeros({4, 4, 3, 3}), Tensor(), opts(1, 0, 1, 2)); },
+      "[1, 4, 8, 8]", "[4, 4, 3, 3]");
+  // Kernel larger than the padded input.
+  expect_shape_error_naming([&] { conv2d_forward(x, Tensor::zeros({4, 3, 9, 9}), Tensor(), {}); }, "[2, 3, 8, 8]",
+                            "[4, 3, 9, 9]");
+  // Wrong ranks and bias.
+  EXPECT_THROW(conv2d_forward(Tensor::zeros({3, 8, 8}), Tensor::zeros({4, 3, 3, 3}), Tensor(), {}), ShapeError);
+  EXPECT_THROW(conv2d_forward(x, Tensor::zeros({4, 3, 3, 3}), Tensor::zeros({5}), {}), ShapeError);
+  // dy that does not match the output shape.
+  Tensor dx;
+  expect_shape_error_naming(
+      [&] { conv2d_backward_data(Tensor::zeros({2, 4, 7, 7}), Tensor::zeros({4, 3, 3, 3}), x.shape(), dx, {}, false); },
+      "[2, 4, 7, 7]", "[2, 4, 6, 6]");
+  // Dtype mismatch, bad options, ambiguous kernel size.
+  EXPECT_THROW(conv2d_forward(x, Tensor::zeros({4, 3, 3, 3}, DType::F64), Tensor(), {}), DTypeError);
+  EXPECT_THROW(conv2d_forward(x, Tensor::zeros({4, 3, 3, 3}), Tensor(), opts(0, 0)), ValueError);
+  Tensor dw;
+  EXPECT_THROW(conv2d_backward_weight(Tensor::zeros({2, 4, 4, 4}), x, dw, opts(2, 0), false), ValueError);
+  EXPECT_THROW(conv2d_backward_bias(Tensor::zeros({2, 4, 4, 4}), dw = Tensor::zeros({3}), true), ShapeError);
+}
+
+// ---- CUDA (cuDNN) vs CPU ----
+
+namespace {
+struct CpuResult {
+  Tensor y, dx, dw, db;
+};
+CpuResult cpu_reference(const FixtureConfig& c) {
+  CpuResult r;
+  r.y = conv2d_forward(c.x, c.w, c.b, c.o);
+  conv2d_backward_data(c.gy, c.w, c.x.shape(), r.dx, c.o, false);
+  conv2d_backward_weight(c.gy, c.x, c.w.shape(), r.dw, c.o, false);
+  if (c.b.defined()) conv2d_backward_bias(c.gy, r.db, false);
+  return r;
+}
+// Rounds a float32 CPU tensor through `dt` (so a reduced-precision run and the reference see the same inputs).
+Tensor rounded(const Tensor& t, DType dt) { return t.defined() ? t.to(dt).to(DType::F32) : t; }
+}  // namespace
+
+TEST(Conv2dCuda, MatchesCpu) {
+  TL_REQUIRE_CUDA();
+  NoTF32 no_tf32;
+  for (const char* name : kConfigs) {
+    for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+      for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+        SCOPED_TRACE(std::string(name) + " " + dtype_name(dt) + " " + layout_name(layout));
+        FixtureConfig c = load_config(name);
+        if (dt != DType::F32) c.x = rounded(c.x, dt), c.w = rounded(c.w, dt), c.b = rounded(c.b, dt),
+                              c.gy = rounded(c.gy, dt);
+        CpuResult ref = cpu_reference(c);
+        Tensor xg = c.x.to(Device::CUDA, dt, layout), wg = c.w.to(Device::CUDA, dt, layout);
+        Tensor gyg = c.gy.to(Device::CUDA, dt, layout);
+        Tensor bg = c.b.defined() ? c.b.to(Device::CUDA, dt, Layout::NCHW) : Tensor();
+        const double tol = dt == DType::F32 ? kCudaTol : kBf16Tol;
+        Tensor y = conv2d_forward(xg, wg, bg, c.o);
+        EXPECT_EQ(y.layout(), layout);
+        expect_close(y, ref.y, tol, "cuda y");
+        Tensor dx, dw, db;
+        conv2d_backward_data(gyg, wg, c.x.shape(), dx, c.o, false);
+        conv2d_backward_weight(gyg, xg, c.w.shape(), dw, c.o, false);
+        expect_close(dx, ref.dx, tol, "cuda dx");
+        expect_close(dw, ref.dw, tol, "cuda dw");
+        if (c.b.defined()) {
+          conv2d_backward_bias(gyg, db, false);
+          expect_close(db, ref.db, tol, "cuda db");
+        }
+        expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_data(gyg, wg, c.x.shape(), g, c.o, acc); },
+                             xg, "cuda dx");
+        expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_weight(gyg, xg, c.w.shape(), g, c.o, acc); },
+                             wg, "cuda dw");
+        expect_grad_contract([&](Tensor& g, bool acc) { conv2d_backward_bias(gyg, g, acc); },
+                             Tensor::zeros({c.w.size(0)}, dt, Device::CUDA), "cuda db");
+      }
+    }
+  }
+}
+
+TEST(Conv2dCuda, AutogradMixedLayoutsAndLargeBias) {
+  TL_REQUIRE_CUDA();
+  NoTF32 no_tf32;
+  // x channels-last with an NCHW weight: the weight gradient comes back in the weight's layout.
+  FixtureConfig c = load_config("stem7x7");
+  CpuResult ref = cpu_reference(c);
+  Variable x(c.x.to(Device::CUDA, DType::F32, Layout::NHWC), true);
+  Parameter w(c.w.to(Device::CUDA), "w"), b(c.b.to(Device::CUDA), "b");
+  Tape tape;
+  TapeScope scope(tape);
+  Variable y = conv2d(x, w, b, c.o);
+  tape.backward(y, c.gy.to(Device::CUDA, DType::F32, Layout::NHWC));
+  EXPECT_EQ(w.grad().layout(), Layout::NCHW);
+  EXPECT_EQ(x.grad().layout(), Layout::NHWC);
+  expect_close(y.value(), ref.y, kCudaTol, "mixed y");
+  expect_close(x.grad(), ref.dx, kCudaTol, "mixed dx");
+  expect_close(w.grad(), ref.dw, kCudaTol, "mixed dw");
+  expect_close(b.grad(), ref.db, kCudaTol, "mixed db");
+  // A bias gradient over many rows (several partial-sum chunks), both layouts.
+  Tensor dy = Tensor::randn({3, 70, 37, 41}, 7);
+  Tensor db_ref;
+  conv2d_backward_bias(dy, db_ref, false);
+  for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+    Tensor db;
+    conv2d_backward_bias(dy.to(Device::CUDA, DType::F32, layout), db, false);
+    expect_close(db, db_ref, kCudaTol, std::string("large db ") + layout_name(layout));
+  }
+}
