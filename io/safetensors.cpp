@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -15,6 +16,28 @@
 namespace tl::io {
 namespace {
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;  // 100 MiB, as the reference implementation
+constexpr const char* kChecksumKey = "checksum";  // "crc32:<8 hex digits>" of the data section (zlib's CRC-32)
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
+  return ~crc;
+}
+std::string checksum_string(uint32_t crc) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", crc);
+  return std::string("crc32:") + buf;
+}
 
 bool parse_dtype(const std::string& s, DType* out) {
   if (s == "F32") *out = DType::F32;
@@ -133,6 +156,13 @@ TensorFile read_safetensors(const std::string& path) {
     out.names.push_back(e.name);
     out.tensors[e.name] = t;
   }
+  auto sum = out.metadata.find(kChecksumKey);
+  if (sum != out.metadata.end()) {
+    uint32_t crc = 0;
+    for (const Entry* e : by_offset) crc = crc32_update(crc, out.tensors[e->name].data(), e->end - e->begin);
+    TL_CHECK(checksum_string(crc) == sum->second, IOError, path, ": checksum mismatch (file says ", sum->second,
+             ", data gives ", checksum_string(crc), "): the file is corrupted; convert or download it again");
+  }
   // Names in file order = order of offsets.
   out.names.clear();
   for (const Entry* e : by_offset) out.names.push_back(e->name);
@@ -142,16 +172,24 @@ TensorFile read_safetensors(const std::string& path) {
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json j;
-  if (!metadata.empty()) j["__metadata__"] = metadata;
   std::vector<Tensor> host;
   uint64_t offset = 0;
+  uint32_t crc = 0;
+  nlohmann::ordered_json entries;
   for (const auto& [name, t] : tensors) {
     check_defined(t, "write_safetensors");
+    TL_CHECK(name != "__metadata__", ValueError, "write_safetensors: '__metadata__' is not a tensor name");
     Tensor h = t.to(Device::CPU, t.dtype(), Layout::NCHW);
-    j[name] = {{"dtype", dtype_tag(h.dtype())}, {"shape", h.shape()}, {"data_offsets", {offset, offset + h.nbytes()}}};
+    entries[name] = {{"dtype", dtype_tag(h.dtype())}, {"shape", h.shape()},
+                     {"data_offsets", {offset, offset + h.nbytes()}}};
     offset += h.nbytes();
+    crc = crc32_update(crc, h.data(), h.nbytes());
     host.push_back(h);
   }
+  std::map<std::string, std::string> meta = metadata;
+  meta[kChecksumKey] = checksum_string(crc);
+  j["__metadata__"] = meta;
+  for (auto it = entries.begin(); it != entries.end(); ++it) j[it.key()] = it.value();
   std::string header = j.dump();
   while ((header.size() + 8) % 8 != 0) header.push_back(' ');  // align the data section
   const std::string tmp = path + ".tmp";

@@ -1,6 +1,8 @@
 // Reading and writing the safetensors layout: an 8-byte little-endian header length, a JSON header that maps
 // each tensor name to {dtype, shape, data_offsets}, then the raw little-endian data.
 // The reader validates the whole header before it reads any data and throws IOError naming the file.
+// The writer stores a CRC-32 of the data section in __metadata__["checksum"] ("crc32:<hex>", zlib's CRC-32);
+// the reader verifies it when present (files from other tools may have none).
 #pragma once
 #include <map>
 #include <string>

@@ -82,3 +82,14 @@ TEST(Safetensors, BadFilesGiveClearErrors) {
   std::remove(p.c_str());
   std::remove(good.c_str());
 }
+
+TEST(Safetensors, ChecksumCatchesFlippedDataBytes) {
+  const std::string p = tmp_path("checksum");
+  io::write_safetensors(p, {{"w", Tensor::randn({16}, 3)}});
+  EXPECT_EQ(io::read_safetensors(p).metadata.at("checksum").rfind("crc32:", 0), 0u);
+  std::string bytes = read_all(p);
+  bytes[bytes.size() - 3] ^= 0x40;  // one bit of the last float
+  write_all(p, bytes);
+  expect_io_error(p, "checksum mismatch");
+  std::remove(p.c_str());
+}
