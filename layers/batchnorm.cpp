@@ -1,0 +1,505 @@
+// Batch norm 2d: argument checks, CPU reference, CUDA dispatch (cuDNN legacy BN + own kernels) and autograd
+// (see batchnorm.h).
+#include "layers/batchnorm.h"
+
+#include <climits>
+#include <cmath>
+
+#include "core/device.h"
+#include "kernels/batchnorm.h"
+#include "layers/layer_util.h"
+
+namespace tl {
+namespace {
+
+// ---------------------------------------------------------------- checks and shared helpers
+
+struct Dims {
+  int64_t n, c, hw;
+  int64_t m() const { return n * hw; }  // values per channel
+};
+Dims dims_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.size(3)}; }
+kernels::BnDims kdims(const Tensor& x) {
+  Dims d = dims_of(x);
+  return {d.n, d.c, d.hw, x.layout() == Layout::NHWC};
+}
+
+void check_input(const Tensor& x, const char* op) {
+  check_defined(x, op);
+  check_rank(x, 4, op, "x (N, C, H, W)");
+  if (x.is_cuda()) {
+    TL_CHECK(x.dtype() != DType::I32, DTypeError, op, ": x must be floating point, got ", x.str());
+  } else {
+    check_cpu_float(x, op);
+  }
+}
+
+// A per-channel tensor (gamma, beta, running stats, saved statistics): shape (C), parameter dtype, x's device.
+void check_channel_tensor(const Tensor& t, const Tensor& x, const char* op, const char* what) {
+  TL_CHECK(t.defined(), ValueError, op, ": ", what, " is undefined (gamma, beta and running statistics are required)");
+  const int64_t c = x.size(1);
+  TL_CHECK(t.shape() == Shape{c}, ShapeError, op, ": ", what, " must have shape [", c, "] for x ", x.str(), ", got ",
+           t.str());
+  TL_CHECK(t.dtype() == batchnorm_param_dtype(x.dtype()), DTypeError, op, ": ", what, " must be ",
+           dtype_name(batchnorm_param_dtype(x.dtype())), " for x ", x.str(), ", got ", t.str());
+  TL_CHECK(t.device() == x.device(), DTypeError, op, ": ", what, " is on ", device_name(t.device()), ", x is ",
+           x.str());
+}
+
+// Gradient contract for a per-channel gradient (dgamma/dbeta) without a `like` tensor.
+void prepare_channel_grad(Tensor& g, int64_t c, DType dtype, Device device, bool accumulate, const char* op) {
+  if (accumulate) {
+    TL_CHECK(g.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
+    TL_CHECK(g.shape() == Shape{c} && g.dtype() == dtype && g.device() == device, ShapeError, op,
+             ": the gradient to accumulate into must be ", dtype_name(dtype), "[", c, "] ", device_name(device),
+             ", got ", g.str());
+  } else if (!g.defined() || g.shape() != Shape{c} || g.dtype() != dtype || g.device() != device || !g.is_unique()) {
+    g = Tensor::empty({c}, dtype, device);
+  }
+}
+
+// cuDNN's BN kernels are used below PyTorch's batch-size limits (above them PyTorch also falls back).
+bool use_cudnn(const Tensor& x, bool training) {
+  if (x.dtype() == DType::BF16) return false;  // PyTorch keeps bfloat16 off cuDNN BN as well
+  if (x.size(0) > (training ? 880801 : 65535)) return false;
+  for (int d = 0; d < 4; ++d)
+    if (x.size(d) > INT_MAX) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------- CPU reference
+
+inline int64_t offset(bool nhwc, const Dims& d, int64_t n, int64_t c, int64_t s) {
+  return nhwc ? (n * d.hw + s) * d.c + c : (n * d.c + c) * d.hw + s;
+}
+
+template <typename T>
+void forward_train_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
+                       Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps) {
+  const Dims d = dims_of(x);
+  const bool nx = x.layout() == Layout::NHWC, ny = y.layout() == Layout::NHWC;
+  const T *xp = x.data_as<T>(), *g = gamma.data_as<T>(), *b = beta.data_as<T>();
+  T *yp = y.data_as<T>(), *sm = save_mean.data_as<T>(), *si = save_invstd.data_as<T>();
+  T *rm = running_mean.data_as<T>(), *rv = running_var.data_as<T>();
+  const double m = static_cast<double>(d.m());
+  for (int64_t c = 0; c < d.c; ++c) {
+    double sum = 0;
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) sum += xp[offset(nx, d, n, c, s)];
+    const double mean = sum / m;
+    double sq = 0;
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) {
+        const double v = xp[offset(nx, d, n, c, s)] - mean;
+        sq += v * v;
+      }
+    const double var = sq / m, invstd = 1.0 / std::sqrt(var + eps);
+    const double scale = invstd * g[c], shift = b[c];
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s)
+        yp[offset(ny, d, n, c, s)] = static_cast<T>((xp[offset(nx, d, n, c, s)] - mean) * scale + shift);
+    sm[c] = static_cast<T>(mean);
+    si[c] = static_cast<T>(invstd);
+    rm[c] = static_cast<T>((1.0 - factor) * rm[c] + factor * mean);
+    rv[c] = static_cast<T>((1.0 - factor) * rv[c] + factor * var * m / (m - 1.0));
+  }
+}
+
+template <typename T>
+void forward_eval_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, const Tensor& running_mean,
+                      const Tensor& running_var, double eps) {
+  const Dims d = dims_of(x);
+  const bool nx = x.layout() == Layout::NHWC, ny = y.layout() == Layout::NHWC;
+  const T *xp = x.data_as<T>(), *g = gamma.data_as<T>(), *b = beta.data_as<T>();
+  const T *rm = running_mean.data_as<T>(), *rv = running_var.data_as<T>();
+  T* yp = y.data_as<T>();
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double mean = rm[c], scale = g[c] / std::sqrt(static_cast<double>(rv[c]) + eps), shift = b[c];
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s)
+        yp[offset(ny, d, n, c, s)] = static_cast<T>((xp[offset(nx, d, n, c, s)] - mean) * scale + shift);
+  }
+}
+
+// All gradient outputs are prepared; dx (if any) has dy's layout. x/mean/invstd/gamma may be undefined when
+// the requested gradients do not read them.
+template <typename T>
+void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                  bool training, const BatchNormGrads& gr) {
+  const Dims d = dims_of(dy);
+  const bool nx = x.defined() && x.layout() == Layout::NHWC, ndy = dy.layout() == Layout::NHWC;
+  const bool ndx = gr.dx && gr.dx->layout() == Layout::NHWC;
+  const bool need_xhat = gr.dgamma || (gr.dx && training);
+  const T* xp = x.defined() ? x.data_as<T>() : nullptr;
+  const T* dyp = dy.data_as<T>();
+  const T* mp = mean.defined() ? mean.data_as<T>() : nullptr;
+  const T* ip = invstd.defined() ? invstd.data_as<T>() : nullptr;
+  const T* gp = gamma.defined() ? gamma.data_as<T>() : nullptr;
+  const double m = static_cast<double>(d.m());
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double mu = need_xhat ? mp[c] : 0.0, inv = (need_xhat || gr.dx) ? ip[c] : 0.0;
+    double sum_dy = 0, sum_dy_xmu = 0;
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) {
+        const double g = dyp[offset(ndy, d, n, c, s)];
+        sum_dy += g;
+        if (need_xhat) sum_dy_xmu += g * (xp[offset(nx, d, n, c, s)] - mu);
+      }
+    const double dgamma = sum_dy_xmu * inv;
+    if (gr.dgamma) {
+      T& o = gr.dgamma->data_as<T>()[c];
+      o = static_cast<T>(gr.dgamma_accumulate ? o + dgamma : dgamma);
+    }
+    if (gr.dbeta) {
+      T& o = gr.dbeta->data_as<T>()[c];
+      o = static_cast<T>(gr.dbeta_accumulate ? o + sum_dy : sum_dy);
+    }
+    if (gr.dx) {
+      T* dxp = gr.dx->data_as<T>();
+      const double k = gp[c] * inv;
+      for (int64_t n = 0; n < d.n; ++n)
+        for (int64_t s = 0; s < d.hw; ++s) {
+          const double g = dyp[offset(ndy, d, n, c, s)];
+          double r;
+          if (training) {
+            const double xhat = (xp[offset(nx, d, n, c, s)] - mu) * inv;
+            r = k * (g - sum_dy / m - xhat * dgamma / m);
+          } else {
+            r = k * g;
+          }
+          T& o = dxp[offset(ndx, d, n, c, s)];
+          o = static_cast<T>(gr.dx_accumulate ? o + r : r);
+        }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- cuDNN helpers
+
+struct TensorDesc {
+  cudnnTensorDescriptor_t d = nullptr;
+  TensorDesc() { CUDNN_CHECK(cudnnCreateTensorDescriptor(&d)); }
+  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
+  TensorDesc(const TensorDesc&) = delete;
+  TensorDesc& operator=(const TensorDesc&) = delete;
+};
+
+cudnnDataType_t cudnn_dtype(DType t) {
+  switch (t) {
+    case DType::F32: return CUDNN_DATA_FLOAT;
+    case DType::F64: return CUDNN_DATA_DOUBLE;
+    case DType::F16: return CUDNN_DATA_HALF;
+    case DType::BF16: return CUDNN_DATA_BFLOAT16;
+    default: throw DTypeError(std::string("batch_norm2d: no cuDNN type for ") + dtype_name(t));
+  }
+}
+
+// A 4-D descriptor for x/y/dy/dx (logical N, C, H, W; the format says the memory order).
+void set_desc(TensorDesc& desc, const Tensor& t) {
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(desc.d, t.layout() == Layout::NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
+                                         cudnn_dtype(t.dtype()), static_cast<int>(t.size(0)),
+                                         static_cast<int>(t.size(1)), static_cast<int>(t.size(2)),
+                                         static_cast<int>(t.size(3))));
+}
+// The (1, C, 1, 1) descriptor of gamma/beta/mean/var/saved statistics and their gradients, derived from x's:
+// float for float/half/bfloat16 data, double for double data.
+void set_param_desc(TensorDesc& desc, const TensorDesc& x_desc) {
+  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(desc.d, x_desc.d, CUDNN_BATCHNORM_SPATIAL));
+}
+
+// cuDNN blending factors are host values of type double for double data, float otherwise.
+struct Blend {
+  float f;
+  double d;
+  explicit Blend(double v) : f(static_cast<float>(v)), d(v) {}
+  const void* ptr(DType data) const { return data == DType::F64 ? static_cast<const void*>(&d) : &f; }
+};
+
+size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// ---------------------------------------------------------------- CUDA paths
+
+void forward_train_cuda(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
+                        Tensor& save_invstd, BatchNormBuffers& buf, double factor, double eps) {
+  if (!use_cudnn(x, true)) {
+    kernels::bn_batch_stats(x.data(), x.dtype(), kdims(x), save_mean.data(), save_invstd.data(),
+                            buf.running_mean.data(), buf.running_var.data(), factor, eps, cuda::stream());
+    kernels::bn_normalize(x.data(), y.data(), x.dtype(), kdims(x), save_mean.data(), save_invstd.data(), false, eps,
+                          gamma.data(), beta.data(), cuda::stream());
+    return;
+  }
+  TensorDesc xd, yd, pd;
+  set_desc(xd, x);
+  set_desc(yd, y);
+  set_param_desc(pd, xd);
+  const Blend one(1.0), zero(0.0);
+  // exponentialAverageFactor is PyTorch's momentum: running = running * (1 - factor) + batch * factor
+  // (cudnn_ops.h: "runningMean = newMean*factor + runningMean*(1-factor)"). For the variance, the header and
+  // the API reference only say "moving average of variance[x]" without naming the estimator; what cuDNN
+  // averages is the UNBIASED batch variance (m/(m-1) correction), which is why PyTorch's cudnn_batch_norm
+  // passes running_var straight through with factor = momentum and matches its native kernels (which apply
+  // the unbiased correction explicitly). resultSaveInvVariance is 1/sqrt(biased var + eps), i.e. save_invstd.
+  // The CUDA-vs-CPU test checks running_var after a step.
+  CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(
+      cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(x.dtype()), zero.ptr(x.dtype()), xd.d, x.data(), yd.d,
+      y.data(), pd.d, gamma.data(), beta.data(), factor, buf.running_mean.data(), buf.running_var.data(), eps,
+      save_mean.data(), save_invstd.data()));
+}
+
+void forward_eval_cuda(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y,
+                       const BatchNormBuffers& buf, double eps) {
+  if (!use_cudnn(x, false)) {
+    kernels::bn_normalize(x.data(), y.data(), x.dtype(), kdims(x), buf.running_mean.data(), buf.running_var.data(),
+                          true, eps, gamma.data(), beta.data(), cuda::stream());
+    return;
+  }
+  TensorDesc xd, yd, pd;
+  set_desc(xd, x);
+  set_desc(yd, y);
+  set_param_desc(pd, xd);
+  const Blend one(1.0), zero(0.0);
+  CUDNN_CHECK(cudnnBatchNormalizationForwardInference(cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(x.dtype()),
+                                                      zero.ptr(x.dtype()), xd.d, x.data(), yd.d, y.data(), pd.d,
+                                                      gamma.data(), beta.data(), buf.running_mean.data(),
+                                                      buf.running_var.data(), eps));
+}
+
+// Gradient outputs are prepared; dx (if any) has x's layout; dy has x's layout when x is defined.
+void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                   bool training, double eps, const BatchNormGrads& gr) {
+  const DType dt = dy.dtype(), pdt = batchnorm_param_dtype(dt);
+  const int64_t C = dy.size(1);
+  const size_t psize = dtype_size(pdt);
+  void* dgamma = gr.dgamma ? gr.dgamma->data() : nullptr;
+  void* dbeta = gr.dbeta ? gr.dbeta->data() : nullptr;
+  const bool need_x = gr.dgamma || (gr.dx && training);
+
+  if (!need_x || !training || !use_cudnn(dy, true)) {
+    // Own kernels: eval mode, dbeta only, bfloat16, or batches beyond cuDNN's limit.
+    const kernels::BnDims d = kdims(dy);
+    void* sums = nullptr;
+    if (gr.dx && training) sums = cuda::workspace(2 * static_cast<size_t>(C) * psize);
+    if (gr.dgamma || gr.dbeta || sums)
+      kernels::bn_backward_reduce(need_x ? x.data() : nullptr, dy.data(), dt, d, need_x ? mean.data() : nullptr,
+                                  need_x ? invstd.data() : nullptr, dgamma, gr.dgamma_accumulate, dbeta,
+                                  gr.dbeta_accumulate, sums, cuda::stream());
+    if (gr.dx)
+      kernels::bn_backward_dx(training ? x.data() : nullptr, dy.data(), gr.dx->data(), dt, d,
+                              training ? mean.data() : nullptr, invstd.data(), gamma.data(), sums, training,
+                              gr.dx_accumulate, cuda::stream());
+    return;
+  }
+
+  // cuDNN (training statistics). It always writes dx, dgamma and dbeta: outputs that are not requested go to
+  // workspace scratch. One blend pair covers dgamma and dbeta: with different accumulate flags the assigned one
+  // is zeroed first and both accumulate.
+  const size_t param_bytes = static_cast<size_t>(C) * psize;
+  size_t ws_bytes = 0;
+  if (!gr.dgamma) ws_bytes += round_up(param_bytes);
+  if (!gr.dbeta) ws_bytes += round_up(param_bytes);
+  if (!gr.dx) ws_bytes += round_up(x.nbytes());
+  char* ws = ws_bytes ? static_cast<char*>(cuda::workspace(ws_bytes)) : nullptr;
+  if (!gr.dgamma) dgamma = ws, ws += round_up(param_bytes);
+  if (!gr.dbeta) dbeta = ws, ws += round_up(param_bytes);
+  void* dx = gr.dx ? gr.dx->data() : static_cast<void*>(ws);
+
+  bool param_acc;
+  if (gr.dgamma && gr.dbeta && gr.dgamma_accumulate != gr.dbeta_accumulate) {
+    (gr.dgamma_accumulate ? gr.dbeta : gr.dgamma)->zero_();
+    param_acc = true;
+  } else {
+    param_acc = gr.dgamma ? gr.dgamma_accumulate : (gr.dbeta ? gr.dbeta_accumulate : false);
+  }
+  const bool data_acc = gr.dx && gr.dx_accumulate;
+
+  TensorDesc xd, pd;
+  set_desc(xd, x);  // x, dy and dx share one layout and dtype, hence one descriptor
+  set_param_desc(pd, xd);
+  const Blend one(1.0), zero(0.0);
+  CUDNN_CHECK(cudnnBatchNormalizationBackward(
+      cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(dt), (data_acc ? one : zero).ptr(dt), one.ptr(dt),
+      (param_acc ? one : zero).ptr(dt), xd.d, x.data(), xd.d, dy.data(), xd.d, dx, pd.d, gamma.data(), dgamma, dbeta,
+      eps, mean.data(), invstd.data()));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public API
+
+DType batchnorm_param_dtype(DType x) {
+  TL_CHECK(x != DType::I32, DTypeError, "batch_norm2d: x must be floating point, got ", dtype_name(x));
+  return x == DType::F64 ? DType::F64 : DType::F32;
+}
+
+BatchNormBuffers batchnorm_buffers(int64_t channels, DType param_dtype, Device device) {
+  BatchNormBuffers b;
+  b.running_mean = Tensor::zeros({channels}, param_dtype, device);
+  b.running_var = Tensor::full({channels}, 1.0, param_dtype, device);
+  return b;
+}
+
+Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormBuffers& buffers,
+                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd) {
+  const char* op = "batchnorm_forward_train";
+  check_input(x, op);
+  check_channel_tensor(gamma, x, op, "gamma");
+  check_channel_tensor(beta, x, op, "beta");
+  check_channel_tensor(buffers.running_mean, x, op, "running_mean");
+  check_channel_tensor(buffers.running_var, x, op, "running_var");
+  TL_CHECK(dims_of(x).m() > 1, ShapeError, op, ": expected more than 1 value per channel when training, got x ",
+           x.str());
+  TL_CHECK(opt.eps > 0, ValueError, op, ": eps must be > 0, got ", opt.eps);
+  TL_CHECK(opt.cumulative_average || (opt.momentum >= 0 && opt.momentum <= 1), ValueError, op,
+           ": momentum must be in [0, 1], got ", opt.momentum);
+
+  buffers.num_batches_tracked += 1;
+  const double factor =
+      opt.cumulative_average ? 1.0 / static_cast<double>(buffers.num_batches_tracked) : opt.momentum;
+  const DType pdt = batchnorm_param_dtype(x.dtype());
+  const int64_t C = x.size(1);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
+  save_mean = Tensor::empty({C}, pdt, x.device());
+  save_invstd = Tensor::empty({C}, pdt, x.device());
+  if (x.is_cuda()) {
+    forward_train_cuda(x, gamma, beta, y, save_mean, save_invstd, buffers, factor, opt.eps);
+  } else if (x.dtype() == DType::F32) {
+    forward_train_cpu<float>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
+                             factor, opt.eps);
+  } else {
+    forward_train_cpu<double>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
+                              factor, opt.eps);
+  }
+  return y;
+}
+
+Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                              const BatchNormBuffers& buffers, double eps) {
+  const char* op = "batchnorm_forward_eval";
+  check_input(x, op);
+  check_channel_tensor(gamma, x, op, "gamma");
+  check_channel_tensor(beta, x, op, "beta");
+  check_channel_tensor(buffers.running_mean, x, op, "running_mean");
+  check_channel_tensor(buffers.running_var, x, op, "running_var");
+  TL_CHECK(eps > 0, ValueError, op, ": eps must be > 0, got ", eps);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
+  if (x.is_cuda()) {
+    forward_eval_cuda(x, gamma, beta, y, buffers, eps);
+  } else if (x.dtype() == DType::F32) {
+    forward_eval_cpu<float>(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
+  } else {
+    forward_eval_cpu<double>(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
+  }
+  return y;
+}
+
+Tensor batchnorm_invstd(const Tensor& running_var, double eps) {
+  check_defined(running_var, "batchnorm_invstd");
+  check_rank(running_var, 1, "batchnorm_invstd", "running_var");
+  TL_CHECK(running_var.dtype() == DType::F32 || running_var.dtype() == DType::F64, DTypeError,
+           "batchnorm_invstd: running_var must be float32 or float64, got ", running_var.str());
+  Tensor out = Tensor::empty(running_var.shape(), running_var.dtype(), running_var.device());
+  const int64_t c = running_var.numel();
+  if (running_var.is_cuda()) {
+    kernels::bn_invstd(running_var.data(), out.data(), running_var.dtype(), c, eps, cuda::stream());
+  } else if (running_var.dtype() == DType::F32) {
+    const float* v = running_var.data_as<float>();
+    for (int64_t i = 0; i < c; ++i)
+      out.data_as<float>()[i] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(v[i]) + eps));
+  } else {
+    for (int64_t i = 0; i < c; ++i) out.data_as<double>()[i] = 1.0 / std::sqrt(running_var.data_as<double>()[i] + eps);
+  }
+  return out;
+}
+
+void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamma, const Tensor& mean,
+                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads) {
+  const char* op = "batchnorm_backward";
+  check_input(dy_in, op);
+  const bool need_x = grads.dgamma || (grads.dx && training);
+  const bool need_stats = grads.dgamma || grads.dx;
+  Tensor dy = dy_in;
+  if (need_x) {
+    check_input(x, op);
+    check_same_shape(x, dy_in, op);
+    check_same_dtype_device(x, dy_in, op);
+    if (dy.layout() != x.layout()) dy = dy_in.to_layout(x.layout());
+    check_channel_tensor(mean, dy, op, "mean");
+  }
+  if (need_stats) check_channel_tensor(invstd, dy, op, "invstd");
+  if (grads.dx || (x.is_cuda() && training && need_x)) check_channel_tensor(gamma, dy, op, "gamma");
+  const Tensor& like = need_x ? x : dy;  // dx takes x's layout (dy's when x is not needed)
+  const int64_t C = dy.size(1);
+  const DType pdt = batchnorm_param_dtype(dy.dtype());
+
+  // dx to accumulate into a tensor of another layout: compute a fresh dx, then add it converted.
+  if (grads.dx && grads.dx_accumulate && grads.dx->layout() != like.layout()) {
+    check_same_shape(*grads.dx, like, op);
+    Tensor fresh;
+    BatchNormGrads g = grads;
+    g.dx = &fresh;
+    g.dx_accumulate = false;
+    batchnorm_backward(x, dy, gamma, mean, invstd, training, eps, g);
+    grads.dx->add_(fresh.to_layout(grads.dx->layout()));
+    return;
+  }
+  if (grads.dx) prepare_grad(*grads.dx, like, grads.dx_accumulate, op);
+  if (grads.dgamma) prepare_channel_grad(*grads.dgamma, C, pdt, dy.device(), grads.dgamma_accumulate, op);
+  if (grads.dbeta) prepare_channel_grad(*grads.dbeta, C, pdt, dy.device(), grads.dbeta_accumulate, op);
+  if (!grads.dx && !grads.dgamma && !grads.dbeta) return;
+
+  if (dy.is_cuda()) {
+    backward_cuda(x, dy, gamma, mean, invstd, training, eps, grads);
+  } else if (dy.dtype() == DType::F32) {
+    backward_cpu<float>(x, dy, gamma, mean, invstd, training, grads);
+  } else {
+    backward_cpu<double>(x, dy, gamma, mean, invstd, training, grads);
+  }
+}
+
+Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, BatchNormBuffers& buffers,
+                      const BatchNormOptions& opt) {
+  TL_CHECK(x.defined() && gamma.defined() && beta.defined(), ValueError,
+           "batch_norm2d: x, gamma and beta must be defined");
+  const bool gx = needs_grad(x), gg = needs_grad(gamma);  // dbeta needs nothing saved
+  const bool record = should_record({&x, &gamma, &beta});
+  const double eps = opt.eps;
+
+  if (opt.training) {
+    Tensor save_mean, save_invstd;
+    Tensor y = batchnorm_forward_train(x.value(), gamma.value(), beta.value(), buffers, opt, save_mean, save_invstd);
+    if (!record) return Variable(y);  // running statistics were updated all the same
+    // dbeta = sum(dy) needs nothing; dx and dgamma need x and the batch statistics; dx needs gamma, and so does
+    // cuDNN's backward whenever it runs (dx or dgamma on CUDA).
+    const bool keep_stats = gx || gg;
+    const Tensor xs = keep_stats ? x.value() : Tensor();
+    const Tensor ms = keep_stats ? save_mean : Tensor(), is = keep_stats ? save_invstd : Tensor();
+    const Tensor gs = (gx || (gg && x.value().is_cuda())) ? gamma.value() : Tensor();
+    return record_op("batch_norm2d", y, {&x, &gamma, &beta}, bytes_of({xs, ms, is, gs}),
+                     [xs, ms, is, gs, eps](const Tensor& dy, std::vector<GradSlot>& s) {
+                       BatchNormGrads g;
+                       if (s[0].needed) g.dx = &s[0].grad, g.dx_accumulate = s[0].accumulate;
+                       if (s[1].needed) g.dgamma = &s[1].grad, g.dgamma_accumulate = s[1].accumulate;
+                       if (s[2].needed) g.dbeta = &s[2].grad, g.dbeta_accumulate = s[2].accumulate;
+                       batchnorm_backward(xs, dy, gs, ms, is, true, eps, g);
+                     });
+  }
+
+  Tensor y = batchnorm_forward_eval(x.value(), gamma.value(), beta.value(), buffers, eps);
+  if (!record) return Variable(y);
+  // Eval: dx = dy * gamma * invstd needs gamma and invstd; dgamma needs x, mean and invstd; dbeta nothing.
+  // The running statistics are copied (C values): a later training step updates the buffers in place.
+  const Tensor is = (gx || gg) ? batchnorm_invstd(buffers.running_var, eps) : Tensor();
+  const Tensor gs = gx ? gamma.value() : Tensor();
+  const Tensor xs = gg ? x.value() : Tensor();
+  const Tensor ms = gg ? buffers.running_mean.clone() : Tensor();
+  return record_op("batch_norm2d", y, {&x, &gamma, &beta}, bytes_of({xs, ms, is, gs}),
+                   [xs, ms, is, gs, eps](const Tensor& dy, std::vector<GradSlot>& s) {
+                     BatchNormGrads g;
+                     if (s[0].needed) g.dx = &s[0].grad, g.dx_accumulate = s[0].accumulate;
+                     if (s[1].needed) g.dgamma = &s[1].grad, g.dgamma_accumulate = s[1].accumulate;
+                     if (s[2].needed) g.dbeta = &s[2].grad, g.dbeta_accumulate = s[2].accumulate;
+                     batchnorm_backward(xs, dy, gs, ms, is, false, eps, g);
+                   });
+}
+
+}  // namespace tl

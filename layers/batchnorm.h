@@ -1,0 +1,94 @@
+// Batch normalisation over (N, H, W) per channel of a 4-D tensor, with PyTorch's BatchNorm2d semantics.
+//
+// Forward, training mode (batch statistics), per channel c over the m = N*H*W values:
+//   mean = sum(x) / m,  var = sum((x - mean)^2) / m (biased),  invstd = 1 / sqrt(var + eps)
+//   y = (x - mean) * invstd * gamma + beta
+//   running_mean = (1 - f) * running_mean + f * mean
+//   running_var  = (1 - f) * running_var  + f * var * m / (m - 1)   (the UNBIASED variance, as PyTorch)
+//   num_batches_tracked += 1;  f = momentum, or 1 / num_batches_tracked when cumulative_average
+//   (PyTorch's momentum=None). m must be > 1 (PyTorch: "Expected more than 1 value per channel").
+// Forward, eval mode: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta; no update.
+//
+// Backward (xhat = (x - mean) * invstd; mean/invstd are the batch statistics in training mode, the running
+// statistics in eval mode):
+//   dgamma = sum(dy * xhat),  dbeta = sum(dy)
+//   training: dx = gamma * invstd * (dy - dbeta / m - xhat * dgamma / m)
+//   eval:     dx = dy * gamma * invstd   (the statistics are constants)
+//
+// Types: gamma, beta, running stats, saved mean/invstd and dgamma/dbeta have the "parameter dtype":
+// float64 when x is float64, otherwise float32 (x/y/dy/dx may be bfloat16/float16 on CUDA; this is cuDNN's
+// derived BN descriptor rule). x in NCHW or NHWC; y and dx take x's layout.
+// CPU: float32/float64 reference with sums in double. CUDA: cuDNN's legacy BN (spatial mode) for float32,
+// float16 and float64 training forward/backward and eval forward; own kernels (kernels/batchnorm.cu) for
+// bfloat16 (PyTorch also keeps bfloat16 off cuDNN BN), for eval-mode backward and for dbeta-only backward.
+// gamma/beta and the running statistics are required (affine=True, track_running_stats=True).
+//
+// Gradient contract (the same for every backward function in layers/), per requested output:
+//   accumulate == false: the gradient output is ASSIGNED (allocated when undefined, else overwritten);
+//   accumulate == true:  the gradient is ADDED into the existing gradient output.
+//
+// Autograd (batch_norm2d): in training mode the running statistics update even when nothing needs a
+// gradient, and then nothing is recorded. Saved for backward, only what the needed gradients use:
+//   training: x, save_mean, save_invstd when dx or dgamma is needed (+ gamma when dx is needed, or on CUDA
+//             where cuDNN's backward reads it); nothing when only dbeta is needed;
+//   eval:     invstd (of the running variance) and gamma when dx is needed; x, mean, invstd when dgamma is
+//             needed; nothing when only dbeta is needed.
+#pragma once
+#include <cstdint>
+
+#include "core/autograd.h"
+
+namespace tl {
+
+// Running statistics of one BatchNorm layer (PyTorch's buffers). Tensors of shape (C), parameter dtype,
+// on the op's device; updated in place. num_batches_tracked is a host counter (no device sync).
+struct BatchNormBuffers {
+  Tensor running_mean, running_var;
+  int64_t num_batches_tracked = 0;
+};
+
+struct BatchNormOptions {
+  bool training = true;
+  double momentum = 0.1;
+  bool cumulative_average = false;  // PyTorch momentum=None: f = 1 / num_batches_tracked
+  double eps = 1e-5;
+};
+
+// The dtype of gamma/beta/running stats for an input of dtype `x`: float64 for float64, else float32.
+DType batchnorm_param_dtype(DType x);
+// Fresh PyTorch-initialised buffers: running_mean = 0, running_var = 1.
+BatchNormBuffers batchnorm_buffers(int64_t channels, DType param_dtype = DType::F32, Device device = Device::CPU);
+
+// Training-mode forward: returns y; writes save_mean and save_invstd (shape C, parameter dtype; allocated
+// here) and updates `buffers` (running stats and num_batches_tracked) following `opt`.
+Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormBuffers& buffers,
+                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd);
+// Eval-mode forward with the running statistics (buffers unchanged).
+Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                              const BatchNormBuffers& buffers, double eps);
+// 1 / sqrt(running_var + eps) (shape C): the eval-mode invstd for batchnorm_backward.
+Tensor batchnorm_invstd(const Tensor& running_var, double eps);
+
+// Requested gradient outputs: a null pointer means "not needed" (nothing is computed or written for it).
+// Each output has its own accumulate flag (autograd slots are independent).
+struct BatchNormGrads {
+  Tensor* dx = nullptr;
+  bool dx_accumulate = false;
+  Tensor* dgamma = nullptr;
+  bool dgamma_accumulate = false;
+  Tensor* dbeta = nullptr;
+  bool dbeta_accumulate = false;
+};
+// Backward of either mode. training == true: mean/invstd are save_mean/save_invstd from
+// batchnorm_forward_train; training == false: mean = running_mean, invstd = batchnorm_invstd(running_var).
+// What must be defined: dy always; x and mean when dx (training) or dgamma is requested; invstd when dx or
+// dgamma is requested; gamma when dx is requested (and for training-mode dx/dgamma on CUDA, read by cuDNN).
+// eps is the forward's (cuDNN asks for it).
+void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean,
+                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads);
+
+// Autograd op (see the top of this file). x: (N, C, H, W); gamma, beta: (C).
+Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, BatchNormBuffers& buffers,
+                      const BatchNormOptions& opt);
+
+}  // namespace tl
