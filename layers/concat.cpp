@@ -1,0 +1,157 @@
+// Concatenation: CPU reference, CUDA dispatch and autograd (see concat.h).
+#include "layers/concat.h"
+
+#include <cstring>
+
+#include "core/device.h"
+#include "kernels/concat.h"
+#include "layers/layer_util.h"
+
+namespace tl {
+namespace {
+
+int normalize_dim(int dim, int rank, const Shape& shape) {
+  const int d = dim < 0 ? dim + rank : dim;
+  TL_CHECK(d >= 0 && d < rank, ShapeError, "concat: dimension ", dim, " out of range for shape ", shape_str(shape));
+  return d;
+}
+
+// How concatenation along logical dim d looks in memory: `rows` blocks, each `inner` elements per index of d.
+struct Blocks {
+  int64_t rows, inner;
+};
+Blocks blocks_of(const Shape& s, Layout layout, int d) {
+  std::vector<int> order;  // logical dims in memory order
+  if (s.size() == 4 && layout == Layout::NHWC) {
+    order = {0, 2, 3, 1};
+  } else {
+    for (int i = 0; i < static_cast<int>(s.size()); ++i) order.push_back(i);
+  }
+  Blocks b{1, 1};
+  bool after = false;
+  for (int i : order) {
+    if (i == d) after = true;
+    else if (after) b.inner *= s[static_cast<size_t>(i)];
+    else b.rows *= s[static_cast<size_t>(i)];
+  }
+  return b;
+}
+
+// dst[r*dst_ld + dst_off + j] (+)= src[r*src_ld + src_off + j] for a tensor's dtype and device.
+void copy_blocks(const Tensor& src, int64_t src_ld, int64_t src_off, const Tensor& dst, int64_t dst_ld,
+                 int64_t dst_off, int64_t rows, int64_t cols, bool accumulate) {
+  if (rows * cols == 0) return;
+  if (src.is_cuda()) {
+    kernels::strided_copy(src.data(), src_ld, src_off, dst.data(), dst_ld, dst_off, rows, cols, src.dtype(),
+                          accumulate, cuda::stream());
+    return;
+  }
+  if (!accumulate) {
+    const size_t es = dtype_size(src.dtype());
+    const char* s = static_cast<const char*>(src.data());
+    char* d = static_cast<char*>(dst.data());
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(d + (r * dst_ld + dst_off) * es, s + (r * src_ld + src_off) * es, static_cast<size_t>(cols) * es);
+    return;
+  }
+  check_cpu_float(src, "concat_backward");
+  auto add = [&](auto* s, auto* d) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) d[r * dst_ld + dst_off + j] += s[r * src_ld + src_off + j];
+  };
+  if (src.dtype() == DType::F32) add(src.data_as<float>(), dst.data_as<float>());
+  else add(src.data_as<double>(), dst.data_as<double>());
+}
+
+}  // namespace
+
+Tensor concat_forward(const std::vector<Tensor>& xs, int dim) {
+  TL_CHECK(!xs.empty(), ShapeError, "concat: no inputs");
+  for (const Tensor& t : xs) check_defined(t, "concat");
+  const Tensor& first = xs[0];
+  const int rank = first.ndim();
+  TL_CHECK(rank >= 1, ShapeError, "concat: inputs must have at least one dimension, got ", first.str());
+  const int d = normalize_dim(dim, rank, first.shape());
+  Shape out = first.shape();
+  out[static_cast<size_t>(d)] = 0;
+  for (size_t k = 0; k < xs.size(); ++k) {
+    const Tensor& t = xs[k];
+    check_same_dtype_device(first, t, "concat");
+    TL_CHECK(t.ndim() == rank, ShapeError, "concat: input ", k, " is ", t.str(), ", input 0 is ", first.str());
+    TL_CHECK(rank != 4 || t.layout() == first.layout(), ShapeError, "concat: input ", k, " is ", t.str(),
+             " but input 0 is ", first.str(), " (convert to one layout first)");
+    for (int i = 0; i < rank; ++i)
+      TL_CHECK(i == d || t.shape()[static_cast<size_t>(i)] == first.shape()[static_cast<size_t>(i)], ShapeError,
+               "concat along dim ", d, ": input ", k, " has shape ", shape_str(t.shape()), ", input 0 has shape ",
+               shape_str(first.shape()));
+    out[static_cast<size_t>(d)] += t.size(d);
+  }
+  Tensor y = Tensor::empty(out, first.dtype(), first.device(), first.layout());
+  const Blocks yb = blocks_of(out, y.layout(), d);
+  const int64_t y_ld = out[static_cast<size_t>(d)] * yb.inner;
+  int64_t start = 0;
+  for (const Tensor& t : xs) {
+    const int64_t cols = t.size(d) * yb.inner;
+    copy_blocks(t, cols, 0, y, y_ld, start * yb.inner, yb.rows, cols, false);
+    start += t.size(d);
+  }
+  return y;
+}
+
+void concat_backward(const Tensor& dy, int dim, int64_t start, int64_t length, Tensor& dx, bool accumulate) {
+  check_defined(dy, "concat_backward");
+  const int d = normalize_dim(dim, dy.ndim(), dy.shape());
+  TL_CHECK(start >= 0 && length >= 0 && start + length <= dy.size(d), ShapeError, "concat_backward: slice [", start,
+           ", ", start + length, ") of dim ", d, " is outside ", dy.str());
+  Shape xs = dy.shape();
+  xs[static_cast<size_t>(d)] = length;
+  if (accumulate) {
+    TL_CHECK(dx.defined(), ValueError, "concat_backward: accumulate=true needs an existing gradient tensor");
+    TL_CHECK(dx.shape() == xs && dx.dtype() == dy.dtype() && dx.device() == dy.device() &&
+                 (dx.ndim() != 4 || dx.layout() == dy.layout()),
+             ShapeError, "concat_backward: the gradient to accumulate into is ", dx.str(), ", expected ",
+             dtype_name(dy.dtype()), shape_str(xs), " like ", dy.str());
+  } else if (!dx.defined() || dx.shape() != xs || dx.dtype() != dy.dtype() || dx.device() != dy.device() ||
+             dx.layout() != dy.layout() || !dx.is_unique()) {
+    dx = Tensor::empty(xs, dy.dtype(), dy.device(), dy.layout());
+  }
+  const Blocks b = blocks_of(dy.shape(), dy.layout(), d);
+  const int64_t cols = length * b.inner;
+  copy_blocks(dy, dy.size(d) * b.inner, start * b.inner, dx, cols, 0, b.rows, cols, accumulate);
+}
+
+Variable concat(const std::vector<Variable>& xs, int dim) {
+  std::vector<Tensor> values;
+  bool any_grad = false;
+  for (const Variable& v : xs) {
+    TL_CHECK(v.defined(), ValueError, "concat: undefined input Variable");
+    values.push_back(v.value());
+    any_grad = any_grad || needs_grad(v);
+  }
+  Tensor y = concat_forward(values, dim);
+  if (!grad_enabled() || !any_grad) return Variable(y);
+  const int d = dim < 0 ? dim + y.ndim() : dim;
+  std::vector<int64_t> starts, lengths;
+  int64_t start = 0;
+  for (const Tensor& t : values) {
+    starts.push_back(start);
+    lengths.push_back(t.size(d));
+    start += t.size(d);
+  }
+  // record_op() takes a fixed initializer list; a variable number of inputs is recorded the same way by hand.
+  auto node = std::make_shared<GradNode>();
+  node->requires_grad = true;
+  node->is_leaf = false;
+  TapeEntry e;
+  e.op = "concat";
+  for (const Variable& v : xs) e.inputs.push_back(needs_grad(v) ? v.node() : nullptr);
+  e.output = node;
+  e.saved_bytes = 0;
+  e.backward = [d, starts, lengths](const Tensor& dy, std::vector<GradSlot>& s) {
+    for (size_t k = 0; k < s.size(); ++k)
+      if (s[k].needed) concat_backward(dy, d, starts[k], lengths[k], s[k].grad, s[k].accumulate);
+  };
+  Tape::current().record(std::move(e));
+  return Variable::make_result(std::move(y), std::move(node));
+}
+}  // namespace tl
