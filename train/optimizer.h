@@ -1,0 +1,136 @@
+// Optimizers with parameter groups: SGD (momentum, dampening, Nesterov, weight decay), Adam (L2 weight decay
+// added to the gradient) and AdamW (decoupled weight decay), amsgrad optional. Each update is the one of
+// torch.optim 1.13's single-tensor (foreach=False) implementation, operation by operation, with its scalars
+// rounded to the parameter's dtype as PyTorch does, so trajectories match PyTorch on the same gradients.
+//
+// Skipping: a parameter whose trainable() is false or that has no gradient (grad() undefined) is left alone,
+// exactly like PyTorch's `if p.grad is None: continue` (no weight decay, no state, no step count).
+// State (momentum_buffer; step, exp_avg, exp_avg_sq, max_exp_avg_sq) is created on a parameter's first update.
+//
+// Devices: float32/float64 parameters on the CPU (reference loops) or on CUDA, where each step issues one fused
+// multi-tensor kernel per (group, dtype) covering all of the group's parameters. Its tables of parameter/state
+// pointers, sizes and chunks live in device memory, uploaded once and reused while the pointers stay the same;
+// gradient pointers sit in a separate small table that is re-uploaded (from pinned memory, no host sync) only
+// when the gradients moved. The learning rate and the bias corrections are kernel arguments, so a schedule may
+// change the lr every step at no cost. (Parameters whose step counts differ, e.g. after unfreezing a layer
+// mid-training, or whose momentum buffer does not exist yet, get one more launch per distinct case.)
+// CUDA graphs: capture a step only after a warm-up step has built the tables, and keep the gradients where they
+// were (as for any captured kernel, the pointers in the tables are what the replayed step uses).
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "train/state_dict.h"
+
+namespace tl::train {
+
+enum class OptimizerKind { SGD, Adam, AdamW };
+const char* optimizer_kind_name(OptimizerKind kind);  // "sgd", "adam", "adamw"
+// Parses "sgd" / "adam" / "adamw" (case-insensitive); throws ValueError listing the choices.
+OptimizerKind parse_optimizer_kind(const std::string& name);
+
+// Hyper-parameters of one group. Fields a kind does not use are ignored (betas for SGD, momentum for Adam).
+struct HyperParams {
+  double lr = 1e-3;
+  double weight_decay = 0.0;
+  // SGD
+  double momentum = 0.0;
+  double dampening = 0.0;
+  bool nesterov = false;
+  // Adam / AdamW
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  bool amsgrad = false;
+
+  // PyTorch's defaults for each optimizer (AdamW's weight decay defaults to 1e-2, Adam's to 0).
+  static HyperParams sgd(double lr, double momentum = 0.0, double weight_decay = 0.0, bool nesterov = false,
+                         double dampening = 0.0);
+  static HyperParams adam(double lr = 1e-3, double weight_decay = 0.0, double beta1 = 0.9, double beta2 = 0.999,
+                          double eps = 1e-8, bool amsgrad = false);
+  static HyperParams adamw(double lr = 1e-3, double weight_decay = 1e-2, double beta1 = 0.9, double beta2 = 0.999,
+                           double eps = 1e-8, bool amsgrad = false);
+};
+
+// A parameter group as the user gives it: parameters plus the hyper-parameters that differ from the
+// optimizer's defaults (e.g. body lr 1e-3, head lr 1e-2). Frozen parameters may be listed; they are skipped.
+struct ParamGroup {
+  ParamGroup() = default;
+  ParamGroup(std::string name, std::vector<Parameter> params, std::optional<double> lr = std::nullopt)
+      : name(std::move(name)), params(std::move(params)), lr(lr) {}
+
+  std::string name;  // used in messages; "group<i>" when empty
+  std::vector<Parameter> params;
+  std::optional<double> lr, weight_decay, momentum, dampening, beta1, beta2, eps;
+  std::optional<bool> nesterov, amsgrad;
+};
+
+// Per-parameter optimizer state (undefined tensors until the parameter's first update).
+struct ParamState {
+  int64_t step = 0;        // updates applied to this parameter
+  Tensor momentum_buffer;  // SGD with momentum != 0
+  Tensor exp_avg, exp_avg_sq, max_exp_avg_sq;  // Adam/AdamW (max_exp_avg_sq only with amsgrad)
+};
+
+class Optimizer {
+ public:
+  // Throws ValueError for invalid hyper-parameters (as torch.optim does), no groups, an empty group, a parameter
+  // listed twice, or a parameter whose dtype is not float32/float64.
+  Optimizer(OptimizerKind kind, std::vector<ParamGroup> groups, const HyperParams& defaults);
+  ~Optimizer();
+  Optimizer(Optimizer&&) noexcept;
+  Optimizer& operator=(Optimizer&&) noexcept;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  OptimizerKind kind() const { return kind_; }
+  size_t num_groups() const { return groups_.size(); }
+  const std::string& group_name(size_t g) const;
+  const std::vector<Parameter>& group_params(size_t g) const;
+  const HyperParams& group_hyper(size_t g) const;
+  double lr(size_t g) const { return group_hyper(g).lr; }
+  void set_lr(size_t g, double lr);  // what schedules call; no re-upload, no rebuild
+  const ParamState& state(size_t g, size_t i) const;
+
+  // One update of every parameter that trains and has a gradient. Gradients must have the parameter's
+  // shape, dtype and device (a different layout is converted).
+  void step();
+  // Drops every parameter's gradient (set to none, PyTorch's default).
+  void zero_grad();
+
+  // Everything needed to continue exactly: kind, per group its hyper-parameters (the current lr included),
+  // parameter names and count, per parameter its step and state tensors (CPU copies).
+  // Keys: "kind", "num_groups", "group.<g>.<field>", "group.<g>.param.<i>.name", "state.<g>.<i>.step",
+  // "state.<g>.<i>.<momentum_buffer|exp_avg|exp_avg_sq|max_exp_avg_sq>".
+  StateDict state_dict() const;
+  // Restores a state_dict() of an optimizer of the same kind over the same groups of parameters (same names
+  // and shapes). Throws ValueError naming what differs; on error this optimizer is left unchanged.
+  void load_state_dict(const StateDict& state);
+
+  // What the CUDA path has done so far (for tests and benchmarks): fused kernel launches, and uploads of the
+  // parameter/state tables and of the gradient tables. In steady state only `launches` grows.
+  struct CudaStats {
+    int64_t launches = 0, table_uploads = 0, grad_table_uploads = 0;
+  };
+  const CudaStats& cuda_stats() const { return cuda_stats_; }
+
+ private:
+  struct Group {
+    std::string name;
+    std::vector<Parameter> params;
+    HyperParams hyper;
+    std::vector<ParamState> states;
+  };
+  struct CudaCache;  // fused-kernel tables, per launch (optimizer.cpp)
+
+  void step_group(size_t g);
+  OptimizerKind kind_;
+  std::vector<Group> groups_;
+  std::unique_ptr<CudaCache> cuda_cache_;
+  CudaStats cuda_stats_;
+};
+
+}  // namespace tl::train
