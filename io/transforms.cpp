@@ -149,17 +149,23 @@ Image resize_bilinear(const Image& src, const CropBox& box, int out_height, int 
   if (need_horizontal) {
     const Coefficients hor = precompute_coefficients(box.width, out_width);
     horizontal = Image(out_width, y_last - y_first);
+    const int32_t* weights = hor.weights.data();
+    const int* first = hor.first.data();
+    const int* count = hor.count.data();
+    const int ksize = hor.ksize;
     for (int y = y_first; y < y_last; ++y) {
       const uint8_t* in = src.at(box.top + y, box.left);
       uint8_t* out = horizontal.row(y - y_first);
       for (int xx = 0; xx < out_width; ++xx) {
-        const int32_t* k = &hor.weights[static_cast<size_t>(xx) * static_cast<size_t>(hor.ksize)];
-        const uint8_t* p = in + static_cast<size_t>(hor.first[static_cast<size_t>(xx)]) * 3;
+        const int32_t* k = weights + static_cast<size_t>(xx) * static_cast<size_t>(ksize);
+        const uint8_t* p = in + static_cast<size_t>(first[xx]) * 3;
+        const int n = count[xx];
         int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        for (int x = 0; x < hor.count[static_cast<size_t>(xx)]; ++x, p += 3) {
-          s0 += p[0] * k[x];
-          s1 += p[1] * k[x];
-          s2 += p[2] * k[x];
+        for (int x = 0; x < n; ++x) {
+          const int32_t w = k[x];
+          s0 += p[3 * x + 0] * w;
+          s1 += p[3 * x + 1] * w;
+          s2 += p[3 * x + 2] * w;
         }
         out[xx * 3 + 0] = clip8(s0);
         out[xx * 3 + 1] = clip8(s1);
@@ -170,22 +176,21 @@ Image resize_bilinear(const Image& src, const CropBox& box, int out_height, int 
   const int plane_width = need_horizontal ? out_width : box.width;
   Image out(plane_width, out_height);
   if (need_vertical) {
+    // Row by row: accumulate each input row times its weight into a row of sums (vectorises well).
+    const size_t row_values = static_cast<size_t>(plane_width) * 3;
+    std::vector<int32_t> sums(row_values);
     for (int yy = 0; yy < out_height; ++yy) {
       const int32_t* k = &vert.weights[static_cast<size_t>(yy) * static_cast<size_t>(vert.ksize)];
       const int ymin = vert.first[static_cast<size_t>(yy)], ycount = vert.count[static_cast<size_t>(yy)];
-      uint8_t* o = out.row(yy);
-      for (int xx = 0; xx < plane_width * 3; xx += 3) {
-        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-        for (int y = 0; y < ycount; ++y) {
-          const uint8_t* p = plane_row(ymin + y) + xx;
-          s0 += p[0] * k[y];
-          s1 += p[1] * k[y];
-          s2 += p[2] * k[y];
-        }
-        o[xx + 0] = clip8(s0);
-        o[xx + 1] = clip8(s1);
-        o[xx + 2] = clip8(s2);
+      std::fill(sums.begin(), sums.end(), 1 << (kPrecisionBits - 1));
+      for (int y = 0; y < ycount; ++y) {
+        const uint8_t* p = plane_row(ymin + y);
+        const int32_t w = k[y];
+        int32_t* s = sums.data();
+        for (size_t i = 0; i < row_values; ++i) s[i] += p[i] * w;
       }
+      uint8_t* o = out.row(yy);
+      for (size_t i = 0; i < row_values; ++i) o[i] = clip8(sums[i]);
     }
   } else {
     for (int y = 0; y < out_height; ++y)
