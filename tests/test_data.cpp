@@ -1,0 +1,726 @@
+// Data pipeline tests: image decoding vs PIL, transforms vs torchvision (tests/torch_ref/fx_data.py), ImageFolder
+// rules and errors, stratified splits, the synthetic generator, and the threaded loader (determinism, bad
+// images, shutdown).
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "io/dataset.h"
+#include "io/image.h"
+#include "io/loader.h"
+#include "io/synthetic.h"
+#include "io/transforms.h"
+#include "tl_testing.h"
+
+using namespace tl;
+using namespace tl::io;
+using namespace tl::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kImages = std::string(TL_FIXTURE_DIR) + "/data_images/";
+
+// A fresh, empty folder for one test.
+std::string fresh_dir(const std::string& name) {
+  const std::string d = ::testing::TempDir() + "tl_data_" + name + "_" + std::to_string(getpid());
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string read_all(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+void write_all(const std::string& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+Image image_from_hwc(const Tensor& t) {
+  EXPECT_EQ(t.ndim(), 3);
+  Image img(static_cast<int>(t.size(1)), static_cast<int>(t.size(0)));
+  std::vector<double> v = t.to_doubles();
+  for (size_t i = 0; i < v.size(); ++i) img.pixels[i] = static_cast<uint8_t>(v[i]);
+  return img;
+}
+
+struct PixelDiff {
+  int max = 0;
+  double mean = 0;
+  int64_t count = 0;  // pixels values that differ
+};
+PixelDiff diff(const Image& a, const Image& b) {
+  PixelDiff d;
+  if (a.width != b.width || a.height != b.height) return {999, 999, -1};
+  for (size_t i = 0; i < a.pixels.size(); ++i) {
+    const int e = std::abs(int(a.pixels[i]) - int(b.pixels[i]));
+    d.max = std::max(d.max, e);
+    d.mean += e;
+    d.count += e != 0;
+  }
+  d.mean /= static_cast<double>(a.pixels.size());
+  return d;
+}
+std::string dims(const Image& a) { return std::to_string(a.height) + "x" + std::to_string(a.width); }
+
+// "<case>|<file>[|k]" names of the fixture starting with prefix.
+std::vector<std::string> names_with(const std::string& prefix) {
+  std::vector<std::string> out;
+  for (const std::string& n : fixture("data").names)
+    if (n.rfind(prefix, 0) == 0) out.push_back(n);
+  EXPECT_FALSE(out.empty()) << "no fixture entries " << prefix;
+  return out;
+}
+std::string field(const std::string& name, int k) {
+  size_t start = 0;
+  for (int i = 0; i < k; ++i) start = name.find('|', start) + 1;
+  return name.substr(start, name.find('|', start) - start);
+}
+
+void expect_io_error(const std::function<void()>& fn, const std::vector<std::string>& fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "no IOError; expected one containing '" << fragments.front() << "'";
+  } catch (const IOError& e) {
+    const std::string msg = e.what();
+    for (const std::string& f : fragments)
+      EXPECT_NE(msg.find(f), std::string::npos) << "expected '" << f << "' in: " << msg;
+  }
+}
+
+// RandomSource replaying the scripted draws of fx_data.py (its _TorchShim).
+class ScriptedSource : public RandomSource {
+ public:
+  explicit ScriptedSource(std::vector<double> u) : u_(std::move(u)) {}
+  float uniform(double lo, double hi) override {
+    ++uniforms;
+    return static_cast<float>(lo + take() * (hi - lo));
+  }
+  int64_t randint(int64_t lo, int64_t hi) override {
+    ++randints;
+    return lo + static_cast<int64_t>(std::floor(take() * static_cast<double>(hi - lo)));
+  }
+  int uniforms = 0, randints = 0;
+
+ private:
+  double take() { return u_.at(pos_++); }
+  std::vector<double> u_;
+  size_t pos_ = 0;
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------------------
+// Decoding
+
+TEST(DataDecode, FormatsAndColourTypesMatchPIL) {
+  int checked = 0;
+  for (const std::string& name : names_with("decode|")) {
+    const std::string file = field(name, 1);
+    const Image ref = image_from_hwc(fixture("data").at(name));
+    const Image ours = decode_image(kImages + file);
+    ASSERT_EQ(dims(ours), dims(ref)) << file;
+    const PixelDiff d = diff(ours, ref);
+    const bool jpeg = file.size() > 4 && file.substr(file.size() - 4) == ".jpg";
+    if (!jpeg) {
+      EXPECT_EQ(d.max, 0) << file << ": lossless formats must decode exactly as PIL";
+    } else {
+      // stb_image and libjpeg-turbo (PIL) use different IDCT/upsampling/colour-conversion rounding.
+      // Measured: max 3, mean < 0.1 grey levels (CMYK: max 1).
+      EXPECT_LE(d.max, 4) << file;
+      EXPECT_LE(d.mean, 0.25) << file;
+    }
+    std::cout << "  " << file << ": max diff " << d.max << ", mean " << d.mean << "\n";
+    ++checked;
+  }
+  EXPECT_GE(checked, 17);
+  ImageInfo info = read_image_info(kImages + "cmyk_120x80.jpg");
+  EXPECT_EQ(info.channels, 4);
+  EXPECT_EQ(info.format, "jpeg");
+  info = read_image_info(kImages + "greyalpha_64x50.png");
+  EXPECT_EQ(info.width, 64);
+  EXPECT_EQ(info.height, 50);
+  EXPECT_EQ(info.channels, 2);
+}
+
+TEST(DataDecode, BadFilesGiveClearErrors) {
+  const std::string d = fresh_dir("badfiles");
+  const std::string png = read_all(kImages + "rgb_97x61.png");
+  const std::string jpg = read_all(kImages + "rgb_q90_420_333x250.jpg");
+
+  expect_io_error([&] { decode_image(d + "/missing.jpg"); }, {d + "/missing.jpg", "cannot open", "No such file"});
+  write_all(d + "/empty.png", "");
+  expect_io_error([&] { decode_image(d + "/empty.png"); }, {d + "/empty.png", "empty file"});
+  write_all(d + "/text.jpg", "hello, I am not an image\n");
+  expect_io_error([&] { decode_image(d + "/text.jpg"); }, {d + "/text.jpg", "not an image file"});
+  write_all(d + "/trunc.png", png.substr(0, png.size() / 2));
+  expect_io_error([&] { decode_image(d + "/trunc.png"); }, {d + "/trunc.png", "cannot decode png image"});
+  write_all(d + "/trunc.jpg", jpg.substr(0, jpg.size() * 2 / 3));
+  expect_io_error([&] { decode_image(d + "/trunc.jpg"); }, {d + "/trunc.jpg", "truncated"});
+  write_all(d + "/header_only.jpg", jpg.substr(0, 20));
+  expect_io_error([&] { decode_image(d + "/header_only.jpg"); }, {d + "/header_only.jpg"});
+  std::string corrupt = png;  // damage the IHDR chunk
+  for (size_t i = 16; i < 24; ++i) corrupt[i] = '\xFF';
+  write_all(d + "/corrupt.png", corrupt);
+  expect_io_error([&] { decode_image(d + "/corrupt.png"); }, {d + "/corrupt.png"});
+  write_all(d + "/scan.tif", std::string("II*\0", 4) + std::string(100, '\0'));
+  expect_io_error([&] { decode_image(d + "/scan.tif"); }, {d + "/scan.tif", "tiff", "cannot decode"});
+  fs::create_directories(d + "/folder.jpg");
+  expect_io_error([&] { decode_image(d + "/folder.jpg"); }, {d + "/folder.jpg", "directory"});
+
+  // CMYK without the Adobe marker: the conversion is unknown, refuse rather than guess.
+  std::string cmyk = read_all(kImages + "cmyk_120x80.jpg");
+  size_t app14 = cmyk.find("\xFF\xEE");
+  ASSERT_NE(app14, std::string::npos);
+  const size_t len = (static_cast<unsigned char>(cmyk[app14 + 2]) << 8) | static_cast<unsigned char>(cmyk[app14 + 3]);
+  write_all(d + "/cmyk_noadobe.jpg", cmyk.erase(app14, 2 + len));
+  expect_io_error([&] { decode_image(d + "/cmyk_noadobe.jpg"); }, {d + "/cmyk_noadobe.jpg", "CMYK", "Adobe"});
+
+  // Size limits are checked from the header, before decoding.
+  ImageLimits small;
+  small.max_pixels = 1000;
+  expect_io_error([&] { decode_image(kImages + "rgb_97x61.png", small); }, {"rgb_97x61.png", "61", "limit"});
+  small = ImageLimits();
+  small.max_side = 90;
+  expect_io_error([&] { decode_image(kImages + "rgb_97x61.png", small); }, {"rgb_97x61.png", "limit"});
+  std::string huge = png;  // IHDR says 40000 x 40000; only the header is read
+  const unsigned char side[4] = {0x00, 0x00, 0x9C, 0x40};
+  for (int i = 0; i < 4; ++i) huge[16 + i] = huge[20 + i] = static_cast<char>(side[i]);
+  write_all(d + "/huge.png", huge);
+  expect_io_error([&] { decode_image(d + "/huge.png"); }, {d + "/huge.png", "40000x40000", "limit"});
+  std::string huge_jpg = jpg;  // the frame header says 40000 x 40000
+  const size_t sof = huge_jpg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  for (size_t at : {sof + 5, sof + 7}) {
+    huge_jpg[at] = static_cast<char>(0x9C);
+    huge_jpg[at + 1] = static_cast<char>(0x40);
+  }
+  write_all(d + "/huge.jpg", huge_jpg);
+  expect_io_error([&] { decode_image(d + "/huge.jpg"); }, {d + "/huge.jpg", "40000x40000", "limit"});
+  fs::remove_all(d);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Transforms vs torchvision (same images, same parameters)
+
+TEST(DataTransforms, ResizeMatchesPILBilinear) {
+  Rng rng(0);
+  const std::map<std::string, std::shared_ptr<Transform>> cases = {
+      {"resize256", std::make_shared<Resize>(256)},
+      {"resize100", std::make_shared<Resize>(100)},
+      {"resize224x224", std::make_shared<Resize>(224, 224)},
+      {"resize150x40", std::make_shared<Resize>(150, 40)}};
+  int checked = 0;
+  for (const auto& [prefix, t] : cases) {
+    for (const std::string& name : names_with(prefix + "|")) {
+      const std::string file = field(name, 1);
+      const Image src = decode_image(kImages + file);
+      const Image ref = image_from_hwc(fixture("data").at(name));
+      const Image ours = t->apply(src, rng);
+      ASSERT_EQ(dims(ours), dims(ref)) << name;
+      const PixelDiff d = diff(ours, ref);
+      EXPECT_LE(d.max, 1) << name;  // the contract; the implementation follows Pillow exactly
+      EXPECT_EQ(d.count, 0) << name << ": " << d.count << " values differ (max " << d.max << ")";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 24);
+}
+
+TEST(DataTransforms, CropFlipAndNormalizeMatchTorchvision) {
+  Rng rng(0);
+  int checked = 0;
+  for (const auto& [prefix, t] : std::map<std::string, std::shared_ptr<Transform>>{
+           {"centercrop224", std::make_shared<CenterCrop>(224)},
+           {"centercrop101x67", std::make_shared<CenterCrop>(101, 67)}}) {
+    for (const std::string& name : names_with(prefix + "|")) {
+      const Image ours = t->apply(decode_image(kImages + field(name, 1)), rng);
+      const Image ref = image_from_hwc(fixture("data").at(name));
+      ASSERT_EQ(dims(ours), dims(ref)) << name;
+      EXPECT_EQ(diff(ours, ref).count, 0) << name;
+      ++checked;
+    }
+  }
+  for (const std::string& name : names_with("hflip|")) {
+    const Image ours = hflip(decode_image(kImages + field(name, 1)));
+    EXPECT_EQ(diff(ours, image_from_hwc(fixture("data").at(name))).count, 0) << name;
+    ++checked;
+  }
+  // ToTensor + Normalize alone, and the whole val pipeline Resize(256) + CenterCrop(224) + ToTensor + Normalize.
+  const Compose val = eval_transform(256, 224);
+  const Compose plain({});
+  for (const std::string prefix : {"totensor|", "val|"}) {
+    for (const std::string& name : names_with(prefix)) {
+      const Image src = decode_image(kImages + field(name, 1));
+      const Tensor& ref = fixture("data").at(name);
+      Tensor ours = Tensor::empty(ref.shape());
+      (prefix == std::string("val|") ? val : plain)(src, rng, ours.data_as<float>());
+      expect_close(ours, ref, 1e-7, name);  // bit-exact in practice
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 30);
+  EXPECT_EQ(val.output_size(), (Size2{224, 224}));
+}
+
+TEST(DataTransforms, ResizedCropMatchesTorchvision) {
+  int checked = 0;
+  for (const std::string& name : names_with("resizedcrop|")) {
+    const std::string file = field(name, 1);
+    const std::vector<double> p =
+        fixture("data").at("resizedcrop_params|" + file + "|" + field(name, 2)).to_doubles();
+    const CropBox box{int(p[0]), int(p[1]), int(p[2]), int(p[3])};
+    const Image ours = resized_crop(decode_image(kImages + file), box, Size2{224, 224});
+    const Image ref = image_from_hwc(fixture("data").at(name));
+    ASSERT_EQ(dims(ours), dims(ref)) << name;
+    const PixelDiff d = diff(ours, ref);
+    EXPECT_EQ(d.count, 0) << name << " box (" << box.top << ", " << box.left << ", " << box.height << ", "
+                          << box.width << "): max diff " << d.max;
+    ++checked;
+  }
+  EXPECT_GE(checked, 30);
+}
+
+TEST(DataTransforms, RandomResizedCropSamplesLikeTorchvision) {
+  const io::TensorFile& f = fixture("data");
+  const std::vector<double> draws = f.at("rrc.draws").to_doubles(), hw = f.at("rrc.hw").to_doubles(),
+                            scale = f.at("rrc.scale").to_doubles(), ratio = f.at("rrc.ratio").to_doubles(),
+                            expected = f.at("rrc.out").to_doubles();
+  const int64_t n = f.at("rrc.hw").size(0), per = f.at("rrc.draws").size(1);
+  int fallbacks = 0, mismatches = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    ScriptedSource src(std::vector<double>(draws.begin() + k * per, draws.begin() + (k + 1) * per));
+    const int h = int(hw[2 * k]), w = int(hw[2 * k + 1]);
+    const CropBox b = random_resized_crop_params(h, w, {scale[2 * k], scale[2 * k + 1]},
+                                                 {ratio[2 * k], ratio[2 * k + 1]}, src);
+    const std::vector<int> got = {b.top, b.left, b.height, b.width};
+    const std::vector<int> want = {int(expected[4 * k]), int(expected[4 * k + 1]), int(expected[4 * k + 2]),
+                                   int(expected[4 * k + 3])};
+    if (got != want && ++mismatches <= 5)
+      ADD_FAILURE() << "case " << k << " (" << h << "x" << w << "): got (" << got[0] << ", " << got[1] << ", "
+                    << got[2] << ", " << got[3] << "), torchvision (" << want[0] << ", " << want[1] << ", "
+                    << want[2] << ", " << want[3] << ")";
+    if (src.randints == 0) {
+      ++fallbacks;
+      EXPECT_EQ(src.uniforms, 20) << "the fallback comes after 10 attempts";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_GE(fallbacks, 20) << "the fixture must exercise the centre-crop fallback";
+  EXPECT_LE(fallbacks, n - 200);
+
+  // With our own generator: always a valid box, and the transform gives the requested size.
+  Rng rng(5);
+  const RandomResizedCrop rrc(224);
+  for (int k = 0; k < 2000; ++k) {
+    const int h = 1 + int(rng.randint(0, 500)), w = 1 + int(rng.randint(0, 500));
+    const CropBox b = rrc.sample(h, w, rng);
+    ASSERT_TRUE(b.top >= 0 && b.left >= 0 && b.height > 0 && b.width > 0 && b.top + b.height <= h &&
+                b.left + b.width <= w)
+        << h << "x" << w;
+  }
+  const Image out = rrc.apply(decode_image(kImages + "rgb_97x61.png"), rng);
+  EXPECT_EQ(dims(out), "224x224");
+}
+
+TEST(DataTransforms, RngFlipAndComposeBasics) {
+  Rng a(7, 1, 2), b(7, 1, 2), c(7, 1, 3), d(8, 1, 2);
+  for (int i = 0; i < 100; ++i) {
+    const uint64_t x = a.next_u64();
+    EXPECT_EQ(x, b.next_u64());
+    EXPECT_NE(x, c.next_u64());
+    EXPECT_NE(x, d.next_u64());
+  }
+  double sum = 0;
+  for (int i = 0; i < 10000; ++i) {
+    const float u = a.uniform(2.0, 3.0);
+    ASSERT_TRUE(u >= 2.0f && u < 3.0f);
+    sum += u;
+    const int64_t r = a.randint(-3, 4);
+    ASSERT_TRUE(r >= -3 && r < 4);
+  }
+  EXPECT_NEAR(sum / 10000, 2.5, 0.02);
+
+  const Image img = decode_image(kImages + "rgb_97x61.png");
+  EXPECT_EQ(diff(RandomHorizontalFlip(1.0).apply(img, a), hflip(img)).count, 0);
+  EXPECT_EQ(diff(RandomHorizontalFlip(0.0).apply(img, a), img).count, 0);
+  int flips = 0;
+  for (int i = 0; i < 400; ++i) flips += diff(RandomHorizontalFlip(0.5).apply(img, a), img).count != 0;
+  EXPECT_NEAR(flips, 200, 50);
+
+  EXPECT_EQ(train_transform(224).output_size(), (Size2{224, 224}));
+  EXPECT_EQ(eval_resize_transform(224).output_size(), (Size2{224, 224}));
+  EXPECT_FALSE(Compose({std::make_shared<Resize>(256)}).output_size().has_value());
+  EXPECT_EQ(resize_shorter_side_size(389, 517, 256), (Size2{256, 340}));  // int(256 * 517 / 389) = 340
+  EXPECT_EQ(resize_shorter_side_size(1001, 229, 256), (Size2{1119, 256}));
+  EXPECT_THROW(Resize(0), ValueError);
+  EXPECT_THROW(RandomResizedCrop(224, {0.5, 0.1}), ValueError);
+  EXPECT_THROW(Compose({}, kImageNetMean, {1.f, 0.f, 1.f}), ValueError);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// ImageFolder
+
+TEST(DataFolder, SamplesAndClassesMatchTorchvisionImageFolder) {
+  const io::TensorFile& f = fixture("data");
+  auto text = [&](const std::string& name) {
+    std::string s;
+    for (double v : f.at(name).to_doubles()) s += static_cast<char>(v);
+    return s;
+  };
+  const std::string root = std::string(TL_FIXTURE_DIR) + "/data_tree";
+  const ImageFolder folder = scan_image_folder(root);
+  std::string classes, paths;
+  for (const std::string& c : folder.classes) classes += (classes.empty() ? "" : "\n") + c;
+  for (const Sample& s : folder.samples) paths += (paths.empty() ? "" : "\n") + s.path.substr(root.size() + 1);
+  EXPECT_EQ(classes, text("tree.classes"));
+  EXPECT_EQ(paths, text("tree.paths"));
+  std::vector<double> labels;
+  for (const Sample& s : folder.samples) labels.push_back(s.label);
+  EXPECT_EQ(labels, f.at("tree.labels").to_doubles());
+  EXPECT_EQ(folder.class_counts(), (std::vector<int64_t>{3, 3, 6}));
+}
+
+TEST(DataFolder, HiddenEntriesSkippedAndClearErrors) {
+  const std::string d = fresh_dir("folder");
+  auto touch = [&](const std::string& rel) {
+    fs::create_directories(fs::path(d + "/" + rel).parent_path());
+    write_all(d + "/" + rel, "x");
+  };
+  touch("data/train/ants/a.jpg");
+  touch("data/train/ants/.hidden.jpg");
+  touch("data/train/ants/.cache/b.jpg");
+  touch("data/train/bees/c.PNG");
+  touch("data/train/.ipynb_checkpoints/d.jpg");
+  touch("data/val/ants/e.jpg");
+  touch("data/val/bees/f.jpg");
+  DataSplits s = load_splits(d + "/data");
+  EXPECT_EQ(s.classes, (std::vector<std::string>{"ants", "bees"}));
+  ASSERT_EQ(s.train.samples.size(), 2u);
+  EXPECT_EQ(s.train.samples[0].path, d + "/data/train/ants/a.jpg");
+  EXPECT_EQ(s.train.samples[1].label, 1);
+  EXPECT_EQ(s.val.samples.size(), 2u);
+  EXPECT_NE(s.description.find("2 classes"), std::string::npos) << s.description;
+
+  expect_io_error([&] { load_splits(d + "/nope"); }, {d + "/nope", "does not exist"});
+  expect_io_error([&] { scan_image_folder(d + "/data/train/ants/a.jpg"); }, {"not a folder"});
+  fs::create_directories(d + "/flat");
+  touch("flat/loose.jpg");
+  expect_io_error([&] { scan_image_folder(d + "/flat"); }, {d + "/flat", "no class folders"});
+  touch("emptycls/full/x.jpg");
+  touch("emptycls/notes/readme.txt");
+  fs::create_directories(d + "/emptycls/void");
+  expect_io_error([&] { scan_image_folder(d + "/emptycls"); }, {"'notes'", "'void'", "no image files"});
+  touch("data/val/wasps/g.jpg");
+  touch("data/train/moths/h.jpg");
+  expect_io_error([&] { load_splits(d + "/data"); }, {"differ", "only in train/: 'moths'", "only in val/: 'wasps'"});
+  EXPECT_THROW(load_splits(d + "/data", 0.2), ValueError);  // val/ exists and a fraction is given
+  touch("noval/train/ants/a.jpg");
+  expect_io_error([&] { load_splits(d + "/noval"); }, {"no val/ folder", "--val-split"});
+  fs::remove_all(d);
+}
+
+TEST(DataFolder, StratifiedSplitIsSeededAndKeepsEveryClass) {
+  ImageFolder all;
+  all.root = "/r";
+  all.classes = {"a", "b", "c", "d"};
+  const int counts[] = {10, 3, 1, 57};
+  for (int c = 0; c < 4; ++c)
+    for (int i = 0; i < counts[c]; ++i) all.samples.push_back({"/r/" + all.classes[c] + "/" + std::to_string(i), c});
+  auto [train, val] = stratified_split(all, 0.2, 11);
+  EXPECT_EQ(val.class_counts(), (std::vector<int64_t>{2, 1, 0, 11}));
+  EXPECT_EQ(train.class_counts(), (std::vector<int64_t>{8, 2, 1, 46}));
+  std::set<std::string> seen;
+  for (const auto* part : {&train, &val}) {
+    for (const Sample& s : part->samples) EXPECT_TRUE(seen.insert(s.path).second) << "in both: " << s.path;
+    for (size_t i = 1; i < part->samples.size(); ++i) {  // kept in folder order
+      const auto pos = [&](const Sample& s) {
+        return std::find_if(all.samples.begin(), all.samples.end(), [&](const Sample& x) { return x.path == s.path; });
+      };
+      EXPECT_LT(pos(part->samples[i - 1]), pos(part->samples[i]));
+    }
+  }
+  EXPECT_EQ(seen.size(), all.samples.size());
+  auto [train2, val2] = stratified_split(all, 0.2, 11);
+  auto [train3, val3] = stratified_split(all, 0.2, 12);
+  auto paths = [](const ImageFolder& f) {
+    std::vector<std::string> p;
+    for (const Sample& s : f.samples) p.push_back(s.path);
+    return p;
+  };
+  EXPECT_EQ(paths(val), paths(val2));
+  EXPECT_NE(paths(val), paths(val3));
+  EXPECT_THROW(stratified_split(all, 1.0, 0), ValueError);
+  EXPECT_THROW(stratified_split(all, 0.0, 0), ValueError);
+
+  // Through load_splits, from a folder without val/.
+  const std::string d = fresh_dir("split");
+  SyntheticOptions o;
+  o.num_classes = 3;
+  o.train_per_class = 5;
+  o.val_per_class = 0;
+  o.min_side = o.max_side = 16;
+  write_synthetic_image_folder(d, o);
+  DataSplits s = load_splits(d, 0.4, 3);
+  EXPECT_EQ(s.val.class_counts(), (std::vector<int64_t>{2, 2, 2}));
+  EXPECT_EQ(s.train.class_counts(), (std::vector<int64_t>{3, 3, 3}));
+  EXPECT_NE(s.description.find("0.4 of each class"), std::string::npos) << s.description;
+  fs::remove_all(d);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Synthetic data
+
+TEST(DataSynthetic, WritesADecodableSeededImageFolder) {
+  const std::string d1 = fresh_dir("syn1"), d2 = fresh_dir("syn2");
+  SyntheticOptions o;
+  o.num_classes = 10;
+  o.train_per_class = 3;
+  o.val_per_class = 2;
+  o.seed = 4;
+  const std::vector<std::string> classes = write_synthetic_image_folder(d1, o);
+  write_synthetic_image_folder(d2, o);
+  EXPECT_EQ(classes.size(), 10u);
+  EXPECT_EQ(classes[0], "00_hstripes");
+  EXPECT_EQ(classes[9], "09_vstripes2");
+  DataSplits s = load_splits(d1);
+  EXPECT_EQ(s.classes, classes);
+  EXPECT_EQ(s.train.samples.size(), 30u);
+  EXPECT_EQ(s.val.samples.size(), 20u);
+  int jpg = 0, png = 0;
+  for (const Sample& smp : s.train.samples) {
+    const Image img = decode_image(smp.path);
+    EXPECT_TRUE(img.width >= o.min_side && img.width <= o.max_side && img.height >= o.min_side &&
+                img.height <= o.max_side);
+    (smp.path.substr(smp.path.size() - 3) == "jpg" ? jpg : png)++;
+    EXPECT_EQ(read_all(smp.path), read_all(d2 + smp.path.substr(d1.size()))) << "not reproducible: " << smp.path;
+  }
+  EXPECT_GT(jpg, 0);
+  EXPECT_GT(png, 0);
+  // Classes differ in structure, not only colour: horizontal stripes vary down a column, vertical ones along a row.
+  const Image h = synthetic_image(0, 64, 64, 1), v = synthetic_image(1, 64, 64, 1);
+  auto variation = [](const Image& img, bool along_row) {
+    double s = 0;
+    for (int i = 1; i < 64; ++i)
+      for (int j = 0; j < 64; ++j) {
+        const uint8_t* a = along_row ? img.at(j, i) : img.at(i, j);
+        const uint8_t* b = along_row ? img.at(j, i - 1) : img.at(i - 1, j);
+        s += std::abs(int(a[0]) - int(b[0])) + std::abs(int(a[1]) - int(b[1])) + std::abs(int(a[2]) - int(b[2]));
+      }
+    return s;
+  };
+  EXPECT_GT(variation(h, false), 1.5 * variation(h, true));
+  EXPECT_GT(variation(v, true), 1.5 * variation(v, false));
+  fs::remove_all(d1);
+  fs::remove_all(d2);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Loader
+
+namespace {
+struct EpochData {
+  std::vector<std::vector<float>> images;
+  std::vector<std::vector<int32_t>> labels;
+  std::vector<std::vector<int64_t>> samples;
+};
+EpochData run_epoch(DataLoader& loader, int64_t epoch) {
+  EpochData e;
+  loader.start_epoch(epoch);
+  while (const Batch* b = loader.next()) {
+    const size_t n = static_cast<size_t>(b->size) * 3 * b->height * b->width;
+    e.images.emplace_back(b->images, b->images + n);
+    e.labels.emplace_back(b->labels, b->labels + b->size);
+    e.samples.emplace_back(b->samples, b->samples + b->size);
+  }
+  return e;
+}
+std::string synthetic_set(const std::string& name, int classes, int per_class) {
+  const std::string d = fresh_dir(name);
+  SyntheticOptions o;
+  o.num_classes = classes;
+  o.train_per_class = per_class;
+  o.val_per_class = 0;
+  o.min_side = 40;
+  o.max_side = 90;
+  write_synthetic_image_folder(d, o);
+  return d;
+}
+}  // namespace
+
+TEST(DataLoader, SameBatchesWithOneAndFourThreads) {
+  const std::string d = synthetic_set("det", 3, 7);  // 21 images
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.shuffle = true;
+  o.seed = 9;
+  o.prefetch = 2;
+  o.num_workers = 1;
+  DataLoader one(folder.samples, train_transform(32), o);
+  o.num_workers = 4;
+  o.prefetch = 3;
+  DataLoader four(folder.samples, train_transform(32), o);
+  EXPECT_EQ(one.batches_per_epoch(), 6);
+  const EpochData a0 = run_epoch(one, 0), b0 = run_epoch(four, 0), a1 = run_epoch(one, 1), b1 = run_epoch(four, 1);
+  ASSERT_EQ(a0.images.size(), 6u);
+  EXPECT_EQ(a0.labels.back().size(), 1u);  // 21 = 5 * 4 + 1
+  EXPECT_TRUE(a0.images == b0.images && a0.labels == b0.labels && a0.samples == b0.samples);
+  EXPECT_TRUE(a1.images == b1.images && a1.labels == b1.labels && a1.samples == b1.samples);
+  EXPECT_NE(a0.samples, a1.samples) << "each epoch has its own order";
+  EXPECT_EQ(run_epoch(four, 0).images, a0.images) << "an epoch can be replayed";
+  std::set<int64_t> seen;
+  for (const auto& batch : a0.samples) seen.insert(batch.begin(), batch.end());
+  EXPECT_EQ(seen.size(), 21u) << "every sample exactly once per epoch";
+  for (size_t b = 0; b < a0.samples.size(); ++b)
+    for (size_t r = 0; r < a0.samples[b].size(); ++r)
+      EXPECT_EQ(a0.labels[b][r], folder.samples[static_cast<size_t>(a0.samples[b][r])].label);
+
+  // The loader writes exactly what the pipeline makes of each sample with its (seed, epoch, index) generator.
+  const Compose t = train_transform(32);
+  std::vector<float> direct(3 * 32 * 32);
+  const int64_t id = a1.samples[2][1];
+  Rng rng(9, 1, static_cast<uint64_t>(id));
+  t(decode_image(folder.samples[static_cast<size_t>(id)].path), rng, direct.data());
+  EXPECT_TRUE(std::equal(direct.begin(), direct.end(), a1.images[2].begin() + 3 * 32 * 32));
+
+  // Val: no shuffling, folder order, deterministic transform.
+  o.shuffle = false;
+  DataLoader val(folder.samples, eval_transform(40, 32), o);
+  const EpochData v0 = run_epoch(val, 0), v1 = run_epoch(val, 1);
+  EXPECT_EQ(v0.images, v1.images);
+  EXPECT_EQ(v0.samples[0], (std::vector<int64_t>{0, 1, 2, 3}));
+  fs::remove_all(d);
+}
+
+TEST(DataLoader, DropLastAndOptions) {
+  const std::string d = synthetic_set("drop", 2, 5);  // 10 images
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.drop_last = true;
+  o.num_workers = 2;
+  DataLoader loader(folder.samples, eval_resize_transform(24), o);
+  EXPECT_EQ(loader.batches_per_epoch(), 2);
+  const EpochData e = run_epoch(loader, 0);
+  ASSERT_EQ(e.labels.size(), 2u);
+  EXPECT_EQ(e.labels[1].size(), 4u);
+  EXPECT_THROW(DataLoader(folder.samples, Compose({std::make_shared<Resize>(32)}), o), ValueError);
+  o.batch_size = 0;
+  EXPECT_THROW(DataLoader(folder.samples, eval_resize_transform(24), o), ValueError);
+  EXPECT_EQ(parse_on_bad_image("skip"), OnBadImage::Skip);
+  EXPECT_THROW(parse_on_bad_image("ignore"), ValueError);
+  fs::remove_all(d);
+}
+
+TEST(DataLoader, BadImagesFailOrSkip) {
+  const std::string d = synthetic_set("bad", 2, 6);  // 12 images
+  const std::string cls = d + "/train/" + synthetic_class_name(1);
+  write_all(cls + "/zz_empty.png", "");
+  write_all(cls + "/zz_text.jpg", "not an image");
+  const std::string good = read_all(d + "/train/" + synthetic_class_name(0) + "/train_0000.jpg");
+  write_all(cls + "/zz_trunc.jpg", good.substr(0, good.size() / 2));
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  ASSERT_EQ(folder.samples.size(), 15u);
+
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.num_workers = 3;
+  DataLoader fail(folder.samples, eval_resize_transform(16), o);
+  fail.start_epoch(0);
+  int batches = 0;
+  try {
+    while (fail.next()) ++batches;
+    ADD_FAILURE() << "no IOError for the bad images";
+  } catch (const IOError& e) {
+    // The first bad image in epoch order (zz_empty.png, sample 12) is in batch 3.
+    EXPECT_NE(std::string(e.what()).find(cls + "/zz_empty.png"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(batches, 3);
+  EXPECT_EQ(fail.next(), nullptr) << "the epoch is over after the error";
+  EXPECT_THROW(run_epoch(fail, 1), IOError) << "a later epoch meets the same bad image";
+
+  o.on_bad_image = OnBadImage::Skip;
+  o.shuffle = true;
+  DataLoader skip(folder.samples, eval_resize_transform(16), o);
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    const EpochData e = run_epoch(skip, epoch);
+    size_t total = 0;
+    for (const auto& l : e.labels) total += l.size();
+    EXPECT_EQ(total, 12u);
+    ASSERT_EQ(skip.skipped().size(), 3u);
+    std::set<std::string> paths;
+    for (const SkippedImage& s : skip.skipped()) {
+      paths.insert(s.path);
+      EXPECT_NE(s.reason.find(s.path), std::string::npos) << s.reason;
+    }
+    EXPECT_EQ(paths, (std::set<std::string>{cls + "/zz_empty.png", cls + "/zz_text.jpg", cls + "/zz_trunc.jpg"}));
+    EXPECT_NE(skip.skipped_report().find("3 images skipped"), std::string::npos);
+  }
+  fs::remove_all(d);
+}
+
+TEST(DataLoader, ShutsDownCleanlyMidEpoch) {
+  const std::string d = synthetic_set("shutdown", 2, 20);  // 40 images
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  LoaderOptions o;
+  o.batch_size = 2;
+  o.num_workers = 4;
+  o.prefetch = 4;
+  o.shuffle = true;
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0; round < 5; ++round) {
+    DataLoader loader(folder.samples, train_transform(64), o);
+    loader.start_epoch(0);
+    ASSERT_NE(loader.next(), nullptr);
+    if (round % 2 == 1) {
+      loader.start_epoch(1);  // abandon epoch 0 half-way
+      int n = 0;
+      while (loader.next()) ++n;
+      EXPECT_EQ(n, 20);
+    } else {
+      loader.start_epoch(2);  // and destroy with workers busy prefetching
+    }
+  }
+  { DataLoader never_started(folder.samples, train_transform(64), o); }
+  {
+    DataLoader idle(folder.samples, train_transform(64), o);
+    EXPECT_THROW(idle.next(), ValueError) << "next() before start_epoch()";
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 20.0);
+  fs::remove_all(d);
+}
+
+TEST(DataLoader, CudaCopiesFromPinnedBatches) {
+  TL_REQUIRE_CUDA();
+  const std::string d = synthetic_set("cuda", 2, 6);
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  LoaderOptions o;
+  o.batch_size = 5;
+  o.num_workers = 2;
+  o.prefetch = 2;
+  DataLoader loader(folder.samples, eval_transform(40, 32), o);
+  const EpochData ref = run_epoch(loader, 0);
+  loader.start_epoch(0);
+  std::vector<Tensor> on_gpu, labels;
+  while (const Batch* b = loader.next()) {
+    on_gpu.push_back(b->images_to(Device::CUDA));
+    labels.push_back(b->labels_to(Device::CUDA));
+  }
+  ASSERT_EQ(on_gpu.size(), ref.images.size());
+  for (size_t i = 0; i < on_gpu.size(); ++i) {
+    std::vector<double> v = on_gpu[i].to(Device::CPU).to_doubles();
+    ASSERT_EQ(v.size(), ref.images[i].size());
+    for (size_t j = 0; j < v.size(); ++j) ASSERT_EQ(static_cast<float>(v[j]), ref.images[i][j]) << i << " " << j;
+    std::vector<double> l = labels[i].to(Device::CPU).to_doubles();
+    for (size_t j = 0; j < l.size(); ++j) EXPECT_EQ(int32_t(l[j]), ref.labels[i][j]);
+  }
+  fs::remove_all(d);
+}
