@@ -1,0 +1,418 @@
+// Training reports: ClassificationMetrics against hand-computed values and PyTorch's argmax/topk, the text table and
+// JSON; curve and prediction-grid PNGs (decoded back, sizes, colours where they must be); progress output in both
+// styles with a fake clock; the JSON-lines log and atomic file writing, including their errors.
+// The PNGs are left in <build>/report_pngs for looking at.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "io/image.h"
+#include "tl_testing.h"
+#include "train/metrics.h"
+#include "train/report.h"
+
+using namespace tl;
+using namespace tl::train;
+using namespace tl::testing;
+
+namespace {
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+Tensor labels(const std::vector<double>& v) { return Tensor::from_values(v, {static_cast<int64_t>(v.size())}, DType::I32); }
+
+std::string output_dir() {
+  const std::string dir = std::string(TL_FIXTURE_DIR) + "/../report_pngs";
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Pixels within `tol` of colour (r, g, b) in the rectangle [x0, x1) x [y0, y1).
+int count_color(const io::Image& img, int r, int g, int b, int x0, int y0, int x1, int y1, int tol = 40) {
+  int n = 0;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) {
+      const uint8_t* p = img.at(y, x);
+      if (std::abs(p[0] - r) <= tol && std::abs(p[1] - g) <= tol && std::abs(p[2] - b) <= tol) ++n;
+    }
+  return n;
+}
+
+io::Image solid(int w, int h, uint8_t r, uint8_t g, uint8_t b) {
+  io::Image img(w, h);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      uint8_t* p = img.at(y, x);
+      p[0] = r, p[1] = g, p[2] = b;
+    }
+  return img;
+}
+}  // namespace
+
+// ---- Metrics ----
+
+TEST(Metrics, HandComputedCountsTiesNaNAndLossWeighting) {
+  // 6 classes, so top-k is top-5 and a true class ranked 6th is a miss.
+  ClassificationMetrics m(6);
+  EXPECT_EQ(m.top_k(), 5);
+  EXPECT_TRUE(std::isnan(m.mean_loss()) && std::isnan(m.top1_accuracy()));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> batch1 = {
+      0.1f, 0.9f, 0.2f, 0.3f, 0.4f, 0.5f,  // label 1: predicted 1 (right)
+      0.6f, 0.5f, 0.4f, 0.3f, 0.2f, 0.1f,  // label 5: predicted 0, ranked 6th -> top-5 miss
+      0.6f, 0.5f, 0.4f, 0.3f, 0.2f, 0.1f,  // label 4: predicted 0, ranked 5th -> top-5 hit
+      1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f,  // all tied, label 4: predicted 0 (first), rank 4 -> hit
+  };
+  const std::vector<int32_t> labels1 = {1, 5, 4, 4};
+  m.add_batch(batch1.data(), labels1.data(), 4, 2.0);
+  const std::vector<float> batch2 = {
+      1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f,  // all tied, label 5: rank 5 -> miss (ties go to the lower index)
+      0.0f, 0.0f, nan,  0.0f, 5.0f, 0.0f,  // NaN ranks first: predicted 2 (right)
+      0.0f, nan,  nan,  0.0f, 5.0f, 0.0f,  // two NaNs: predicted 1 (the first NaN); label 2 ranked 2nd -> hit
+  };
+  const std::vector<int32_t> labels2 = {5, 2, 2};
+  m.add_batch(batch2.data(), labels2.data(), 3, 9.0);
+  EXPECT_EQ(m.count(), 7);
+  EXPECT_EQ(m.correct_top1(), 2);
+  EXPECT_EQ(m.correct_top_k(), 5);
+  EXPECT_DOUBLE_EQ(m.mean_loss(), (4 * 2.0 + 3 * 9.0) / 7);
+  EXPECT_DOUBLE_EQ(m.top1_accuracy(), 2.0 / 7);
+  EXPECT_DOUBLE_EQ(m.top_k_accuracy(), 5.0 / 7);
+  EXPECT_EQ(m.confusion_at(1, 1), 1);
+  EXPECT_EQ(m.confusion_at(5, 0), 2);
+  EXPECT_EQ(m.confusion_at(4, 0), 2);
+  EXPECT_EQ(m.confusion_at(2, 2), 1);
+  EXPECT_EQ(m.confusion_at(2, 1), 1);
+  int64_t total = 0;
+  for (int64_t v : m.confusion()) total += v;
+  EXPECT_EQ(total, 7);
+  EXPECT_EQ(m.class_counts(), (std::vector<int64_t>{0, 1, 2, 0, 2, 2}));
+  const std::vector<double> acc = m.per_class_accuracy();
+  EXPECT_TRUE(std::isnan(acc[0]) && std::isnan(acc[3]));
+  EXPECT_DOUBLE_EQ(acc[1], 1.0);
+  EXPECT_DOUBLE_EQ(acc[2], 0.5);
+  EXPECT_DOUBLE_EQ(acc[4], 0.0);
+  const auto pairs = m.top_confused(2);
+  ASSERT_EQ(pairs.size(), 2u);
+  EXPECT_EQ(pairs[0].truth, 4);  // (4 -> 0) and (5 -> 0) both count 2: (truth, predicted) order
+  EXPECT_EQ(pairs[0].predicted, 0);
+  EXPECT_EQ(pairs[1].truth, 5);
+  EXPECT_EQ(pairs[0].count, 2);
+
+  // The Tensor overload: float64 logits and int64 labels are converted; an empty batch changes nothing.
+  ClassificationMetrics t(3);
+  EXPECT_EQ(t.top_k(), 3);
+  t.add_batch(Tensor::from_values({0, 1, 2, 5, 1, 0}, {2, 3}, DType::F64),
+              Tensor::from_values({2, 1}, {2}, DType::I64), 0.5);
+  t.add_batch(Tensor::empty({0, 3}), Tensor::empty({0}, DType::I32), 100.0);
+  EXPECT_EQ(t.count(), 2);
+  EXPECT_EQ(t.correct_top1(), 1);
+  EXPECT_EQ(t.correct_top_k(), 2);
+  EXPECT_DOUBLE_EQ(t.mean_loss(), 0.5);
+  t.reset();
+  EXPECT_EQ(t.count(), 0);
+  EXPECT_EQ(t.confusion_at(1, 0), 0);
+}
+
+TEST(Metrics, BadInputIsRejectedWithoutChangingTheCounts) {
+  ClassificationMetrics m(4);
+  m.add_batch(Tensor::from_values({1, 0, 0, 0}, {1, 4}), labels({0}), 1.0);
+  EXPECT_TRUE(contains(error_of([&] { m.add_batch(Tensor::zeros({2, 5}), labels({0, 1}), 1.0); }), "(N, 4)"));
+  EXPECT_TRUE(contains(error_of([&] { m.add_batch(Tensor::zeros({2, 4}), labels({0}), 1.0); }), "labels must be (2)"));
+  EXPECT_TRUE(contains(error_of([&] { m.add_batch(Tensor::zeros({2, 4}), Tensor::zeros({2}), 1.0); }), "int32 or int64"));
+  const std::string bad_label = error_of([&] { m.add_batch(Tensor::zeros({3, 4}), labels({0, 3, 4}), 1.0); });
+  EXPECT_TRUE(contains(bad_label, "label 4 of sample 2 is outside [0, 4)")) << bad_label;
+  EXPECT_TRUE(contains(error_of([&] { m.add_batch(Tensor::zeros({1, 4}), labels({-1}), 1.0); }), "label -1"));
+  EXPECT_EQ(m.count(), 1);  // nothing of the failed batches was counted
+  EXPECT_EQ(m.correct_top1(), 1);
+  EXPECT_DOUBLE_EQ(m.mean_loss(), 1.0);
+  EXPECT_TRUE(contains(error_of([&] { ClassificationMetrics bad(0); }), "at least 1"));
+  EXPECT_TRUE(contains(error_of([&] { m.table({"a", "b"}); }), "2 class names given for 4 classes"));
+  EXPECT_TRUE(contains(error_of([&] { m.confusion_at(4, 0); }), "outside [0, 4)"));
+}
+
+TEST(Metrics, ArgmaxAndTopKMatchTorch) {
+  const auto& f = fixture("metrics");
+  for (const char* name : {"c10", "c3", "c1000", "c2"}) {
+    SCOPED_TRACE(name);
+    const std::string p = std::string(name) + ".";
+    const Tensor x = f.at(p + "x"), t = f.at(p + "t");
+    const int64_t n = x.size(0), c = x.size(1);
+    const std::vector<double> pred = f.at(p + "pred").to_doubles(), hit = f.at(p + "topk_hit").to_doubles();
+    const std::vector<double> tv = t.to_doubles();
+    ClassificationMetrics all(static_cast<int>(c));
+    ASSERT_EQ(all.top_k(), static_cast<int>(f.at(p + "k").item()));
+    // Uneven batches; the row-by-row checks use a one-row metrics object each.
+    all.add_batch(x.data_as<float>(), t.data_as<int32_t>(), n / 3, 1.0);
+    all.add_batch(x.data_as<float>() + (n / 3) * c, t.data_as<int32_t>() + n / 3, n - n / 3, 1.0);
+    std::vector<int64_t> confusion(static_cast<size_t>(c * c), 0);
+    int64_t top1 = 0, topk = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ++confusion[static_cast<size_t>(tv[i] * c + pred[i])];
+      top1 += pred[i] == tv[i];
+      topk += hit[i] != 0;
+      ClassificationMetrics one(static_cast<int>(c));
+      one.add_batch(x.data_as<float>() + i * c, t.data_as<int32_t>() + i, 1, 0.0);
+      EXPECT_EQ(one.correct_top_k(), hit[i] != 0 ? 1 : 0) << "row " << i;
+    }
+    EXPECT_EQ(all.confusion(), confusion);
+    EXPECT_EQ(all.correct_top1(), top1);
+    EXPECT_EQ(all.correct_top_k(), topk);
+    EXPECT_GT(topk, top1);  // the fixture has top-k hits that are top-1 misses (except tiny C)
+  }
+}
+
+TEST(Metrics, TableAndJson) {
+  ClassificationMetrics m(3);
+  // truth 0: 2 right, 1 as class 2; truth 1: 1 right; truth 2: none.
+  const std::vector<float> x = {9, 0, 0, 9, 0, 0, 0, 0, 9, 0, 9, 0};
+  const std::vector<int32_t> y = {0, 0, 0, 1};
+  m.add_batch(x.data(), y.data(), 4, 0.25);
+  const std::string text = m.table({"ants", "bees", "a_very_long_class_name_that_goes_on_and_on"});
+  SCOPED_TRACE(text);
+  EXPECT_TRUE(contains(text, "4 samples, mean loss 0.2500, top-1 75.00%, top-3 100.00%"));
+  EXPECT_TRUE(contains(text, "class                     samples  correct  accuracy\n"));
+  EXPECT_TRUE(contains(text, "ants                            3        2    66.67%\n"));
+  EXPECT_TRUE(contains(text, "bees                            1        1   100.00%\n"));
+  EXPECT_TRUE(contains(text, "a_very_long_class_name_~        0        0         -\n"));  // shortened to 24
+  EXPECT_TRUE(contains(text, "true \\ predicted                ants        bees  a_very_lo~\n"));
+  EXPECT_TRUE(contains(text, "ants                               2           0           1\n"));
+  EXPECT_FALSE(contains(text, "goes_on"));
+  // Default names.
+  EXPECT_TRUE(contains(m.table(), "class 2"));
+
+  const nlohmann::json j = m.to_json();
+  EXPECT_EQ(j["count"], 4);
+  EXPECT_DOUBLE_EQ(j["loss"].get<double>(), 0.25);
+  EXPECT_DOUBLE_EQ(j["top1"].get<double>(), 0.75);
+  EXPECT_EQ(j["top_k"], 3);
+  EXPECT_DOUBLE_EQ(j["top_k_accuracy"].get<double>(), 1.0);
+  EXPECT_TRUE(j["per_class_accuracy"][2].is_null());
+  EXPECT_DOUBLE_EQ(j["per_class_accuracy"][0].get<double>(), 2.0 / 3);
+  EXPECT_EQ(j["class_counts"], nlohmann::json({3, 1, 0}));
+  EXPECT_EQ(j["confusion"], nlohmann::json({{2, 0, 1}, {0, 1, 0}, {0, 0, 0}}));
+  EXPECT_FALSE(m.to_json(false).contains("confusion"));
+  EXPECT_TRUE(ClassificationMetrics(3).to_json()["loss"].is_null());
+
+  // More than 20 classes: no matrix, the most confused pairs instead.
+  ClassificationMetrics big(30);
+  std::vector<float> xb(3 * 30, 0.0f);
+  xb[0 * 30 + 7] = 1, xb[1 * 30 + 7] = 1, xb[2 * 30 + 3] = 1;
+  const std::vector<int32_t> yb = {12, 12, 3};
+  big.add_batch(xb.data(), yb.data(), 3, 1.0);
+  const std::string big_text = big.table();
+  EXPECT_FALSE(contains(big_text, "Confusion matrix"));
+  EXPECT_TRUE(contains(big_text, "Most confused pairs (30 classes"));
+  EXPECT_TRUE(contains(big_text, "      2  class 12 -> predicted as class 7\n")) << big_text;
+}
+
+// ---- PNG charts ----
+
+TEST(Report, CurvesPng) {
+  const std::string dir = output_dir();
+  std::vector<EpochRecord> history;
+  for (int e = 1; e <= 25; ++e) {
+    const double lr = e <= 7 ? 1e-3 : e <= 14 ? 1e-4 : 1e-5;
+    history.push_back({e, 0.7 * std::exp(-0.15 * e) + 0.1, 0.5 * std::exp(-0.1 * e) + 0.2,
+                       0.95 - 0.4 * std::exp(-0.2 * e), 0.93 - 0.3 * std::exp(-0.3 * e), lr});
+  }
+  history[9].val_loss = kNaN;  // a missing value breaks the val curve
+  const std::string path = dir + "/curves.png";
+  write_curves_png(path, history);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  const io::Image img = io::decode_image(path);
+  ASSERT_EQ(img.width, 1280);
+  ASSERT_EQ(img.height, 480);
+  // Both curves in both panels (plot areas: x 88..616 and 728..1256, y 56..416).
+  EXPECT_GT(count_color(img, 31, 119, 180, 90, 60, 614, 414), 500);   // train loss
+  EXPECT_GT(count_color(img, 255, 127, 14, 90, 60, 614, 414), 500);   // val loss
+  EXPECT_GT(count_color(img, 31, 119, 180, 730, 60, 1254, 414), 500);  // train accuracy
+  EXPECT_GT(count_color(img, 255, 127, 14, 730, 60, 1254, 414), 500);  // val accuracy
+  EXPECT_GT(count_color(img, 40, 40, 40, 0, 0, 1280, 480, 10), 1000);   // text
+  EXPECT_EQ(img.at(470, 5)[0], 255);                                     // background stays white
+
+  // Edge cases still give a full-size, non-blank chart.
+  struct Case {
+    const char* name;
+    std::vector<EpochRecord> h;
+  };
+  const std::vector<Case> cases = {
+      {"one_epoch", {{1, 0.69, 0.65, 0.55, 0.6, 1e-3}}},
+      {"flat", {{1, 0.5, 0.25, 1.0, 1.0, 1e-3}, {2, 0.5, 0.25, 1.0, 1.0, 1e-3}, {3, 0.5, 0.25, 1.0, 1.0, 1e-3}}},
+      {"zero", {{0, 0, 0, 0, 0, 0}, {1, 0, 0, 0, 0, 0}}},
+      {"nan_val", {{1, 1.0, kNaN, 0.5, kNaN, 1e-3}, {2, 0.8, kNaN, 0.6, kNaN, 1e-3}}},
+      {"all_nan", {{1, kNaN, kNaN, kNaN, kNaN, kNaN}}},
+      {"inf", {{1, std::numeric_limits<double>::infinity(), 1.0, 0.5, 0.5, 1e-3}, {2, 2.0, 1.0, 0.6, 0.7, 1e-3}}},
+      {"empty", {}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string p = dir + "/curves_" + c.name + ".png";
+    write_curves_png(p, c.h);
+    const io::Image e = io::decode_image(p);
+    EXPECT_EQ(e.width, 1280);
+    EXPECT_EQ(e.height, 480);
+    EXPECT_GT(count_color(e, 40, 40, 40, 0, 0, 1280, 480, 10), 1000);
+    const bool has_train = std::string(c.name) != "all_nan" && std::string(c.name) != "empty";
+    if (has_train) {
+      EXPECT_GT(count_color(e, 31, 119, 180, 90, 52, 614, 420) + count_color(e, 255, 127, 14, 90, 52, 614, 420), 20);
+    }
+  }
+  EXPECT_TRUE(contains(error_of([&] { write_curves_png(dir + "/no/such/dir/c.png", history); }), "no/such/dir/c.png"));
+}
+
+TEST(Report, PredictionGridPng) {
+  const std::string dir = output_dir();
+  std::vector<GridItem> items;
+  const uint8_t shades[5][3] = {{200, 180, 40}, {60, 60, 200}, {30, 160, 160}, {120, 60, 20}, {160, 160, 160}};
+  const int sizes[5][2] = {{300, 200}, {224, 224}, {50, 80}, {500, 375}, {160, 160}};
+  const char* names[5][2] = {{"ants", "ants"}, {"bees", "ants"}, {"bees", "bees"},
+                             {"a_rather_long_class_name", "ants"}, {"ants", "a_rather_long_class_name"}};
+  for (int i = 0; i < 5; ++i)
+    items.push_back({solid(sizes[i][0], sizes[i][1], shades[i][0], shades[i][1], shades[i][2]), names[i][0],
+                     names[i][1], 0.5f + 0.1f * i});
+  const std::string path = dir + "/grid.png";
+  write_prediction_grid_png(path, items, 3);
+  const io::Image img = io::decode_image(path);
+  ASSERT_EQ(img.width, 3 * kGridCellWidth);
+  ASSERT_EQ(img.height, 2 * kGridCellHeight);
+  for (int i = 0; i < 5; ++i) {
+    SCOPED_TRACE(i);
+    const int cx = (i % 3) * kGridCellWidth + kGridCellWidth / 2, tile_top = (i / 3) * kGridCellHeight + 38;
+    const uint8_t* centre = img.at(tile_top + kGridTile / 2, cx);
+    for (int k = 0; k < 3; ++k) EXPECT_NEAR(centre[k], shades[i][k], 2);
+    const bool right = std::string(names[i][0]) == names[i][1];
+    const uint8_t* frame = img.at(tile_top - 2, cx);
+    EXPECT_EQ(frame[0] > 150, !right);  // red frame when wrong, green when right
+    EXPECT_EQ(frame[1] > 100, right);
+    // Title and caption text in the verdict's colour.
+    const int x0 = (i % 3) * kGridCellWidth, y0 = (i / 3) * kGridCellHeight;
+    const int title = right ? count_color(img, 0, 140, 0, x0, y0, x0 + kGridCellWidth, y0 + 34, 10)
+                            : count_color(img, 210, 20, 20, x0, y0, x0 + kGridCellWidth, y0 + 34, 10);
+    EXPECT_GT(title, 100);
+  }
+  // A 300x200 image is letterboxed: the tile's top rows are the grey background, not the image.
+  const uint8_t* above = img.at(38 + 2, kGridCellWidth / 2);
+  EXPECT_EQ(above[0], 235);
+  // The unused sixth cell is blank.
+  EXPECT_EQ(count_color(img, 255, 255, 255, 2 * kGridCellWidth, kGridCellHeight, 3 * kGridCellWidth,
+                        2 * kGridCellHeight, 0),
+            kGridCellWidth * kGridCellHeight);
+  // Fewer items than columns: the grid narrows.
+  EXPECT_EQ(render_prediction_grid({items[0], items[1]}, 8).width, 2 * kGridCellWidth);
+
+  EXPECT_TRUE(contains(error_of([&] { render_prediction_grid(items, 0); }), "columns must be at least 1"));
+  EXPECT_TRUE(contains(error_of([&] { render_prediction_grid({}, 3); }), "no images"));
+  std::vector<GridItem> bad = {items[0]};
+  bad[0].image.pixels.resize(10);
+  EXPECT_TRUE(contains(error_of([&] { render_prediction_grid(bad, 3); }), "image 0 (true class 'ants') has an invalid size"));
+}
+
+// ---- Progress, logs, files ----
+
+TEST(Report, ProgressLinesAndBar) {
+  double now = 100.0;
+  auto clock = [&] { return now; };
+  {
+    std::ostringstream os;
+    Progress p("train", 3, 25, 20, os, ProgressStyle::Lines, clock);
+    EXPECT_EQ(p.style(), ProgressStyle::Lines);
+    for (int b = 1; b <= 20; ++b) {
+      now += 0.5;
+      p.update(b, 8, 1.0 / b, 0.5);
+    }
+    p.finish();
+    p.finish();  // idempotent
+    std::vector<std::string> lines;
+    std::istringstream in(os.str());
+    for (std::string l; std::getline(in, l);) lines.push_back(l);
+    ASSERT_EQ(lines.size(), 10u) << os.str();  // batches 2, 4, ..., 18 and the summary
+    EXPECT_EQ(lines[0], "train epoch 3/25  batch 2/20  16.0 img/s  loss 0.5000  acc 50.00%  ETA 0:09");
+    EXPECT_EQ(lines[8], "train epoch 3/25  batch 18/20  16.0 img/s  loss 0.0556  acc 50.00%  ETA 0:01");
+    EXPECT_EQ(lines[9], "train epoch 3/25  done: 160 images in 10.0 s (16.0 img/s)  loss 0.0500  acc 50.00%");
+    EXPECT_FALSE(contains(os.str(), "\r"));
+  }
+  {
+    std::ostringstream os;  // 3 batches: a line for each of the first two, then the summary
+    Progress p("val", 1, 1, 3, os, ProgressStyle::Lines, clock);
+    p.update(1, 4, kNaN, kNaN);
+    p.update(2, 4, 0.25, 1.0);
+    p.update(3, 4, 0.25, 1.0);
+    p.finish();
+    const std::string s = os.str();
+    EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 3);
+    EXPECT_TRUE(contains(s, "val epoch 1/1  batch 1/3  -  loss -  acc -  ETA 0:00\n")) << s;  // no time passed
+    EXPECT_TRUE(contains(s, "val epoch 1/1  batch 2/3  -  loss 0.2500  acc 100.00%"));
+  }
+  {
+    std::ostringstream os;  // bar: redrawn at most every 0.1 s, always on the last batch
+    Progress p("train", 1, 2, 100, os, ProgressStyle::Bar, clock);
+    for (int b = 1; b <= 100; ++b) {
+      now += 1.0 / 32;  // exact in binary: redraws at batches 1, 5, 9, ..., 97 and the last
+      p.update(b, 2, 0.5, 0.25);
+    }
+    p.finish();
+    const std::string s = os.str();
+    EXPECT_EQ(std::count(s.begin(), s.end(), '\r'), 25 + 1 + 1);  // and one for the summary
+    EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 1);
+    EXPECT_TRUE(contains(s, "[####################]  batch 100/100"));
+    EXPECT_TRUE(contains(s, "[##########..........]"));
+    EXPECT_TRUE(contains(s, "\rtrain epoch 1/2  done: 200 images in 3.1 s (64.0 img/s)  loss 0.5000  acc 25.00%"));
+  }
+  // Auto with a stream that is not std::cerr: plain lines.
+  std::ostringstream os;
+  EXPECT_EQ(Progress("x", 1, 1, 1, os).style(), ProgressStyle::Lines);
+}
+
+TEST(Report, JsonLinesAndAtomicWrites) {
+  const std::string dir = output_dir();
+  const std::string path = dir + "/metrics.jsonl";
+  std::filesystem::remove(path);
+  {
+    JsonLinesWriter w(path);
+    w.write({{"epoch", 1}, {"phase", "train"}, {"loss", 0.5}});
+    // Flushed: readable while the writer is still open.
+    std::ifstream in(path);
+    std::string line;
+    ASSERT_TRUE(std::getline(in, line));
+    EXPECT_EQ(nlohmann::json::parse(line)["loss"], 0.5);
+    w.write({{"epoch", 1}, {"phase", "val"}, {"loss", kNaN}, {"name", std::string("bad\xff utf8")}});
+  }
+  JsonLinesWriter(path).write({{"epoch", 2}});  // appends
+  std::ifstream in(path);
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1]["phase"], "val");
+  EXPECT_TRUE(rows[1]["loss"].is_null());
+  EXPECT_EQ(rows[2]["epoch"], 2);
+  const std::string open_error = error_of([&] { JsonLinesWriter(dir + "/missing/m.jsonl"); });
+  EXPECT_TRUE(contains(open_error, "cannot open metrics log '" + dir + "/missing/m.jsonl'")) << open_error;
+
+  const std::string file = dir + "/atomic.bin";
+  write_file_atomic(file, "old", 3);
+  write_file_atomic(file, "new contents", 12);
+  std::ifstream f(file, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(f), {}), "new contents");
+  EXPECT_FALSE(std::filesystem::exists(file + ".tmp"));
+  EXPECT_TRUE(contains(error_of([&] { write_file_atomic(dir + "/missing/a.bin", "x", 1); }), "missing/a.bin"));
+  // A directory in the way of the rename: the error names the file and the temporary file is cleaned up.
+  std::filesystem::create_directories(dir + "/a_dir");
+  std::filesystem::create_directories(dir + "/a_dir/inside");
+  EXPECT_TRUE(contains(error_of([&] { write_file_atomic(dir + "/a_dir", "x", 1); }), "a_dir"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/a_dir.tmp"));
+  EXPECT_TRUE(contains(error_of([&] { write_png_atomic(dir + "/x.png", io::Image()); }), "invalid size"));
+}
