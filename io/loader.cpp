@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -123,7 +124,7 @@ int64_t DataLoader::batch_count(int64_t b) const {
   return std::min(opt_.batch_size, total_positions_ - b * opt_.batch_size);
 }
 
-void DataLoader::start_epoch(int64_t epoch) {
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
   std::unique_lock<std::mutex> lock(mu_);
   abandon_epoch(lock);
   epoch_ = epoch;
@@ -137,9 +138,11 @@ void DataLoader::start_epoch(int64_t epoch) {
   }
   num_batches_ = batches_per_epoch();
   total_positions_ = opt_.drop_last ? num_batches_ * opt_.batch_size : n;
-  next_position_ = 0;
-  released_ = 0;
-  consumer_batch_ = 0;
+  TL_CHECK(first_batch >= 0 && first_batch <= num_batches_, ValueError, "DataLoader::start_epoch: first_batch ",
+           first_batch, " outside [0, ", num_batches_, "]");
+  next_position_ = std::min(first_batch * opt_.batch_size, total_positions_);
+  released_ = first_batch;
+  consumer_batch_ = first_batch;
   for (Slot& s : slots_) s.batch = -1;
   skipped_.clear();
   epoch_active_ = true;

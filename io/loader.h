@@ -74,8 +74,9 @@ class DataLoader {
   Size2 image_size() const { return size_; }
   const std::vector<Sample>& samples() const { return samples_; }
 
-  // Starts producing the batches of `epoch` (abandoning whatever is left of the previous one).
-  void start_epoch(int64_t epoch);
+  // Starts producing the batches of `epoch` (abandoning whatever is left of the previous one), from batch
+  // `first_batch` on: the batches before it are neither decoded nor returned (resuming mid-epoch).
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
   // The next batch of the epoch, or nullptr when the epoch is over. Throws the IOError of a bad image
   // (OnBadImage::Fail) or any other worker error; the epoch is then over.
   const Batch* next();

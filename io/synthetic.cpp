@@ -102,7 +102,8 @@ std::vector<std::string> write_synthetic_image_folder(const std::string& root, c
   TL_CHECK(o.format == "jpg" || o.format == "png" || o.format == "mixed", ValueError,
            "synthetic data: format must be jpg, png or mixed, got '", o.format, "'");
   std::vector<std::string> classes;
-  for (int c = 0; c < o.num_classes; ++c) classes.push_back(synthetic_class_name(c));
+  TL_CHECK(o.first_class >= 0, ValueError, "synthetic data: first_class must be >= 0");
+  for (int c = 0; c < o.num_classes; ++c) classes.push_back(synthetic_class_name(o.first_class + c));
   Rng sizes(o.seed, 0x512E5ULL, 0);
   for (const std::string split : {"train", "val"}) {
     const int per_class = split == "train" ? o.train_per_class : o.val_per_class;
@@ -119,7 +120,7 @@ std::vector<std::string> write_synthetic_image_folder(const std::string& root, c
         const bool png = o.format == "png" || (o.format == "mixed" && i % 2 == 1);
         char name[64];
         std::snprintf(name, sizeof name, "%s_%04d.%s", split.c_str(), i, png ? "png" : "jpg");
-        write_image(dir + "/" + name, synthetic_image(c, h, w, image_seed), o.jpeg_quality);
+        write_image(dir + "/" + name, synthetic_image(o.first_class + c, h, w, image_seed), o.jpeg_quality);
       }
     }
   }

@@ -12,6 +12,7 @@ namespace tl::io {
 
 struct SyntheticOptions {
   int num_classes = 4;
+  int first_class = 0;       // classes first_class .. first_class + num_classes - 1 (a disjoint set for fine-tuning)
   int train_per_class = 24;
   int val_per_class = 8;     // 0: no val/ folder
   int min_side = 80;         // image sides are drawn in [min_side, max_side]

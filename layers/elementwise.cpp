@@ -52,4 +52,14 @@ Variable flatten(const Variable& x, int start_dim) {
     give_grad(s[0], g);
   });
 }
+
+Variable cast(const Variable& x, DType dtype) {
+  if (x.value().dtype() == dtype) return x;
+  Tensor y = x.value().to(dtype);
+  if (!should_record({&x})) return Variable(y);
+  const DType in_dtype = x.value().dtype();
+  return record_op("cast", y, {&x}, 0, [in_dtype](const Tensor& dy, std::vector<GradSlot>& s) {
+    give_grad(s[0], dy.to(in_dtype));
+  });
+}
 }  // namespace tl

@@ -80,3 +80,14 @@ TEST(AddCuda, MatchesCpu) {
   Tensor a = Tensor::randn({4, 7}, 1), b = Tensor::randn({4, 7}, 2);
   expect_close(add_forward(a.to(Device::CUDA), b.to(Device::CUDA)), add_forward(a, b), kCudaTol, "add cuda");
 }
+
+TEST(Cast, GradientReturnsInTheInputDtype) {
+  Parameter p(Tensor::from_values({1.5, -2.25}, {2}), "p");
+  Variable y = cast(p, DType::F64);
+  EXPECT_EQ(y.value().dtype(), DType::F64);
+  backward(relu(y));
+  EXPECT_EQ(p.grad().dtype(), DType::F32);
+  EXPECT_EQ(p.grad().to_doubles(), (std::vector<double>{1, 0}));
+  Variable same = cast(p, DType::F32);
+  EXPECT_EQ(same.node(), p.node());  // no-op cast records nothing
+}

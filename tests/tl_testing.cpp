@@ -1,7 +1,11 @@
 // Test utilities (see tl_testing.h).
 #include "tl_testing.h"
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <sstream>
@@ -111,6 +115,33 @@ const io::TensorFile& fixture(const std::string& name) {
                              ". Run the tests through ctest (the torch_fixtures test writes them), or: "
                              "/usr/bin/python3 tests/torch_ref/make_fixtures.py " TL_FIXTURE_DIR);
   }
+}
+
+int run_command(const std::string& command, std::string* output) {
+  std::string full = command + " 2>&1";
+  FILE* pipe = ::popen(full.c_str(), "r");
+  if (!pipe) return -1;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) text.append(buf, n);
+  int status = ::pclose(pipe);
+  if (output) *output = text;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+void run_torch_script(const std::string& script, const std::string& args) {
+  std::string out;
+  const std::string cmd = std::string(TL_PYTHON_EXE) + " " + TL_SOURCE_DIR + "/tests/torch_ref/" + script + " " + args;
+  int rc = run_command(cmd, &out);
+  if (rc != 0) throw std::runtime_error("PyTorch reference script failed (exit " + std::to_string(rc) + "): " + cmd +
+                                        "\n" + out);
+}
+
+std::string test_dir(const std::string& name) {
+  std::string dir = std::string(TL_FIXTURE_DIR) + "/" + name;
+  std::filesystem::create_directories(dir);
+  return dir;
 }
 
 Tensor away_from_zero(const Shape& shape, uint64_t seed, double margin) {

@@ -41,6 +41,13 @@ void expect_grad_contract(const std::function<void(Tensor&, bool)>& backward, co
 // The PyTorch reference file tests/torch_ref/fx_<name>.py wrote (<build>/fixtures/<name>.safetensors).
 const io::TensorFile& fixture(const std::string& name);
 
+// Runs a command (through /bin/sh), returning its exit status; its output goes to `log` when given.
+int run_command(const std::string& command, std::string* output = nullptr);
+// "<python> <repo>/tests/torch_ref/<script> <args>" with Debian's PyTorch; fails the test when it fails.
+void run_torch_script(const std::string& script, const std::string& args);
+// A fresh directory under the fixture directory for one test's files.
+std::string test_dir(const std::string& name);
+
 // Inputs with |x| >= margin, so that ReLU/max kinks are never crossed by a finite-difference step.
 Tensor away_from_zero(const Shape& shape, uint64_t seed, double margin = 0.05);
 

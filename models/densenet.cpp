@@ -1,0 +1,151 @@
+// DenseNet family (torchvision's densenet.py): densenet121/161/169/201, with torchvision's module names
+// ("features.denseblock1.denselayer1.norm1", "features.transition1.conv", "classifier") and initialisation.
+#include <cmath>
+
+#include "layers/activation.h"
+#include "layers/concat.h"
+#include "layers/elementwise.h"
+#include "layers/pooling.h"
+#include "models/model.h"
+
+namespace tl::models {
+namespace {
+using nn::BatchNorm2d;
+using nn::Conv2d;
+using nn::Generator;
+using nn::Linear;
+using nn::Sequential;
+
+// torchvision DenseNet: kaiming_normal_ with the default fan_in mode: std = sqrt(2 / (in/groups * k * k)).
+void kaiming_fan_in(Conv2d& c, Generator& gen) {
+  const Shape& s = c.weight.shape();
+  c.weight.mutable_value() = gen.normal(s, std::sqrt(2.0 / static_cast<double>(s[1] * s[2] * s[3])));
+}
+
+// BN-ReLU-Conv1x1 (bottleneck to bn_size * growth) then BN-ReLU-Conv3x3 (growth new channels).
+class DenseLayer : public nn::Module {
+ public:
+  DenseLayer(int64_t in, int64_t growth, int64_t bn_size, Generator& gen) {
+    norm1_ = &add_module<BatchNorm2d>("norm1", in);
+    conv1_ = &add_module<Conv2d>("conv1", in, bn_size * growth, 1, 1, 0, false, gen);
+    norm2_ = &add_module<BatchNorm2d>("norm2", bn_size * growth);
+    conv2_ = &add_module<Conv2d>("conv2", bn_size * growth, growth, 3, 1, 1, false, gen);
+    kaiming_fan_in(*conv1_, gen);
+    kaiming_fan_in(*conv2_, gen);
+  }
+  Variable operator()(const std::vector<Variable>& features) {
+    Variable x = features.size() == 1 ? features[0] : concat(features, 1);
+    Variable h = (*conv1_)(relu((*norm1_)(x)));
+    return (*conv2_)(relu((*norm2_)(h)));
+  }
+
+ private:
+  BatchNorm2d *norm1_, *norm2_;
+  Conv2d *conv1_, *conv2_;
+};
+
+class Transition : public nn::Module {
+ public:
+  Transition(int64_t in, int64_t out, Generator& gen) {
+    norm_ = &add_module<BatchNorm2d>("norm", in);
+    conv_ = &add_module<Conv2d>("conv", in, out, 1, 1, 0, false, gen);
+    kaiming_fan_in(*conv_, gen);
+  }
+  Variable operator()(const Variable& x) {
+    return avg_pool2d((*conv_)(relu((*norm_)(x))), pool2d_options(2, 2));
+  }
+
+ private:
+  BatchNorm2d* norm_;
+  Conv2d* conv_;
+};
+
+class DenseNet : public Model {
+ public:
+  DenseNet(const std::string& arch, int64_t growth, std::vector<int> block_config, int64_t init_features,
+           int64_t num_classes, uint64_t seed)
+      : Model(arch, num_classes, final_features(growth, block_config, init_features)) {
+    Generator gen(seed);
+    auto& features = add_module<Sequential>("features");
+    conv0_ = &features.add<Conv2d>("conv0", 3, init_features, 7, 2, 3, false, gen);
+    kaiming_fan_in(*conv0_, gen);
+    norm0_ = &features.add<BatchNorm2d>("norm0", init_features);
+    int64_t channels = init_features;
+    for (size_t b = 0; b < block_config.size(); ++b) {
+      auto& block = features.add<Sequential>("denseblock" + std::to_string(b + 1));
+      std::vector<DenseLayer*> layers;
+      for (int l = 0; l < block_config[b]; ++l) {
+        layers.push_back(&block.add<DenseLayer>("denselayer" + std::to_string(l + 1), channels, growth, 4, gen));
+        channels += growth;
+      }
+      blocks_.push_back(layers);
+      if (b + 1 < block_config.size()) {
+        transitions_.push_back(&features.add<Transition>("transition" + std::to_string(b + 1), channels,
+                                                         channels / 2, gen));
+        channels /= 2;
+      }
+    }
+    norm5_ = &features.add<BatchNorm2d>("norm5", channels);
+    classifier_ = &add_module<Linear>("classifier", channels, num_classes, gen);
+    classifier_->bias.mutable_value().zero_();  // torchvision: constant_(bias, 0)
+    for (size_t b = 0; b < block_config.size(); ++b) {
+      block_names_.push_back("features.denseblock" + std::to_string(b + 1));
+      if (b + 1 < block_config.size()) block_names_.push_back("features.transition" + std::to_string(b + 1));
+    }
+  }
+
+  Variable forward(const Variable& x) override {
+    Variable h = max_pool2d(relu((*norm0_)((*conv0_)(x))), pool2d_options(3, 2, 1));
+    for (size_t b = 0; b < blocks_.size(); ++b) {
+      std::vector<Variable> features{h};
+      for (DenseLayer* layer : blocks_[b]) features.push_back((*layer)(features));
+      h = concat(features, 1);
+      if (b < transitions_.size()) h = (*transitions_[b])(h);
+    }
+    h = flatten(adaptive_avg_pool2d(relu((*norm5_)(h)), 1, 1), 1);
+    return (*classifier_)(h);
+  }
+
+  std::string head_name() const override { return "classifier"; }
+  std::vector<std::string> blocks() const override {
+    std::vector<std::string> out{"features.conv0", "features.norm0"};
+    out.insert(out.end(), block_names_.begin(), block_names_.end());
+    out.push_back("features.norm5");
+    out.push_back("classifier");
+    return out;
+  }
+  void reset_head(int64_t num_classes, uint64_t seed) override {
+    Device dev = device();
+    Generator gen(seed);
+    classifier_ = &replace_module<Linear>("classifier", head_in_features(), num_classes, gen);
+    classifier_->to(dev);
+    set_num_classes(num_classes);
+  }
+
+ private:
+  static int64_t final_features(int64_t growth, const std::vector<int>& cfg, int64_t init) {
+    int64_t c = init;
+    for (size_t b = 0; b < cfg.size(); ++b) {
+      c += growth * cfg[b];
+      if (b + 1 < cfg.size()) c /= 2;
+    }
+    return c;
+  }
+  Conv2d* conv0_;
+  BatchNorm2d *norm0_, *norm5_;
+  std::vector<std::vector<DenseLayer*>> blocks_;
+  std::vector<Transition*> transitions_;
+  Linear* classifier_;
+  std::vector<std::string> block_names_;
+};
+}  // namespace
+
+std::unique_ptr<Model> make_densenet(const std::string& arch, int64_t num_classes, uint64_t seed) {
+  if (arch == "densenet121") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 24, 16}, 64, num_classes, seed);
+  if (arch == "densenet161") return std::make_unique<DenseNet>(arch, 48, std::vector<int>{6, 12, 36, 24}, 96, num_classes, seed);
+  if (arch == "densenet169") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 32, 32}, 64, num_classes, seed);
+  if (arch == "densenet201") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 48, 32}, 64, num_classes, seed);
+  throw ValueError("make_densenet: unknown architecture '" + arch + "'");
+}
+
+}  // namespace tl::models

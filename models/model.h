@@ -1,0 +1,54 @@
+// Models: hand-written torchvision graphs (ResNet, ResNeXt, Wide-ResNet, DenseNet, VGG) whose parameter names are
+// torchvision's state_dict keys, in a registry by name. Each model knows its head and its blocks, so that a user
+// can replace the head for N classes and freeze "up to layer3" or train "denseblock4 and after".
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/module.h"
+
+namespace tl::models {
+
+class Model : public nn::Module {
+ public:
+  // logits (N, num_classes) for images (N, 3, H, W)
+  virtual Variable forward(const Variable& x) = 0;
+  const std::string& arch() const { return arch_; }
+  int64_t num_classes() const { return num_classes_; }
+  // State-dict prefix of the classification layer: "fc", "classifier" or "classifier.6".
+  virtual std::string head_name() const = 0;
+  int64_t head_in_features() const { return head_in_features_; }
+  // The model's top-level stages in forward order, as state-dict prefixes ("conv1", "bn1", "layer1", ..., "fc").
+  // Freezing "until=layer3" freezes every stage up to and including "layer3".
+  virtual std::vector<std::string> blocks() const = 0;
+  // A new, randomly initialised head for `num_classes` (PyTorch's nn.Linear init), on the model's device.
+  virtual void reset_head(int64_t num_classes, uint64_t seed) = 0;
+  // Dropout probability of the classifier (VGG: 0.5 by default); models without dropout ignore it.
+  virtual void set_dropout(double /*p*/) {}
+
+ protected:
+  Model(std::string arch, int64_t num_classes, int64_t head_in)
+      : arch_(std::move(arch)), num_classes_(num_classes), head_in_features_(head_in) {}
+  void set_num_classes(int64_t n) { num_classes_ = n; }
+  Device device() const;
+
+ private:
+  std::string arch_;
+  int64_t num_classes_;
+  int64_t head_in_features_;
+};
+
+// Architectures by torchvision's names: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2,
+// densenet121/161/169/201, vgg16, vgg16_bn. Weights are initialised as torchvision does (seeded).
+std::unique_ptr<Model> create_model(const std::string& arch, int64_t num_classes = 1000, uint64_t seed = 0);
+std::vector<std::string> model_names();
+bool is_model_name(const std::string& arch);
+
+// Per-family constructors (used by the registry).
+std::unique_ptr<Model> make_resnet(const std::string& arch, int64_t num_classes, uint64_t seed);
+std::unique_ptr<Model> make_densenet(const std::string& arch, int64_t num_classes, uint64_t seed);
+std::unique_ptr<Model> make_vgg(const std::string& arch, int64_t num_classes, uint64_t seed);
+
+}  // namespace tl::models

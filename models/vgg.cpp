@@ -1,0 +1,126 @@
+// VGG16 and VGG16-BN (torchvision's vgg.py, configuration "D"): features.<index> convolutions (and batch norms),
+// avgpool to 7x7, classifier.0/3/6 linear layers with ReLU and dropout between; torchvision's initialisation.
+#include <cmath>
+
+#include "layers/activation.h"
+#include "layers/dropout.h"
+#include "layers/elementwise.h"
+#include "layers/pooling.h"
+#include "models/model.h"
+
+namespace tl::models {
+namespace {
+using nn::BatchNorm2d;
+using nn::Conv2d;
+using nn::Generator;
+using nn::Linear;
+using nn::Sequential;
+
+class VGG : public Model {
+ public:
+  VGG(const std::string& arch, bool batch_norm, int64_t num_classes, uint64_t seed, double dropout_p = 0.5)
+      : Model(arch, num_classes, 4096), dropout_p_(dropout_p), dropout_seed_(seed ^ 0x9e3779b97f4a7c15ULL) {
+    Generator gen(seed);
+    auto& features = add_module<Sequential>("features");
+    const int cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};  // 0 = pool
+    int64_t in = 3;
+    int index = 0;
+    for (int v : cfg) {
+      Stage s;
+      if (v == 0) {
+        s.pool = true;
+        index += 1;
+      } else {
+        s.conv = &features.add<Conv2d>(std::to_string(index), in, v, 3, 1, 1, true, gen);
+        // torchvision: kaiming_normal_(fan_out, relu), bias 0
+        const Shape& w = s.conv->weight.shape();
+        s.conv->weight.mutable_value() = gen.normal(w, std::sqrt(2.0 / static_cast<double>(w[0] * w[2] * w[3])));
+        s.conv->bias.mutable_value().zero_();
+        if (batch_norm) s.bn = &features.add<BatchNorm2d>(std::to_string(index + 1), v);
+        index += batch_norm ? 3 : 2;
+        in = v;
+      }
+      stages_.push_back(s);
+    }
+    auto& classifier = add_module<Sequential>("classifier");
+    fc_[0] = &classifier.add<Linear>("0", 512 * 7 * 7, 4096, gen);
+    fc_[1] = &classifier.add<Linear>("3", 4096, 4096, gen);
+    fc_[2] = &classifier.add<Linear>("6", 4096, num_classes, gen);
+    for (Linear* l : fc_) {  // torchvision: normal_(0, 0.01), bias 0
+      l->weight.mutable_value() = gen.normal(l->weight.shape(), 0.01);
+      l->bias.mutable_value().zero_();
+    }
+    classifier_ = &classifier;
+  }
+
+  Variable forward(const Variable& x) override {
+    Variable h = x;
+    for (const Stage& s : stages_) {
+      if (s.pool) {
+        h = max_pool2d(h, pool2d_options(2, 2));
+      } else {
+        h = s.conv->operator()(h);
+        if (s.bn) h = (*s.bn)(h);
+        h = relu(h);
+      }
+    }
+    h = flatten(adaptive_avg_pool2d(h, 7, 7), 1);
+    const bool train = is_training();
+    // Each forward draws fresh dropout masks: the offset advances by the elements each mask covers.
+    h = dropout(relu((*fc_[0])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
+    h = dropout(relu((*fc_[1])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
+    return (*fc_[2])(h);
+  }
+
+  std::string head_name() const override { return "classifier.6"; }
+  std::vector<std::string> blocks() const override {
+    std::vector<std::string> out;
+    int index = 0;
+    for (const Stage& s : stages_) {
+      if (s.pool) {
+        index += 1;
+        continue;
+      }
+      out.push_back("features." + std::to_string(index));
+      if (s.bn) out.push_back("features." + std::to_string(index + 1));
+      index += s.bn ? 3 : 2;
+    }
+    out.insert(out.end(), {"classifier.0", "classifier.3", "classifier.6"});
+    return out;
+  }
+  void reset_head(int64_t num_classes, uint64_t seed) override {
+    Device dev = device();
+    Generator gen(seed);
+    fc_[2] = &classifier_->replace<Linear>("6", 4096, num_classes, gen);
+    fc_[2]->to(dev);
+    set_num_classes(num_classes);
+  }
+  void set_dropout(double p) override { dropout_p_ = p; }
+
+ private:
+  struct Stage {
+    bool pool = false;
+    Conv2d* conv = nullptr;
+    BatchNorm2d* bn = nullptr;
+  };
+  uint64_t next_offset(int64_t n) {
+    uint64_t o = dropout_offset_;
+    dropout_offset_ += static_cast<uint64_t>(n);
+    return o;
+  }
+  std::vector<Stage> stages_;
+  Linear* fc_[3];
+  Sequential* classifier_;
+  double dropout_p_;
+  uint64_t dropout_seed_;
+  uint64_t dropout_offset_ = 0;
+};
+}  // namespace
+
+std::unique_ptr<Model> make_vgg(const std::string& arch, int64_t num_classes, uint64_t seed) {
+  if (arch == "vgg16") return std::make_unique<VGG>(arch, false, num_classes, seed);
+  if (arch == "vgg16_bn") return std::make_unique<VGG>(arch, true, num_classes, seed);
+  throw ValueError("make_vgg: unknown architecture '" + arch + "'");
+}
+
+}  // namespace tl::models

@@ -1,0 +1,40 @@
+// Loading weights into a model and saving them: by name and shape, with a report of what was loaded, skipped
+// (shape mismatch), missing and unexpected. A mismatch anywhere but the head is an error unless allowed.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "models/model.h"
+
+namespace tl::models {
+
+struct LoadOptions {
+  // Accept mismatches outside the head (missing, unexpected or differently shaped tensors). Off by default:
+  // a checkpoint of another architecture must not half-load silently.
+  bool allow_mismatch = false;
+};
+
+struct LoadReport {
+  std::vector<std::string> loaded;
+  std::vector<std::string> skipped;     // "name: file [a, b] vs model [c, d]"
+  std::vector<std::string> missing;     // in the model, not in the file (keep their initial values)
+  std::vector<std::string> unexpected;  // in the file, not in the model
+  std::string summary() const;          // multi-line, for the CLI
+};
+
+// Copies matching tensors into `model` (converting dtype, device and layout). The head ("fc", "classifier",
+// "classifier.6") may mismatch in shape: it then keeps its fresh initialisation (a new class count).
+LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOptions& options = {});
+LoadReport load_weights(Model& model, const std::string& path, const LoadOptions& options = {});
+
+// The model's state dict (parameters, buffers, num_batches_tracked as int64 scalars) as CPU tensors in
+// torchvision order.
+std::vector<std::pair<std::string, Tensor>> state_dict(Model& model);
+// Writes a tlengine weights file: safetensors with metadata arch, num_classes, class names (JSON list)
+// and a checksum. Atomic (temporary file, fsync, rename).
+void save_weights(Model& model, const std::string& path, const std::vector<std::string>& class_names = {},
+                  const std::map<std::string, std::string>& extra_metadata = {});
+
+}  // namespace tl::models

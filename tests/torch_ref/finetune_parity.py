@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""PyTorch doing the same short fine-tuning job as tlengine: the same initial weights, data, order and recipe.
+
+usage: finetune_parity.py weights DATA OUTDIR               writes OUTDIR/init.pth (resnet18, 4 classes, random)
+       finetune_parity.py train DATA OUTDIR MODE EPOCHS LR  trains from init.pth, writes OUTDIR/torch_MODE.json
+MODE: full (every layer trains) or head (feature extraction: only fc trains, frozen batch norm still uses batch
+statistics in train(), as in PyTorch). Recipe: ImageFolder, Resize((32, 32)), ToTensor, Normalize(ImageNet),
+no augmentation, no shuffling, batch 8, SGD(LR, momentum 0.9), CrossEntropyLoss, train() then eval() each epoch.
+"""
+import json
+import os
+import sys
+
+import torch
+import torchvision
+from torchvision import transforms
+
+
+def main():
+    mode, data, outdir = sys.argv[1:4]
+    torch.set_num_threads(1)
+    if mode == "weights":
+        torch.manual_seed(0)
+        m = torchvision.models.resnet18(weights=None, num_classes=4)
+        torch.save(m.state_dict(), os.path.join(outdir, "init.pth"))
+        return
+    m = torchvision.models.resnet18(weights=None, num_classes=4)
+    m.load_state_dict(torch.load(os.path.join(outdir, "init.pth"), weights_only=True))
+    t = transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor(),
+                            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    train = torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(os.path.join(data, "train"), t),
+                                        batch_size=8, shuffle=False)
+    val = torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(os.path.join(data, "val"), t),
+                                      batch_size=8, shuffle=False)
+    which, epochs, lr = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+    params = list(m.parameters())
+    if which == "head":
+        for name, p in m.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+        params = list(m.fc.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    crit = torch.nn.CrossEntropyLoss()
+    out = {"train_loss": [], "val_loss": [], "step_loss": []}
+    for epoch in range(epochs):
+        m.train()
+        total, n = 0.0, 0
+        for x, y in train:
+            loss = crit(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            n += len(y)
+            out["step_loss"].append(loss.item())
+        out["train_loss"].append(total / n)
+        m.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, y in val:
+                total += crit(m(x), y).item() * len(y)
+                n += len(y)
+        out["val_loss"].append(total / n)
+    with open(os.path.join(outdir, "torch_" + which + ".json"), "w") as f:
+        json.dump(out, f)
+
+
+if __name__ == "__main__":
+    main()

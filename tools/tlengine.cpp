@@ -1,0 +1,144 @@
+// tlengine: the command line.
+//   tlengine example                      the built-in example (synthetic data, pretrain, fine-tune vs scratch)
+//   tlengine train --data DIR [...]       fine-tune a model on an ImageFolder data set
+//   tlengine eval --weights W --data DIR  metrics of a weights file on a folder
+//   tlengine predict --weights W IMAGES   top-k classes per image (JSON/CSV), or logits (.npy)
+#include <csignal>
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "core/device.h"
+#include "core/error.h"
+#include "train/example.h"
+#include "train/predict.h"
+#include "train/trainer.h"
+
+using namespace tl;
+
+namespace {
+void on_sigint(int) {
+  train::stop_requested() = true;
+  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+}
+
+void add_train_options(CLI::App& c, train::TrainOptions& o) {
+  c.add_option("--data", o.data, "ImageFolder root: train/<class>/*.jpg and val/<class>/*.jpg")->required();
+  c.add_option("--arch", o.arch, "architecture (resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
+                                 "densenet121/161/169/201, vgg16, vgg16_bn)")->capture_default_str();
+  c.add_option("--weights", o.weights, "pretrained weights (.bin from tools/convert_pth); the head is replaced "
+                                       "when the class count differs");
+  c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png")
+      ->capture_default_str();
+  c.add_option("--epochs", o.epochs)->capture_default_str();
+  c.add_option("--batch-size", o.batch_size)->capture_default_str();
+  c.add_option("--optimizer", o.optimizer, "sgd | adam | adamw")->capture_default_str();
+  c.add_option("--lr", o.lr, "learning rate of the new head")->capture_default_str();
+  c.add_option("--backbone-lr", o.backbone_lr, "learning rate of the pretrained body (default: --lr x --backbone-lr-mult)");
+  c.add_option("--backbone-lr-mult", o.backbone_lr_mult)->capture_default_str();
+  c.add_option("--momentum", o.momentum)->capture_default_str();
+  c.add_flag("--nesterov", o.nesterov);
+  c.add_option("--weight-decay", o.weight_decay)->capture_default_str();
+  c.add_option("--schedule", o.schedule, "step | multistep | cosine | constant")->capture_default_str();
+  c.add_option("--step-size", o.step_size, "StepLR period in epochs")->capture_default_str();
+  c.add_option("--gamma", o.gamma, "StepLR / MultiStepLR factor")->capture_default_str();
+  c.add_option("--milestones", o.milestones, "MultiStepLR epochs")->delimiter(',');
+  c.add_option("--warmup-epochs", o.warmup_epochs, "cosine: linear warmup")->capture_default_str();
+  c.add_option("--min-lr", o.min_lr, "cosine: final learning rate")->capture_default_str();
+  c.add_option("--label-smoothing", o.label_smoothing)->capture_default_str();
+  c.add_flag("--balance", o.balance, "class weights from folder counts");
+  c.add_option("--freeze", o.freeze.freeze, "none | backbone | until=<block> (e.g. until=layer3)")->capture_default_str();
+  c.add_option("--trainable", o.freeze.trainable, "parameter name patterns that train anyway, e.g. 'layer4.*'")
+      ->delimiter(',');
+  c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
+  c.add_option("--val-split", o.val_split, "fraction held out (stratified) when there is no val/")->capture_default_str();
+  c.add_option("--image-size", o.image_size)->capture_default_str();
+  c.add_option("--val-transform", o.val_transform, "crop: Resize+CenterCrop; resize: Resize((s, s))")->capture_default_str();
+  c.add_flag("!--no-augment", o.augment, "train on the val transform (no random crop / flip)");
+  c.add_flag("!--no-shuffle", o.shuffle, "keep the folder order (to compare with another framework)");
+  c.add_option("--workers", o.workers, "image decoding threads")->capture_default_str();
+  c.add_option("--on-bad-image", o.on_bad_image, "fail | skip")->capture_default_str();
+  c.add_option("--early-stopping", o.early_stopping, "patience in epochs (0: off)")->capture_default_str();
+  c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
+  c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA)")->capture_default_str();
+  c.add_flag("--resume", o.resume, "continue from <out>/last.ckpt");
+  c.add_option("--seed", o.seed)->capture_default_str();
+  c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tlengine: fine-tune pretrained CNNs (ResNet, DenseNet, VGG) on your images, on the GPU or CPU."};
+  app.require_subcommand(1);
+  train::TrainOptions to;
+  auto* train_cmd = app.add_subcommand("train", "fine-tune a model on an ImageFolder data set");
+  add_train_options(*train_cmd, to);
+
+  train::EvalOptions eo;
+  auto* eval_cmd = app.add_subcommand("eval", "metrics of a weights file on a folder");
+  eval_cmd->add_option("--weights", eo.weights)->required();
+  eval_cmd->add_option("--data", eo.data, "ImageFolder root (its <split>/ sub-folder when present)")->required();
+  eval_cmd->add_option("--split", eo.split)->capture_default_str();
+  eval_cmd->add_option("--batch-size", eo.batch_size)->capture_default_str();
+  eval_cmd->add_option("--image-size", eo.image_size)->capture_default_str();
+  eval_cmd->add_option("--val-transform", eo.val_transform)->capture_default_str();
+  eval_cmd->add_option("--device", eo.device)->capture_default_str();
+  eval_cmd->add_option("--on-bad-image", eo.on_bad_image)->capture_default_str();
+  eval_cmd->add_option("--json", eo.json, "also write the metrics as JSON");
+
+  train::PredictOptions po;
+  auto* pred_cmd = app.add_subcommand("predict", "top-k classes per image, or logits");
+  pred_cmd->add_option("--weights", po.weights)->required();
+  pred_cmd->add_option("inputs", po.inputs, "image files or folders");
+  pred_cmd->add_option("--npy", po.npy, "a float32 (N, 3, H, W) batch instead of images");
+  pred_cmd->add_option("--topk", po.topk)->capture_default_str();
+  pred_cmd->add_option("--format", po.format, "json | csv")->capture_default_str();
+  pred_cmd->add_option("--logits", po.logits, "write the raw logits (N, C) to this .npy");
+  pred_cmd->add_option("--batch-size", po.batch_size)->capture_default_str();
+  pred_cmd->add_option("--image-size", po.image_size)->capture_default_str();
+  pred_cmd->add_option("--val-transform", po.val_transform)->capture_default_str();
+  pred_cmd->add_option("--device", po.device)->capture_default_str();
+
+  train::ExampleOptions xo;
+  auto* ex_cmd = app.add_subcommand("example", "built-in example: synthetic data, pretrain, fine-tune vs scratch");
+  ex_cmd->add_option("--out", xo.out)->capture_default_str();
+  ex_cmd->add_option("--arch", xo.arch)->capture_default_str();
+  ex_cmd->add_option("--device", xo.device)->capture_default_str();
+  ex_cmd->add_option("--image-size", xo.image_size)->capture_default_str();
+  ex_cmd->add_option("--pretrain-epochs", xo.pretrain_epochs)->capture_default_str();
+  ex_cmd->add_option("--finetune-epochs", xo.finetune_epochs)->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  std::signal(SIGINT, on_sigint);
+  try {
+    if (*train_cmd) {
+      train::TrainResult r = train::run_training(to, std::cerr);
+      return r.interrupted ? 130 : 0;
+    }
+    if (*eval_cmd) {
+      train::run_eval(eo, std::cout);
+      return 0;
+    }
+    if (*pred_cmd) {
+      train::run_predict(po, std::cout, std::cerr);
+      return 0;
+    }
+    if (*ex_cmd) {
+      train::run_example(xo, std::cerr);
+      return 0;
+    }
+  } catch (const OutOfMemoryError& e) {
+    size_t free_b = 0, total_b = 0;
+    if (cuda::available()) cuda::memory_info(&free_b, &total_b);
+    std::cerr << "tlengine: out of memory with --batch-size " << to.batch_size << " (" << free_b / (1 << 20)
+              << " MiB free of " << total_b / (1 << 20) << " MiB): try --batch-size " << std::max<int64_t>(1, to.batch_size / 2)
+              << "\n  (" << e.what() << ")\n";
+    return 2;
+  } catch (const train::DivergedError& e) {
+    std::cerr << "tlengine: training stopped: " << e.what() << "\n";
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "tlengine: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

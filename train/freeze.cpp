@@ -1,0 +1,91 @@
+// Freeze plans (see freeze.h).
+#include "train/freeze.h"
+
+#include <fnmatch.h>
+
+#include <sstream>
+
+namespace tl::train {
+namespace {
+bool under(const std::string& name, const std::string& prefix) {
+  return name == prefix || name.rfind(prefix + ".", 0) == 0;
+}
+std::string with_commas(int64_t n) {
+  std::string s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+}  // namespace
+
+std::string FreezePlan::summary() const {
+  std::ostringstream os;
+  os << "training " << with_commas(trainable_params) << " of " << with_commas(total_params) << " parameters ("
+     << trainable_tensors << " of " << total_tensors << " tensors)";
+  if (trainable_tensors < total_tensors) {
+    os << "\nbackward stops at " << first_trainable
+       << ": the layers before it record no tape, keep no activations and compute no gradients";
+    os << "\nfrozen batch norm uses " << (freeze_bn ? "running statistics (--freeze-bn)"
+                                                    : "batch statistics and updates its running statistics "
+                                                      "(PyTorch's train() semantics; --freeze-bn to change)");
+  }
+  return os.str();
+}
+
+FreezePlan apply_freeze(models::Model& model, const FreezeOptions& o) {
+  const std::vector<std::string> blocks = model.blocks();
+  std::vector<std::string> frozen_prefixes;
+  if (o.freeze == "none") {
+  } else if (o.freeze == "backbone") {
+    for (const std::string& b : blocks)
+      if (!under(b, model.head_name()) && !under(model.head_name(), b)) frozen_prefixes.push_back(b);
+  } else if (o.freeze.rfind("until=", 0) == 0) {
+    const std::string last = o.freeze.substr(6);
+    bool found = false;
+    for (const std::string& b : blocks) {
+      frozen_prefixes.push_back(b);
+      if (b == last) {
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      std::string list;
+      for (const std::string& b : blocks) list += (list.empty() ? "" : ", ") + b;
+      throw ValueError("--freeze until=" + last + ": no block '" + last + "' in " + model.arch() + "; blocks: " + list);
+    }
+  } else {
+    throw ValueError("--freeze must be none, backbone or until=<block>, got '" + o.freeze + "'");
+  }
+  FreezePlan plan;
+  plan.freeze_bn = o.freeze_bn;
+  std::vector<int> matched(o.trainable.size(), 0);
+  for (auto& [name, p] : model.named_parameters()) {
+    bool trainable = true;
+    for (const std::string& f : frozen_prefixes)
+      if (under(name, f)) trainable = false;
+    for (size_t i = 0; i < o.trainable.size(); ++i) {
+      if (fnmatch(o.trainable[i].c_str(), name.c_str(), 0) == 0) {
+        trainable = true;
+        ++matched[i];
+      }
+    }
+    p.set_trainable(trainable);
+    plan.total_params += p.value().numel();
+    ++plan.total_tensors;
+    if (trainable) {
+      plan.trainable_params += p.value().numel();
+      ++plan.trainable_tensors;
+      if (plan.first_trainable.empty()) plan.first_trainable = name;
+    }
+  }
+  for (size_t i = 0; i < o.trainable.size(); ++i)
+    TL_CHECK(matched[i] > 0, ValueError, "--trainable '", o.trainable[i], "' matches no parameter of ", model.arch(),
+             " (names look like '", model.named_parameters().front().first, "')");
+  TL_CHECK(plan.trainable_tensors > 0, ValueError, "nothing trains with --freeze ", o.freeze,
+           ": leave at least the head (", model.head_name(), ") trainable");
+  for (auto& [name, m] : model.named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) bn->frozen_uses_running_stats = o.freeze_bn;
+  return plan;
+}
+
+}  // namespace tl::train

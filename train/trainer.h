@@ -1,0 +1,89 @@
+// The fine-tuning loop behind `tlengine train`: data, model and weights, freeze plan, parameter groups, schedule,
+// a train and a val phase per epoch with metrics, best and last checkpoints (atomic), exact --resume, early
+// stopping, NaN guard, Ctrl-C, JSON-lines metrics and PNG reports.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "train/freeze.h"
+
+namespace tl::train {
+
+struct TrainOptions {
+  // Data
+  std::string data;        // ImageFolder root with train/ and val/ (or --val-split)
+  double val_split = 0.0;  // stratified fraction held out when there is no val/
+  int image_size = 224;    // crop size
+  std::string val_transform = "crop";  // "crop": Resize(size*256/224) + CenterCrop(size); "resize": Resize((s, s))
+  bool augment = true;     // RandomResizedCrop + flip for training (off: the val transform)
+  bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
+  int workers = 4;
+  std::string on_bad_image = "fail";  // or "skip"
+  // Model
+  std::string arch = "resnet18";
+  std::string weights;  // .bin (safetensors) to start from; empty: random init (training from scratch)
+  FreezeOptions freeze;
+  // Optimisation
+  int epochs = 25;
+  int64_t batch_size = 32;
+  std::string optimizer = "sgd";  // sgd | adam | adamw
+  double lr = 1e-3;               // the head's learning rate
+  double backbone_lr = -1;        // the pretrained body's; < 0: lr * backbone_lr_mult
+  double backbone_lr_mult = 1.0;
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 0.0;
+  std::string schedule = "step";  // step | multistep | cosine | constant
+  int step_size = 7;
+  double gamma = 0.1;
+  std::vector<int> milestones;
+  int warmup_epochs = 0;
+  double min_lr = 0.0;
+  double label_smoothing = 0.0;
+  bool balance = false;  // class weights from folder counts: n / (C * n_c)
+  int early_stopping = 0;  // patience in epochs without a better val accuracy; 0: off
+  // Run
+  std::string out = "runs/exp";
+  std::string device = "auto";    // auto | cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 (CUDA)
+  bool resume = false;
+  uint64_t seed = 0;
+  int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
+  int grid_images = 16;          // val images in predictions.png
+  bool quiet = false;
+};
+
+struct TrainResult {
+  double best_val_acc = 0;
+  int best_epoch = -1;  // 0-based; -1 before any val phase
+  int epochs_done = 0;
+  bool interrupted = false;
+  bool early_stopped = false;
+  std::string best_path, last_path;
+};
+
+// Raised when the loss becomes NaN or infinite: training stops and the last good checkpoint stays.
+class DivergedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Set (e.g. by a SIGINT handler) to stop after the current step: a checkpoint is saved and the run returns
+// with interrupted = true.
+std::atomic<bool>& stop_requested();
+
+TrainResult run_training(const TrainOptions& options, std::ostream& log);
+
+// Metrics of a weights file on a data folder (`tlengine eval`): prints the report, returns top-1 accuracy.
+struct EvalOptions {
+  std::string weights, data, split = "val", device = "auto", val_transform = "crop", on_bad_image = "fail";
+  int image_size = 224, workers = 4;
+  int64_t batch_size = 64;
+  std::string json;  // optional: metrics as JSON
+};
+double run_eval(const EvalOptions& options, std::ostream& log);
+
+}  // namespace tl::train
