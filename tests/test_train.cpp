@@ -255,6 +255,51 @@ TEST(Train, BadImagesFailNamingTheFileOrAreSkipped) {
   }
 }
 
+TEST(Train, EarlyStoppingEvalAndFrozenBatchNormModes) {
+  const std::string d = fresh_dir("train_early");
+  const std::string data = make_data(d + "/data");
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.epochs = 6;
+  o.lr = 0.0;  // nothing changes (frozen batch norm on running statistics): no epoch after the first is better
+  o.freeze.freeze = "backbone";
+  o.freeze.freeze_bn = true;
+  o.early_stopping = 2;
+  std::ostringstream log;
+  train::TrainResult r = train::run_training(o, log);
+  EXPECT_TRUE(r.early_stopped);
+  EXPECT_EQ(r.epochs_done, 3);
+  EXPECT_EQ(r.best_epoch, 0);
+  // eval on the best weights gives the best val accuracy again.
+  train::EvalOptions e;
+  e.weights = r.best_path;
+  e.data = data;
+  e.image_size = 32;
+  e.val_transform = "resize";
+  e.device = "cpu";
+  std::ostringstream eval_log;
+  EXPECT_NEAR(train::run_eval(e, eval_log), r.best_val_acc, 1e-12);
+  EXPECT_NE(eval_log.str().find("Confusion"), std::string::npos) << eval_log.str();
+  // Frozen batch norm: batch statistics and running updates by default (PyTorch), running statistics with
+  // --freeze-bn (no update).
+  for (bool freeze_bn : {false, true}) {
+    auto m = models::create_model("resnet18", 4, 0);
+    train::FreezeOptions f;
+    f.freeze = "backbone";
+    f.freeze_bn = freeze_bn;
+    train::apply_freeze(*m, f);
+    m->train();
+    Tensor before;
+    for (nn::StateEntry& s : m->state())
+      if (s.name == "bn1.running_mean") before = s.buffer->clone();
+    m->forward(Variable(Tensor::randn({2, 3, 32, 32}, 1)));
+    for (nn::StateEntry& s : m->state())
+      if (s.name == "bn1.running_mean") {
+        if (freeze_bn) EXPECT_EQ(s.buffer->to_doubles(), before.to_doubles());
+        else EXPECT_NE(s.buffer->to_doubles(), before.to_doubles());
+      }
+  }
+}
+
 TEST(Checkpoint, StaysLoadableWhenTheWriterIsKilled) {
   const std::string d = fresh_dir("ckpt_kill");
   const std::string path = d + "/state.ckpt";

@@ -27,6 +27,8 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
                                  "densenet121/161/169/201, vgg16, vgg16_bn)")->capture_default_str();
   c.add_option("--weights", o.weights, "pretrained weights (.bin from tools/convert_pth); the head is replaced "
                                        "when the class count differs");
+  c.add_flag("--allow-partial-weights", o.allow_partial_weights,
+             "accept weights that do not fit outside the head (those layers keep their initialisation)");
   c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png")
       ->capture_default_str();
   c.add_option("--epochs", o.epochs)->capture_default_str();

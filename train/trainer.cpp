@@ -131,7 +131,9 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   // Model and weights.
   auto model = models::create_model(o.arch, num_classes, o.seed);
   if (!o.weights.empty()) {
-    models::LoadReport rep = models::load_weights(*model, o.weights);
+    models::LoadOptions lopt;
+    lopt.allow_mismatch = o.allow_partial_weights;
+    models::LoadReport rep = models::load_weights(*model, o.weights, lopt);
     log << "weights " << o.weights << ": " << rep.summary() << "\n";
     if (!rep.skipped.empty()) log << "new head " << model->head_name() << " for " << num_classes << " classes\n";
   } else {

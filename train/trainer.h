@@ -25,6 +25,7 @@ struct TrainOptions {
   // Model
   std::string arch = "resnet18";
   std::string weights;  // .bin (safetensors) to start from; empty: random init (training from scratch)
+  bool allow_partial_weights = false;  // accept weights that mismatch outside the head (they keep their init)
   FreezeOptions freeze;
   // Optimisation
   int epochs = 25;
