@@ -5,19 +5,6 @@
 using namespace tl;
 using namespace tl::testing;
 
-namespace {
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
-
 TEST(Linear, GradcheckFloat64) {
   const Tensor x = Tensor::randn({3, 4}, 1, DType::F64), w = Tensor::randn({5, 4}, 2, DType::F64),
                b = Tensor::randn({5}, 3, DType::F64);

@@ -13,16 +13,6 @@ using namespace tl::testing;
 namespace {
 Tensor labels(const std::vector<double>& v) { return Tensor::from_values(v, {static_cast<int64_t>(v.size())}, DType::I32); }
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 struct Variant {
   const char* name;

@@ -15,16 +15,6 @@ using namespace tl::testing;
 using namespace tl::train;
 
 namespace {
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 constexpr int kSteps = 10;
 constexpr int kFrozen = 1, kLate = 3, kLateFrom = 3;  // as in tests/torch_ref/fx_optim.py

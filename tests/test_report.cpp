@@ -21,16 +21,6 @@ using namespace tl::testing;
 namespace {
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 Tensor labels(const std::vector<double>& v) { return Tensor::from_values(v, {static_cast<int64_t>(v.size())}, DType::I32); }
 

@@ -41,6 +41,18 @@ void expect_grad_contract(const std::function<void(Tensor&, bool)>& backward, co
 // The PyTorch reference file tests/torch_ref/fx_<name>.py wrote (<build>/fixtures/<name>.safetensors).
 const io::TensorFile& fixture(const std::string& name);
 
+// The message of the tl::Error that fn() throws, or "" when it throws none.
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
 // Runs a command (through /bin/sh), returning its exit status; its output goes to `log` when given.
 int run_command(const std::string& command, std::string* output = nullptr);
 // "<python> <repo>/tests/torch_ref/<script> <args>" with Debian's PyTorch; fails the test when it fails.
