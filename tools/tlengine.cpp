@@ -3,12 +3,17 @@
 //   tlengine train --data DIR [...]       fine-tune a model on an ImageFolder data set
 //   tlengine eval --weights W --data DIR  metrics of a weights file on a folder
 //   tlengine predict --weights W IMAGES   top-k classes per image (JSON/CSV), or logits (.npy)
+//   tlengine bench --model M --mode X     time training steps (ms, img/s, peak memory, TFLOP/s), JSON out
+//   tlengine make-data --out DIR          a synthetic ImageFolder of fixed-size JPEGs (time-to-result job)
+#include <chrono>
 #include <csignal>
 #include <CLI/CLI.hpp>
+#include <fstream>
 #include <iostream>
 
 #include "core/device.h"
 #include "core/error.h"
+#include "train/bench.h"
 #include "train/example.h"
 #include "train/predict.h"
 #include "train/trainer.h"
@@ -69,6 +74,7 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const auto process_start = std::chrono::steady_clock::now();
   CLI::App app{"tlengine: fine-tune pretrained CNNs (ResNet, DenseNet, VGG) on your images, on the GPU or CPU."};
   app.require_subcommand(1);
   train::TrainOptions to;
@@ -109,6 +115,36 @@ int main(int argc, char** argv) {
   ex_cmd->add_option("--pretrain-epochs", xo.pretrain_epochs)->capture_default_str();
   ex_cmd->add_option("--finetune-epochs", xo.finetune_epochs)->capture_default_str();
 
+  train::BenchOptions bo;
+  std::string bench_json;
+  auto* bench_cmd = app.add_subcommand("bench", "time training steps on a random batch: ms/step, img/s, peak memory, "
+                                                "TFLOP/s, start-up (see README, 'tlengine bench')");
+  bench_cmd->add_option("--model", bo.model, "architecture, as for train --arch")->capture_default_str();
+  bench_cmd->add_option("--mode", bo.mode, "full | last_block (layer4 / denseblock4 + head) | head")
+      ->capture_default_str();
+  bench_cmd->add_option("--precision", bo.precision, "fp32 (TF32 convolutions) | bf16 (NHWC, CUDA)")
+      ->capture_default_str();
+  bench_cmd->add_option("--batch", bo.batch)->capture_default_str();
+  bench_cmd->add_option("--image-size", bo.image_size)->capture_default_str();
+  bench_cmd->add_option("--classes", bo.classes)->capture_default_str();
+  bench_cmd->add_option("--warmup", bo.warmup, "untimed steps first")->capture_default_str();
+  bench_cmd->add_option("--steps", bo.steps, "timed steps (the median is reported)")->capture_default_str();
+  bench_cmd->add_flag("--freeze-bn", bo.freeze_bn, "frozen batch norm uses running statistics");
+  bench_cmd->add_option("--device", bo.device, "auto | cpu | cuda")->capture_default_str();
+  bench_cmd->add_option("--seed", bo.seed)->capture_default_str();
+  bench_cmd->add_option("--json", bench_json, "also write the result (with every step's time) as JSON");
+
+  train::MakeDataOptions mo;
+  auto* data_cmd = app.add_subcommand("make-data", "write a synthetic ImageFolder (train/ and val/) of JPEGs");
+  data_cmd->add_option("--out", mo.out, "root folder")->required();
+  data_cmd->add_option("--classes", mo.classes)->capture_default_str();
+  data_cmd->add_option("--train-per-class", mo.train_per_class)->capture_default_str();
+  data_cmd->add_option("--val-per-class", mo.val_per_class)->capture_default_str();
+  data_cmd->add_option("--width", mo.width)->capture_default_str();
+  data_cmd->add_option("--height", mo.height)->capture_default_str();
+  data_cmd->add_option("--quality", mo.jpeg_quality, "JPEG quality")->capture_default_str();
+  data_cmd->add_option("--seed", mo.seed)->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   std::signal(SIGINT, on_sigint);
   try {
@@ -128,11 +164,31 @@ int main(int argc, char** argv) {
       train::run_example(xo, std::cerr);
       return 0;
     }
+    if (*bench_cmd) {
+      bo.start = process_start;
+      const train::BenchResult r = train::run_bench(bo, std::cerr);
+      std::cout << train::BenchResult::table_header() << "\n" << r.table_line() << "\n";
+      if (!bench_json.empty()) {
+        std::ofstream f(bench_json);
+        f << r.to_json().dump(2) << "\n";
+        if (!f) throw IOError("bench: could not write " + bench_json + " (check the folder exists and is writable)");
+      }
+      return 0;
+    }
+    if (*data_cmd) {
+      const int64_t n = train::make_image_folder(mo);
+      std::cerr << "wrote " << n << " images (" << mo.width << "x" << mo.height << ", " << mo.classes
+                << " classes) to " << mo.out << "\n";
+      return 0;
+    }
   } catch (const OutOfMemoryError& e) {
     size_t free_b = 0, total_b = 0;
     if (cuda::available()) cuda::memory_info(&free_b, &total_b);
-    std::cerr << "tlengine: out of memory with --batch-size " << to.batch_size << " (" << free_b / (1 << 20)
-              << " MiB free of " << total_b / (1 << 20) << " MiB): try --batch-size " << std::max<int64_t>(1, to.batch_size / 2)
+    const bool bench = bench_cmd->parsed();
+    const int64_t batch = bench ? bo.batch : to.batch_size;
+    const char* flag = bench ? "--batch" : "--batch-size";
+    std::cerr << "tlengine: out of memory with " << flag << " " << batch << " (" << free_b / (1 << 20)
+              << " MiB free of " << total_b / (1 << 20) << " MiB): try " << flag << " " << std::max<int64_t>(1, batch / 2)
               << "\n  (" << e.what() << ")\n";
     return 2;
   } catch (const train::DivergedError& e) {
