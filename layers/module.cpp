@@ -1,12 +1,19 @@
 // Module tree, state enumeration, initialisation and the Conv2d / BatchNorm2d / Linear modules.
 #include "layers/module.h"
 
+#include <atomic>
 #include <cmath>
 
 #include "layers/elementwise.h"
 #include "layers/linear.h"
 
 namespace tl::nn {
+
+namespace {
+std::atomic<uint64_t> g_state_epoch{1};
+}  // namespace
+uint64_t state_epoch() { return g_state_epoch.load(std::memory_order_relaxed); }
+void invalidate_derived_state() { g_state_epoch.fetch_add(1, std::memory_order_relaxed); }
 
 Shape StateEntry::shape() const {
   if (param) return param->shape();
@@ -23,6 +30,7 @@ std::vector<std::pair<std::string, Parameter>> Module::named_parameters() const 
 }
 
 std::vector<StateEntry> Module::state() {
+  invalidate_derived_state();  // the entries are writable
   std::vector<StateEntry> out;
   collect_state("", out);
   return out;
@@ -45,6 +53,7 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules() {
 }
 
 void Module::train(bool on) {
+  invalidate_derived_state();
   training_ = on;
   on_train(on);
   for (auto& [name, child] : children_) child->train(on);
@@ -148,9 +157,12 @@ Variable BatchNorm2d::operator()(const Variable& x) {
   BatchNormOptions o;
   o.eps = eps;
   o.momentum = momentum;
-  o.training = is_training();
-  if (frozen_uses_running_stats && !weight.trainable() && !bias.trainable()) o.training = false;
+  o.training = !uses_running_stats();
   return batch_norm2d(x, weight, bias, buffers, o);
+}
+
+bool BatchNorm2d::uses_running_stats() const {
+  return !is_training() || (frozen_uses_running_stats && !weight.trainable() && !bias.trainable());
 }
 
 Linear::Linear(int64_t in_features, int64_t out_features, Generator& gen, bool has_bias) {
@@ -164,6 +176,7 @@ Variable Linear::operator()(const Variable& x) const {
 }
 
 void set_trainable(Module& m, bool trainable) {
+  invalidate_derived_state();
   for (StateEntry& e : m.state())
     if (e.param) e.param->set_trainable(trainable);
 }

@@ -25,6 +25,14 @@ struct StateEntry {
   Shape shape() const;  // counters are 0-d: {}
 };
 
+// A process-wide counter of "module state may have changed" events: bumped by Module::state() (which hands out
+// writable pointers: load_weights, checkpoint restore, to(), to_dtype() all go through it), Module::train() and
+// set_trainable(). Caches derived from parameter values (layers/fused.h: folded conv + batch norm weights) are
+// valid only while it is unchanged. Code that writes a parameter or buffer directly (weight.mutable_value(),
+// bn.buffers.running_mean) after a forward pass must call invalidate_derived_state().
+uint64_t state_epoch();
+void invalidate_derived_state();
+
 class Module {
  public:
   Module() = default;
@@ -34,7 +42,8 @@ class Module {
 
   // Parameters with their full dotted names, in registration (= torchvision) order.
   std::vector<std::pair<std::string, Parameter>> named_parameters() const;
-  // Every state_dict entry (parameters, buffers, counters), in torchvision order.
+  // Every state_dict entry (parameters, buffers, counters), in torchvision order. The entries point at the
+  // live tensors, so callers may write through them: each call therefore bumps state_epoch().
   std::vector<StateEntry> state();
   // This module and all descendants with dotted names ("" for this one).
   std::vector<std::pair<std::string, Module*>> named_modules();
@@ -118,6 +127,25 @@ class BatchNorm2d : public Module {
   // Frozen batch norm (weight and bias not trainable) runs on its running statistics when true
   // (Keras semantics, `--freeze-bn`); PyTorch's default keeps batch statistics in train().
   bool frozen_uses_running_stats = false;
+  // True when this layer normalises with its running statistics in the next forward (eval mode, or frozen with
+  // frozen_uses_running_stats).
+  bool uses_running_stats() const;
+
+  // The preceding convolution folded into this batch norm (layers/fused.h conv_bn_act), cached: valid while
+  // `epoch` == state_epoch() and every tensor it was computed from is the same storage (`sources`). Dropped
+  // by every conv_bn_act call that does not fold (so an optimizer step, which needs an unfolded forward with
+  // gradients first, can never leave it stale).
+  struct FoldedConv {
+    Tensor weight;  // w * gamma / sqrt(running_var + eps), in the input's dtype and layout
+    Tensor bias;    // beta + (conv bias - running_mean) * gamma / sqrt(running_var + eps), parameter dtype
+    uint64_t epoch = 0;
+    std::vector<const void*> sources;
+    DType input_dtype = DType::F32;
+    Layout input_layout = Layout::NCHW;
+    double eps = 0;
+    bool valid() const { return weight.defined(); }
+  };
+  FoldedConv folded;
 };
 
 class Linear : public Module {

@@ -1,5 +1,8 @@
 // DenseNet family (torchvision's densenet.py): densenet121/161/169/201, with torchvision's module names
 // ("features.denseblock1.denselayer1.norm1", "features.transition1.conv", "classifier") and initialisation.
+// Conv + batch-norm folding (layers/fused.h) does not apply: the dense layers and transitions are pre-activation
+// (norm, relu, conv), so no batch norm follows a convolution except the stem's norm0 (one pair of ~120, left
+// unfolded).
 #include <cmath>
 
 #include "layers/activation.h"

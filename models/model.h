@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/fused.h"
 #include "layers/module.h"
 
 namespace tl::models {
@@ -27,17 +28,37 @@ class Model : public nn::Module {
   virtual void reset_head(int64_t num_classes, uint64_t seed) = 0;
   // Dropout probability of the classifier (VGG: 0.5 by default); models without dropout ignore it.
   virtual void set_dropout(double /*p*/) {}
+  // Conv + batch-norm pairs of the last forward() that ran folded (layers/fused.h: frozen prefix with running
+  // statistics), and all conv + batch-norm pairs it ran. Both 0 for models without such pairs (DenseNet, VGG16).
+  int64_t folded_conv_bn() const { return last_counts_.folded; }
+  int64_t conv_bn_pairs() const { return last_counts_.calls; }
 
  protected:
   Model(std::string arch, int64_t num_classes, int64_t head_in)
       : arch_(std::move(arch)), num_classes_(num_classes), head_in_features_(head_in) {}
   void set_num_classes(int64_t n) { num_classes_ = n; }
+  // Put one at the start of forward(): records the conv_bn_act counts of that forward for folded_conv_bn().
+  class CountConvBn {
+   public:
+    explicit CountConvBn(Model& m) : m_(m), start_(conv_bn_counts()) {}
+    ~CountConvBn() {
+      const ConvBnCounts now = conv_bn_counts();
+      m_.last_counts_ = {now.folded - start_.folded, now.calls - start_.calls};
+    }
+    CountConvBn(const CountConvBn&) = delete;
+    CountConvBn& operator=(const CountConvBn&) = delete;
+
+   private:
+    Model& m_;
+    ConvBnCounts start_;
+  };
   Device device() const;
 
  private:
   std::string arch_;
   int64_t num_classes_;
   int64_t head_in_features_;
+  ConvBnCounts last_counts_;
 };
 
 // Architectures by torchvision's names: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2,

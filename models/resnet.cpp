@@ -4,6 +4,7 @@
 
 #include "layers/activation.h"
 #include "layers/elementwise.h"
+#include "layers/fused.h"
 #include "layers/pooling.h"
 #include "models/model.h"
 
@@ -51,14 +52,15 @@ class Block : public nn::Module {
     for (Conv2d* c : convs_) kaiming_fan_out(*c, gen);
   }
 
+  // relu(bn_last(conv_last(...relu(bn1(conv1(x)))...)) + identity), each conv-bn pair through conv_bn_act
+  // (folded in a frozen prefix with running statistics). The downsample branch runs just before the last pair,
+  // which keeps the tape order (and so the gradient accumulation order into x) of conv..., downsample, add.
   Variable operator()(const Variable& x) {
     Variable h = x;
-    for (size_t i = 0; i < convs_.size(); ++i) {
-      h = (*bns_[i])((*convs_[i])(h));
-      if (i + 1 < convs_.size()) h = relu(h);
-    }
-    Variable identity = down_conv_ ? (*down_bn_)((*down_conv_)(x)) : x;
-    return relu(add(h, identity));
+    const size_t last = convs_.size() - 1;
+    for (size_t i = 0; i < last; ++i) h = conv_bn_act(*convs_[i], *bns_[i], h, nullptr, true);
+    Variable identity = down_conv_ ? conv_bn_act(*down_conv_, *down_bn_, x, nullptr, false) : x;
+    return conv_bn_act(*convs_[last], *bns_[last], h, &identity, true);
   }
 
  private:
@@ -92,7 +94,8 @@ class ResNet : public Model {
   }
 
   Variable forward(const Variable& x) override {
-    Variable h = relu((*bn1_)((*conv1_)(x)));
+    CountConvBn count(*this);
+    Variable h = conv_bn_act(*conv1_, *bn1_, x, nullptr, true);
     h = max_pool2d(h, pool2d_options(3, 2, 1));
     for (Block* b : blocks_) h = (*b)(h);
     h = flatten(adaptive_avg_pool2d(h, 1, 1), 1);

@@ -5,6 +5,7 @@
 #include "layers/activation.h"
 #include "layers/dropout.h"
 #include "layers/elementwise.h"
+#include "layers/fused.h"
 #include "layers/pooling.h"
 #include "models/model.h"
 
@@ -54,14 +55,14 @@ class VGG : public Model {
   }
 
   Variable forward(const Variable& x) override {
+    CountConvBn count(*this);
     Variable h = x;
     for (const Stage& s : stages_) {
       if (s.pool) {
         h = max_pool2d(h, pool2d_options(2, 2));
       } else {
-        h = s.conv->operator()(h);
-        if (s.bn) h = (*s.bn)(h);
-        h = relu(h);
+        // vgg16_bn: conv-bn-relu through conv_bn_act (folded in a frozen prefix with running statistics)
+        h = s.bn ? conv_bn_act(*s.conv, *s.bn, h, nullptr, true) : relu((*s.conv)(h));
       }
     }
     h = flatten(adaptive_avg_pool2d(h, 7, 7), 1);
