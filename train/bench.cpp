@@ -160,6 +160,10 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
   if (dev == Device::CUDA) cuda::synchronize();
   r.first_step_s = seconds_since(first);
   r.startup_s = seconds_since(start);
+  r.folded_conv_bn = model->folded_conv_bn();
+  r.conv_bn_pairs = model->conv_bn_pairs();
+  if (r.folded_conv_bn > 0)
+    log << "folded " << r.folded_conv_bn << " of " << r.conv_bn_pairs << " conv + batch-norm pairs of the frozen part\n";
   for (int i = 1; i < o.warmup; ++i) step();
 
   if (dev == Device::CUDA) {
@@ -220,6 +224,8 @@ nlohmann::json BenchResult::to_json() const {
           {"build_s", build_s},
           {"first_step_s", first_step_s},
           {"startup_s", startup_s},
+          {"folded_conv_bn", folded_conv_bn},
+          {"conv_bn_pairs", conv_bn_pairs},
           {"step_ms", step_ms}};
 }
 

@@ -62,6 +62,7 @@ struct BenchResult {
   double build_s = 0;               // start to model + optimizer + batch ready
   double first_step_s = 0;          // the first step alone
   double startup_s = 0;             // start to the end of the first step
+  int64_t folded_conv_bn = 0, conv_bn_pairs = 0;  // frozen batch norms folded into their convolution (--freeze-bn)
 
   nlohmann::json to_json() const;
   // "model mode precision batch | ms img/s peak GB TFLOP/s startup s" for a table; header() names the columns.
