@@ -175,6 +175,12 @@ Variable Linear::operator()(const Variable& x) const {
   return linear(x, in_dtype_of(weight, x), in_dtype_of(bias, x));
 }
 
+void kaiming_normal(Conv2d& conv, Generator& gen, FanMode mode) {
+  const Shape& s = conv.weight.shape();
+  const double fan = static_cast<double>((mode == FanMode::Out ? s[0] : s[1]) * s[2] * s[3]);
+  conv.weight.mutable_value() = gen.normal(s, std::sqrt(2.0 / fan));
+}
+
 void set_trainable(Module& m, bool trainable) {
   invalidate_derived_state();
   for (StateEntry& e : m.state())

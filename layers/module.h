@@ -169,6 +169,11 @@ class Sequential : public Module {
   }
 };
 
+// torchvision's kaiming_normal_(nonlinearity="relu") of a convolution weight: std = sqrt(2 / fan), with
+// fan = out_channels * k * k (mode "fan_out", ResNet, VGG) or in_channels / groups * k * k ("fan_in", DenseNet).
+enum class FanMode { In, Out };
+void kaiming_normal(Conv2d& conv, Generator& gen, FanMode mode);
+
 // Sets every parameter of `m` (and descendants) trainable or frozen.
 void set_trainable(Module& m, bool trainable);
 

@@ -19,11 +19,8 @@ using nn::Generator;
 using nn::Linear;
 using nn::Sequential;
 
-// torchvision DenseNet: kaiming_normal_ with the default fan_in mode: std = sqrt(2 / (in/groups * k * k)).
-void kaiming_fan_in(Conv2d& c, Generator& gen) {
-  const Shape& s = c.weight.shape();
-  c.weight.mutable_value() = gen.normal(s, std::sqrt(2.0 / static_cast<double>(s[1] * s[2] * s[3])));
-}
+// torchvision DenseNet: kaiming_normal_ with the default fan_in mode.
+void kaiming_fan_in(Conv2d& c, Generator& gen) { nn::kaiming_normal(c, gen, nn::FanMode::In); }
 
 // BN-ReLU-Conv1x1 (bottleneck to bn_size * growth) then BN-ReLU-Conv3x3 (growth new channels).
 class DenseLayer : public nn::Module {

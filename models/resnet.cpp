@@ -16,11 +16,8 @@ using nn::Generator;
 using nn::Linear;
 using nn::Sequential;
 
-// torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"); fan_out = out_channels * k * k.
-void kaiming_fan_out(Conv2d& c, Generator& gen) {
-  const Shape& s = c.weight.shape();
-  c.weight.mutable_value() = gen.normal(s, std::sqrt(2.0 / static_cast<double>(s[0] * s[2] * s[3])));
-}
+// torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+void kaiming_fan_out(Conv2d& c, Generator& gen) { nn::kaiming_normal(c, gen, nn::FanMode::Out); }
 
 // A residual block: BasicBlock (two 3x3) or Bottleneck (1x1, 3x3 grouped, 1x1 with 4x expansion).
 class Block : public nn::Module {

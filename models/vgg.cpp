@@ -33,9 +33,7 @@ class VGG : public Model {
         index += 1;
       } else {
         s.conv = &features.add<Conv2d>(std::to_string(index), in, v, 3, 1, 1, true, gen);
-        // torchvision: kaiming_normal_(fan_out, relu), bias 0
-        const Shape& w = s.conv->weight.shape();
-        s.conv->weight.mutable_value() = gen.normal(w, std::sqrt(2.0 / static_cast<double>(w[0] * w[2] * w[3])));
+        nn::kaiming_normal(*s.conv, gen, nn::FanMode::Out);  // torchvision: kaiming_normal_(fan_out, relu), bias 0
         s.conv->bias.mutable_value().zero_();
         if (batch_norm) s.bn = &features.add<BatchNorm2d>(std::to_string(index + 1), v);
         index += batch_norm ? 3 : 2;
