@@ -58,18 +58,6 @@ class Module {
   void to_dtype(DType dtype);
 
   const std::vector<std::pair<std::string, std::unique_ptr<Module>>>& children() const { return children_; }
-
- protected:
-  Parameter& add_parameter(const std::string& name, Tensor value, bool trainable = true);
-  Tensor& add_buffer(const std::string& name, Tensor* storage);  // the tensor lives in the subclass
-  void add_counter(const std::string& name, int64_t* counter);
-  template <class M, class... Args>
-  M& add_module(const std::string& name, Args&&... args) {
-    auto m = std::make_unique<M>(std::forward<Args>(args)...);
-    M& ref = *m;
-    children_.emplace_back(name, std::move(m));
-    return ref;
-  }
   // Replaces the child `name` (keeping its place in the order) by a new module.
   template <class M, class... Args>
   M& replace_module(const std::string& name, Args&&... args) {
@@ -81,6 +69,18 @@ class Module {
       return ref;
     }
     throw ValueError("replace_module: no child named '" + name + "'");
+  }
+
+ protected:
+  Parameter& add_parameter(const std::string& name, Tensor value, bool trainable = true);
+  Tensor& add_buffer(const std::string& name, Tensor* storage);  // the tensor lives in the subclass
+  void add_counter(const std::string& name, int64_t* counter);
+  template <class M, class... Args>
+  M& add_module(const std::string& name, Args&&... args) {
+    auto m = std::make_unique<M>(std::forward<Args>(args)...);
+    M& ref = *m;
+    children_.emplace_back(name, std::move(m));
+    return ref;
   }
   virtual void on_train(bool) {}
 
@@ -162,10 +162,6 @@ class Sequential : public Module {
   template <class M, class... Args>
   M& add(const std::string& name, Args&&... args) {
     return add_module<M>(name, std::forward<Args>(args)...);
-  }
-  template <class M, class... Args>
-  M& replace(const std::string& name, Args&&... args) {
-    return replace_module<M>(name, std::forward<Args>(args)...);
   }
 };
 

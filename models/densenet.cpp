@@ -114,13 +114,7 @@ class DenseNet : public Model {
     out.push_back("classifier");
     return out;
   }
-  void reset_head(int64_t num_classes, uint64_t seed) override {
-    Device dev = device();
-    Generator gen(seed);
-    classifier_ = &replace_module<Linear>("classifier", head_in_features(), num_classes, gen);
-    classifier_->to(dev);
-    set_num_classes(num_classes);
-  }
+  void on_head_replaced(Linear& head) override { classifier_ = &head; }
 
  private:
   static int64_t final_features(int64_t growth, const std::vector<int>& cfg, int64_t init) {

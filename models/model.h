@@ -25,7 +25,7 @@ class Model : public nn::Module {
   // Freezing "until=layer3" freezes every stage up to and including "layer3".
   virtual std::vector<std::string> blocks() const = 0;
   // A new, randomly initialised head for `num_classes` (PyTorch's nn.Linear init), on the model's device.
-  virtual void reset_head(int64_t num_classes, uint64_t seed) = 0;
+  void reset_head(int64_t num_classes, uint64_t seed);
   // Dropout probability of the classifier (VGG: 0.5 by default); models without dropout ignore it.
   virtual void set_dropout(double /*p*/) {}
   // Conv + batch-norm pairs of the last forward() that ran folded (layers/fused.h: frozen prefix with running
@@ -36,7 +36,8 @@ class Model : public nn::Module {
  protected:
   Model(std::string arch, int64_t num_classes, int64_t head_in)
       : arch_(std::move(arch)), num_classes_(num_classes), head_in_features_(head_in) {}
-  void set_num_classes(int64_t n) { num_classes_ = n; }
+  // Called by reset_head() with the new head, for models that keep a pointer to it.
+  virtual void on_head_replaced(nn::Linear& head) = 0;
   // Put one at the start of forward(): records the conv_bn_act counts of that forward for folded_conv_bn().
   class CountConvBn {
    public:

@@ -103,13 +103,7 @@ class ResNet : public Model {
   std::vector<std::string> blocks() const override {
     return {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"};
   }
-  void reset_head(int64_t num_classes, uint64_t seed) override {
-    Device dev = device();
-    Generator gen(seed);
-    fc_ = &replace_module<Linear>("fc", head_in_features(), num_classes, gen);
-    fc_->to(dev);
-    set_num_classes(num_classes);
-  }
+  void on_head_replaced(Linear& head) override { fc_ = &head; }
 
  private:
   Conv2d* conv1_;

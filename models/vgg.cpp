@@ -49,7 +49,6 @@ class VGG : public Model {
       l->weight.mutable_value() = gen.normal(l->weight.shape(), 0.01);
       l->bias.mutable_value().zero_();
     }
-    classifier_ = &classifier;
   }
 
   Variable forward(const Variable& x) override {
@@ -87,13 +86,7 @@ class VGG : public Model {
     out.insert(out.end(), {"classifier.0", "classifier.3", "classifier.6"});
     return out;
   }
-  void reset_head(int64_t num_classes, uint64_t seed) override {
-    Device dev = device();
-    Generator gen(seed);
-    fc_[2] = &classifier_->replace<Linear>("6", 4096, num_classes, gen);
-    fc_[2]->to(dev);
-    set_num_classes(num_classes);
-  }
+  void on_head_replaced(Linear& head) override { fc_[2] = &head; }
   void set_dropout(double p) override { dropout_p_ = p; }
 
  private:
@@ -109,7 +102,6 @@ class VGG : public Model {
   }
   std::vector<Stage> stages_;
   Linear* fc_[3];
-  Sequential* classifier_;
   double dropout_p_;
   uint64_t dropout_seed_;
   uint64_t dropout_offset_ = 0;

@@ -167,4 +167,15 @@ TEST(Models, ResetHeadKeepsBodyAndInitialisesLikeNnLinear) {
   for (double v : w.to_doubles()) max_abs = std::max(max_abs, std::fabs(v));
   EXPECT_LE(max_abs, bound);
   EXPECT_GT(max_abs, 0.9 * bound);
+  // Every family: the forward uses the new head (ResNet's fc, VGG's classifier.6), under the same state name.
+  for (const char* arch : {"resnet18", "vgg16"}) {
+    auto r = models::create_model(arch, 1000, 1);
+    const std::string head = r->head_name();
+    r->reset_head(5, 3);
+    r->eval();
+    NoGradGuard no_grad;
+    EXPECT_EQ(r->forward(Variable(Tensor::randn({1, 3, 32, 32}, 2))).shape(), (Shape{1, 5})) << arch;
+    EXPECT_EQ(r->named_parameters().back().first, head + ".bias") << arch;
+    EXPECT_EQ(r->named_parameters().back().second.shape(), (Shape{5})) << arch;
+  }
 }
