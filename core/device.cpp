@@ -111,4 +111,15 @@ bool allow_tf32_conv() { return tf32_conv; }
 bool allow_tf32_matmul() { return tf32_matmul; }
 
 }  // namespace cuda
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::CPU;
+  if (name == "cuda") {
+    TL_CHECK(cuda::available(), ValueError, "--device cuda: no CUDA device is available (use --device cpu)");
+    return Device::CUDA;
+  }
+  TL_CHECK(name == "auto", ValueError, "--device must be auto, cpu or cuda, got '", name, "'");
+  return cuda::available() ? Device::CUDA : Device::CPU;
+}
+
 }  // namespace tl

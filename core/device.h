@@ -6,10 +6,19 @@
 // (Tensor::to(Device::CPU)) and cuda::synchronize() wait for the GPU.
 #pragma once
 #include <cstddef>
+#include <string>
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
+
+#include "core/dtype.h"
+
+namespace tl {
+// A --device option: "cpu", "cuda" (throws ValueError when no CUDA device can be used) or "auto" (CUDA when
+// available, else the CPU). Throws ValueError naming the accepted values for anything else.
+Device parse_device(const std::string& name);
+}  // namespace tl
 
 namespace tl::cuda {
 

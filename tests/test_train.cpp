@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -72,10 +74,19 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 // tlengine and PyTorch 1.13 doing the same job: same initial weights (converted from PyTorch's .pth), same PNG
-// images (decoded identically), same order, no augmentation. Full fine-tuning is compared over one epoch: these
-// one-class batches make full training chaotic, so that over more steps PyTorch's own float32 and float64 runs part
-// by ~5% (measured), as float32 rounding flips ReLU masks. Feature extraction (frozen backbone) is compared over
-// three epochs.
+// images (decoded identically), same order, no augmentation, SGD with momentum and weight decay. Full fine-tuning
+// is compared over one epoch, feature extraction (frozen backbone) over three.
+// Two comparisons, with bounds that follow from the arithmetic rather than from one machine:
+//  - float64 on both sides (--precision fp64 and model.double()): the same trajectory without float32 rounding.
+//    Summation order still differs (BLAS kernels, thread splits), but at 1e-16 per operation; even amplified by
+//    a chaotic epoch it stays far below 1e-9 relative, while any real defect (a wrong momentum, a missing weight
+//    decay term, a wrong gradient) moves the losses by far more. This is the tight check.
+//  - float32 (the user's run): its distance from PyTorch's float64 losses is bounded by a multiple of the
+//    distance PyTorch's own float32 run shows from its float64 run on the same job, on the same machine: how far
+//    float32 rounding can carry this trajectory. OpenBLAS picks other kernels on other processors (and for other
+//    OPENBLAS_CORETYPE values), so no fixed float32 bound holds everywhere for a chaotic full fine-tune; this one
+//    scales with what float32 does there. A floor of 1e-5 relative (about 84 float32 ulps) covers epochs where PyTorch's
+//    float32 run happens to land almost exactly on its float64 one.
 TEST(Train, FinetuneReachesTheSameLossesAsPyTorch) {
   const std::string d = fresh_dir("train_parity");
   const std::string data = make_data(d + "/data");
@@ -85,28 +96,46 @@ TEST(Train, FinetuneReachesTheSameLossesAsPyTorch) {
   struct Case {
     std::string mode;
     int epochs;
-    double lr;
+    double lr, weight_decay;
   };
-  for (const Case& c : {Case{"full", 1, 0.001}, Case{"head", 3, 0.01}}) {
-    run_torch_script("finetune_parity.py", "train " + data + " " + d + " " + c.mode + " " + std::to_string(c.epochs) +
-                                               " " + std::to_string(c.lr));
-    train::TrainOptions o = tiny(data, d + "/run_" + c.mode);
-    o.weights = d + "/init.bin";
-    o.shuffle = false;
-    o.epochs = c.epochs;
-    o.lr = c.lr;
-    if (c.mode == "head") o.freeze.freeze = "backbone";
-    std::ostringstream out;
-    train::run_training(o, out);
-    std::ifstream rf(d + "/torch_" + c.mode + ".json");
-    const nlohmann::json ref = nlohmann::json::parse(rf);
-    const auto lines = read_jsonl(o.out + "/metrics.jsonl");
-    ASSERT_EQ(lines.size(), static_cast<size_t>(c.epochs));
-    for (size_t e = 0; e < lines.size(); ++e) {
-      const double ours_train = lines[e]["train"]["loss"], ours_val = lines[e]["val"]["loss"];
-      const double ref_train = ref["train_loss"][e], ref_val = ref["val_loss"][e];
-      EXPECT_NEAR(ours_train, ref_train, 1e-4 * std::fabs(ref_train)) << c.mode << " epoch " << e + 1 << " train loss";
-      EXPECT_NEAR(ours_val, ref_val, 1e-4 * std::fabs(ref_val)) << c.mode << " epoch " << e + 1 << " val loss";
+  auto read_json = [](const std::string& path) {
+    std::ifstream f(path);
+    return nlohmann::json::parse(f);
+  };
+  for (const Case& c : {Case{"full", 1, 0.001, 5e-4}, Case{"head", 3, 0.01, 1e-4}}) {
+    std::map<std::string, std::vector<nlohmann::json>> ours;
+    std::map<std::string, nlohmann::json> ref;
+    for (const std::string precision : {"fp64", "fp32"}) {
+      run_torch_script("finetune_parity.py", "train " + data + " " + d + " " + c.mode + " " + std::to_string(c.epochs) +
+                                                 " " + std::to_string(c.lr) + " " + std::to_string(c.weight_decay) +
+                                                 " " + precision);
+      ref[precision] = read_json(d + "/torch_" + c.mode + "_" + precision + ".json");
+      train::TrainOptions o = tiny(data, d + "/run_" + c.mode + "_" + precision);
+      o.weights = d + "/init.bin";
+      o.shuffle = false;
+      o.epochs = c.epochs;
+      o.lr = c.lr;
+      o.weight_decay = c.weight_decay;
+      o.precision = precision;
+      if (c.mode == "head") o.freeze.freeze = "backbone";
+      std::ostringstream out;
+      train::run_training(o, out);
+      ours[precision] = read_jsonl(o.out + "/metrics.jsonl");
+      ASSERT_EQ(ours[precision].size(), static_cast<size_t>(c.epochs));
+    }
+    for (size_t e = 0; e < static_cast<size_t>(c.epochs); ++e) {
+      for (const char* phase : {"train", "val"}) {
+        const std::string what = c.mode + " epoch " + std::to_string(e + 1) + " " + phase + " loss";
+        const double t64 = ref["fp64"][std::string(phase) + "_loss"][e], t32 = ref["fp32"][std::string(phase) + "_loss"][e];
+        const double o64 = ours["fp64"][e][phase]["loss"], o32 = ours["fp32"][e][phase]["loss"];
+        EXPECT_NEAR(o64, t64, 1e-9 * std::fabs(t64)) << what << " (float64)";
+        const double spread = std::fabs(t32 - t64);
+        const double bound = std::max(10 * spread, 1e-5 * std::fabs(t64));
+        EXPECT_NEAR(o32, t64, bound) << what << " (float32; PyTorch's float32 run is " << spread
+                                     << " from its float64 run)";
+        std::printf("[parity] %s: float64 |ours-torch| %.3g; float32 |ours-torch64| %.3g, |torch32-torch64| %.3g\n",
+                    what.c_str(), std::fabs(o64 - t64), std::fabs(o32 - t64), spread);
+      }
     }
   }
 }

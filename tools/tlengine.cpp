@@ -66,7 +66,7 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--on-bad-image", o.on_bad_image, "fail | skip")->capture_default_str();
   c.add_option("--early-stopping", o.early_stopping, "patience in epochs (0: off)")->capture_default_str();
   c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
-  c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA)")->capture_default_str();
+  c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA) | fp64 (CPU reference run)")->capture_default_str();
   c.add_flag("--resume", o.resume, "continue from <out>/last.ckpt");
   c.add_option("--seed", o.seed)->capture_default_str();
   c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");

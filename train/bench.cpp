@@ -23,16 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-Device bench_device(const std::string& name) {
-  if (name == "cpu") return Device::CPU;
-  if (name == "cuda") {
-    TL_CHECK(cuda::available(), ValueError, "--device cuda: no CUDA device is available (use --device cpu)");
-    return Device::CUDA;
-  }
-  TL_CHECK(name == "auto", ValueError, "--device must be auto, cpu or cuda, got '", name, "'");
-  return cuda::available() ? Device::CUDA : Device::CPU;
-}
-
 std::string device_description(Device dev) {
   if (dev == Device::CPU) return "cpu";
   int index = 0;
@@ -103,7 +93,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
   TL_CHECK(o.batch >= 1 && o.image_size >= 16 && o.classes >= 2, ValueError,
            "bench: --batch must be >= 1, --image-size >= 16 and --classes >= 2");
   TL_CHECK(o.warmup >= 0 && o.steps >= 1, ValueError, "bench: --warmup must be >= 0 and --steps >= 1");
-  const Device dev = bench_device(o.device);
+  const Device dev = parse_device(o.device);
   const bool bf16 = o.precision == "bf16";
   TL_CHECK(!bf16 || dev == Device::CUDA, ValueError, "--precision bf16 needs a CUDA device (the CPU runs fp32)");
   if (dev == Device::CUDA) cuda::set_allow_tf32(/*conv=*/true, /*matmul=*/false);  // PyTorch's defaults

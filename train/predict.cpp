@@ -62,9 +62,7 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
 int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& log) {
   TL_CHECK(o.format == "json" || o.format == "csv", ValueError, "--format must be json or csv, got '", o.format, "'");
   TL_CHECK(o.inputs.empty() != o.npy.empty(), ValueError, "give either image files/folders or --npy, not both");
-  const Device dev = o.device == "cpu" ? Device::CPU
-                     : o.device == "cuda" || cuda::available() ? Device::CUDA
-                                                               : Device::CPU;
+  const Device dev = parse_device(o.device);
   LoadedModel lm = load_model(o.weights);
   lm.model->to(dev);
   lm.model->eval();

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "train/freeze.h"
 
 namespace tl::train {
@@ -49,7 +50,7 @@ struct TrainOptions {
   // Run
   std::string out = "runs/exp";
   std::string device = "auto";    // auto | cpu | cuda
-  std::string precision = "fp32";  // fp32 | bf16 (CUDA)
+  std::string precision = "fp32";  // fp32 | bf16 (CUDA) | fp64 (CPU: a float64 reference run)
   bool resume = false;
   uint64_t seed = 0;
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
@@ -77,6 +78,15 @@ class DivergedError : public Error {
 std::atomic<bool>& stop_requested();
 
 TrainResult run_training(const TrainOptions& options, std::ostream& log);
+
+// The numeric format of a run's activations: "fp32" (float32 NCHW), "bf16" (CUDA: bfloat16 NHWC, float32
+// parameters), "fp64" (CPU: the whole model in float64, a reference run). Throws ValueError for other names or a
+// format the device does not run.
+struct Precision {
+  DType dtype = DType::F32;
+  Layout layout = Layout::NCHW;
+};
+Precision parse_precision(const std::string& name, Device device);
 
 // Metrics of a weights file on a data folder (`tlengine eval`): prints the report, returns top-1 accuracy.
 struct EvalOptions {

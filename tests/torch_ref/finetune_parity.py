@@ -2,10 +2,13 @@
 """PyTorch doing the same short fine-tuning job as tlengine: the same initial weights, data, order and recipe.
 
 usage: finetune_parity.py weights DATA OUTDIR               writes OUTDIR/init.pth (resnet18, 4 classes, random)
-       finetune_parity.py train DATA OUTDIR MODE EPOCHS LR  trains from init.pth, writes OUTDIR/torch_MODE.json
+       finetune_parity.py train DATA OUTDIR MODE EPOCHS LR WD DTYPE
+                                                            trains from init.pth, writes OUTDIR/torch_MODE_DTYPE.json
 MODE: full (every layer trains) or head (feature extraction: only fc trains, frozen batch norm still uses batch
-statistics in train(), as in PyTorch). Recipe: ImageFolder, Resize((32, 32)), ToTensor, Normalize(ImageNet),
-no augmentation, no shuffling, batch 8, SGD(LR, momentum 0.9), CrossEntropyLoss, train() then eval() each epoch.
+statistics in train(), as in PyTorch). DTYPE: fp32 (PyTorch's default) or fp64 (model and inputs in float64: the
+trajectory without float32 rounding, the tight reference). Recipe: ImageFolder, Resize((32, 32)), ToTensor,
+Normalize(ImageNet), no augmentation, no shuffling, batch 8, SGD(LR, momentum 0.9, weight_decay WD),
+CrossEntropyLoss, train() then eval() each epoch.
 """
 import json
 import os
@@ -32,20 +35,23 @@ def main():
                                         batch_size=8, shuffle=False)
     val = torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(os.path.join(data, "val"), t),
                                       batch_size=8, shuffle=False)
-    which, epochs, lr = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+    which, epochs, lr, wd, dtype = sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), sys.argv[8]
+    if dtype == "fp64":
+        m.double()
+    cast = (lambda x: x.double()) if dtype == "fp64" else (lambda x: x)
     params = list(m.parameters())
     if which == "head":
         for name, p in m.named_parameters():
             p.requires_grad = name.startswith("fc.")
         params = list(m.fc.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     crit = torch.nn.CrossEntropyLoss()
     out = {"train_loss": [], "val_loss": [], "step_loss": []}
     for epoch in range(epochs):
         m.train()
         total, n = 0.0, 0
         for x, y in train:
-            loss = crit(m(x), y)
+            loss = crit(m(cast(x)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -57,10 +63,10 @@ def main():
         total, n = 0.0, 0
         with torch.no_grad():
             for x, y in val:
-                total += crit(m(x), y).item() * len(y)
+                total += crit(m(cast(x)), y).item() * len(y)
                 n += len(y)
         out["val_loss"].append(total / n)
-    with open(os.path.join(outdir, "torch_" + which + ".json"), "w") as f:
+    with open(os.path.join(outdir, "torch_" + which + "_" + dtype + ".json"), "w") as f:
         json.dump(out, f)
 
 
