@@ -120,6 +120,19 @@ int64_t DataLoader::batches_per_epoch() const {
   return opt_.drop_last ? n / bs : (n + bs - 1) / bs;
 }
 
+std::vector<int64_t> DataLoader::epoch_order(int64_t epoch) const {
+  const int64_t n = num_samples();
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  if (opt_.shuffle) {
+    Rng rng(opt_.seed, 0x0E90C4ULL, static_cast<uint64_t>(epoch));
+    for (int64_t i = n - 1; i > 0; --i)
+      std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(rng.randint(0, i + 1))]);
+  }
+  if (opt_.drop_last) order.resize(static_cast<size_t>(batches_per_epoch() * opt_.batch_size));
+  return order;
+}
+
 int64_t DataLoader::batch_count(int64_t b) const {
   return std::min(opt_.batch_size, total_positions_ - b * opt_.batch_size);
 }
@@ -129,13 +142,7 @@ void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
   abandon_epoch(lock);
   epoch_ = epoch;
   const int64_t n = num_samples();
-  order_.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) order_[static_cast<size_t>(i)] = i;
-  if (opt_.shuffle) {
-    Rng rng(opt_.seed, 0x0E90C4ULL, static_cast<uint64_t>(epoch));
-    for (int64_t i = n - 1; i > 0; --i)
-      std::swap(order_[static_cast<size_t>(i)], order_[static_cast<size_t>(rng.randint(0, i + 1))]);
-  }
+  order_ = epoch_order(epoch);
   num_batches_ = batches_per_epoch();
   total_positions_ = opt_.drop_last ? num_batches_ * opt_.batch_size : n;
   TL_CHECK(first_batch >= 0 && first_batch <= num_batches_, ValueError, "DataLoader::start_epoch: first_batch ",

@@ -71,6 +71,10 @@ class DataLoader {
 
   int64_t num_samples() const { return static_cast<int64_t>(samples_.size()); }
   int64_t batches_per_epoch() const;
+  int64_t batch_size() const { return opt_.batch_size; }
+  // The sample indices of `epoch` in the order its batches hold them (a seeded shuffle when shuffling; without
+  // the dropped tail with drop_last): batch b is positions [b * batch_size, (b + 1) * batch_size).
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
   Size2 image_size() const { return size_; }
   const std::vector<Sample>& samples() const { return samples_; }
 

@@ -94,7 +94,7 @@ class DenseNet : public Model {
     }
   }
 
-  Variable forward(const Variable& x) override {
+  Variable features(const Variable& x) override {
     Variable h = max_pool2d(relu((*norm0_)((*conv0_)(x))), pool2d_options(3, 2, 1));
     for (size_t b = 0; b < blocks_.size(); ++b) {
       std::vector<Variable> features{h};
@@ -102,9 +102,9 @@ class DenseNet : public Model {
       h = concat(features, 1);
       if (b < transitions_.size()) h = (*transitions_[b])(h);
     }
-    h = flatten(adaptive_avg_pool2d(relu((*norm5_)(h)), 1, 1), 1);
-    return (*classifier_)(h);
+    return flatten(adaptive_avg_pool2d(relu((*norm5_)(h)), 1, 1), 1);
   }
+  Variable head(const Variable& f) override { return (*classifier_)(f); }
 
   std::string head_name() const override { return "classifier"; }
   std::vector<std::string> blocks() const override {

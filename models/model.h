@@ -14,8 +14,16 @@ namespace tl::models {
 
 class Model : public nn::Module {
  public:
-  // logits (N, num_classes) for images (N, 3, H, W)
-  virtual Variable forward(const Variable& x) = 0;
+  // logits (N, num_classes) for images (N, 3, H, W): the head applied to the features.
+  Variable forward(const Variable& x) { return head(features(x)); }
+  // The head's input (N, head_in_features()) for images (N, 3, H, W): everything below the head. When all of it is
+  // frozen and deterministic, it depends on the image alone, so it can be computed once (train/feature_cache.h).
+  virtual Variable features(const Variable& x) = 0;
+  // logits (N, num_classes) from features (N, head_in_features()).
+  virtual Variable head(const Variable& features) = 0;
+  // True when features() in train() mode draws random numbers (dropout below the head), so that two calls on
+  // the same image differ.
+  virtual bool stochastic_features() const { return false; }
   const std::string& arch() const { return arch_; }
   int64_t num_classes() const { return num_classes_; }
   // State-dict prefix of the classification layer: "fc", "classifier" or "classifier.6".

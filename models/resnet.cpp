@@ -90,14 +90,14 @@ class ResNet : public Model {
     fc_ = &add_module<Linear>("fc", head_in_features(), num_classes, gen);
   }
 
-  Variable forward(const Variable& x) override {
+  Variable features(const Variable& x) override {
     CountConvBn count(*this);
     Variable h = conv_bn_act(*conv1_, *bn1_, x, nullptr, true);
     h = max_pool2d(h, pool2d_options(3, 2, 1));
     for (Block* b : blocks_) h = (*b)(h);
-    h = flatten(adaptive_avg_pool2d(h, 1, 1), 1);
-    return (*fc_)(h);
+    return flatten(adaptive_avg_pool2d(h, 1, 1), 1);
   }
+  Variable head(const Variable& f) override { return (*fc_)(f); }
 
   std::string head_name() const override { return "fc"; }
   std::vector<std::string> blocks() const override {

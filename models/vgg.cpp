@@ -51,7 +51,7 @@ class VGG : public Model {
     }
   }
 
-  Variable forward(const Variable& x) override {
+  Variable features(const Variable& x) override {
     CountConvBn count(*this);
     Variable h = x;
     for (const Stage& s : stages_) {
@@ -66,9 +66,10 @@ class VGG : public Model {
     const bool train = is_training();
     // Each forward draws fresh dropout masks: the offset advances by the elements each mask covers.
     h = dropout(relu((*fc_[0])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
-    h = dropout(relu((*fc_[1])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
-    return (*fc_[2])(h);
+    return dropout(relu((*fc_[1])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
   }
+  Variable head(const Variable& f) override { return (*fc_[2])(f); }
+  bool stochastic_features() const override { return dropout_p_ > 0; }
 
   std::string head_name() const override { return "classifier.6"; }
   std::vector<std::string> blocks() const override {

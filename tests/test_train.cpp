@@ -16,6 +16,7 @@
 #include "io/npy.h"
 #include "io/synthetic.h"
 #include "models/weights.h"
+#include "train/feature_cache.h"
 #include "train/freeze.h"
 #include "train/predict.h"
 #include "train/state_dict.h"
@@ -411,4 +412,99 @@ TEST(Cli, PredictTopKJsonCsvAndLogits) {
   EXPECT_NE(out.find(io::synthetic_class_name(0)), std::string::npos) << out;
   EXPECT_NE(run_command(std::string(TL_CLI) + " predict --weights " + d + "/missing.bin " + data, &out), 0);
   EXPECT_NE(out.find("missing.bin"), std::string::npos) << out;
+}
+
+// The feature cache (train/feature_cache.h): with only the head training, frozen batch norm on running statistics
+// and a deterministic transform, the run trains the head on features computed once per image. It must give the
+// same losses and head weights as running the backbone every epoch: exactly the same arithmetic in float64 (up to
+// summation order: 1e-12), and float32 within rounding.
+TEST(Train, FeatureCacheGivesTheSameRunAsTheBackboneEveryEpoch) {
+  const std::string d = fresh_dir("train_feature_cache");
+  const std::string data = make_data(d + "/data");
+  for (const std::string precision : {"fp64", "fp32"}) {
+    std::map<bool, std::vector<nlohmann::json>> lines;
+    std::map<bool, train::StateDict> last;
+    for (bool cached : {false, true}) {
+      train::TrainOptions o = tiny(data, d + "/run_" + precision + (cached ? "_cached" : "_plain"));
+      o.freeze.freeze = "backbone";
+      o.freeze.freeze_bn = true;
+      o.shuffle = true;  // the cached epochs must follow the loader's seeded order
+      o.epochs = 3;
+      o.precision = precision;
+      o.feature_cache = cached;
+      std::ostringstream out;
+      train::run_training(o, out);
+      EXPECT_NE(out.str().find(cached ? "feature cache: on" : "feature cache: off (--no-cache)"), std::string::npos)
+          << out.str();
+      lines[cached] = read_jsonl(o.out + "/metrics.jsonl");
+      last[cached] = train::load_state_dict(o.out + "/last.ckpt");
+    }
+    const double tol = precision == "fp64" ? 1e-12 : 1e-5;
+    ASSERT_EQ(lines[true].size(), 3u);
+    for (size_t e = 0; e < 3; ++e)
+      for (const char* phase : {"train", "val"}) {
+        const double a = lines[false][e][phase]["loss"], b = lines[true][e][phase]["loss"];
+        EXPECT_NEAR(b, a, tol * std::fabs(a)) << precision << " epoch " << e + 1 << " " << phase;
+        EXPECT_EQ(lines[false][e][phase]["count"], lines[true][e][phase]["count"]) << precision << " " << phase;
+        EXPECT_EQ(lines[false][e][phase]["top1"], lines[true][e][phase]["top1"]) << precision << " " << phase;
+      }
+    for (const char* name : {"model.fc.weight", "model.fc.bias"}) {
+      const std::vector<double> a = last[false].get_tensor(name).to_doubles(), b = last[true].get_tensor(name).to_doubles();
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(b[i], a[i], tol * 10 + tol * std::fabs(a[i])) << name << " " << i;
+    }
+  }
+}
+
+// Mid-epoch stop and --resume with the cache: the same weights as one cached run.
+TEST(Train, FeatureCacheResumesExactly) {
+  const std::string d = fresh_dir("train_feature_cache_resume");
+  const std::string data = make_data(d + "/data");
+  train::TrainOptions a = tiny(data, d + "/straight");
+  a.freeze.freeze = "backbone";
+  a.freeze.freeze_bn = true;
+  std::ostringstream log;
+  train::run_training(a, log);
+  train::TrainOptions b = a;
+  b.out = d + "/resumed";
+  b.stop_after_steps = 3;
+  EXPECT_TRUE(train::run_training(b, log).interrupted);
+  b.stop_after_steps = 0;
+  b.resume = true;
+  EXPECT_FALSE(train::run_training(b, log).interrupted);
+  train::StateDict x = train::load_state_dict(d + "/straight/last.ckpt"), y = train::load_state_dict(d + "/resumed/last.ckpt");
+  for (const char* k : {"model.fc.weight", "model.fc.bias"})
+    EXPECT_EQ(x.get_tensor(k).to_doubles(), y.get_tensor(k).to_doubles()) << k;
+}
+
+// When the cache does not apply, the plan says why and what would make it apply.
+TEST(Train, FeatureCachePlanSaysWhyItIsOff) {
+  auto m = models::create_model("resnet18", 3, 0);
+  train::FreezeOptions f;
+  f.freeze = "backbone";
+  train::FreezePlan p = train::apply_freeze(*m, f);
+  train::FeatureCachePlan c = train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30);
+  EXPECT_FALSE(c.use);
+  EXPECT_NE(c.reason.find("--freeze-bn"), std::string::npos) << c.reason;
+  f.freeze_bn = true;
+  p = train::apply_freeze(*m, f);
+  EXPECT_TRUE(train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30).use);
+  c = train::plan_feature_cache(*m, p, false, true, 1 << 20, 1 << 30);
+  EXPECT_FALSE(c.use);
+  EXPECT_NE(c.reason.find("--no-augment"), std::string::npos) << c.reason;
+  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, false, 1 << 20, 1 << 30).use);
+  c = train::plan_feature_cache(*m, p, true, true, 2LL << 30, 1 << 30);
+  EXPECT_FALSE(c.use);
+  EXPECT_NE(c.reason.find("budget"), std::string::npos) << c.reason;
+  f.freeze = "until=layer3";
+  p = train::apply_freeze(*m, f);
+  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30).use);
+  auto vgg = models::create_model("vgg16", 3, 0);  // dropout below classifier.6
+  f.freeze = "backbone";
+  p = train::apply_freeze(*vgg, f);
+  c = train::plan_feature_cache(*vgg, p, true, true, 1 << 20, 1 << 30);
+  EXPECT_FALSE(c.use);
+  EXPECT_NE(c.reason.find("dropout"), std::string::npos) << c.reason;
+  vgg->set_dropout(0);
+  EXPECT_TRUE(train::plan_feature_cache(*vgg, p, true, true, 1 << 20, 1 << 30).use);
 }

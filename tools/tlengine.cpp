@@ -67,6 +67,10 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--early-stopping", o.early_stopping, "patience in epochs (0: off)")->capture_default_str();
   c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
   c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA) | fp64 (CPU reference run)")->capture_default_str();
+  c.add_flag("!--no-cache", o.feature_cache,
+             "run the frozen backbone every epoch instead of once per image (the feature cache is on where it is "
+             "exact: only the head trains, --freeze-bn, --no-augment)");
+  c.add_option("--cache-budget", o.cache_budget_gb, "GB of RAM for cached features")->capture_default_str();
   c.add_flag("--resume", o.resume, "continue from <out>/last.ckpt");
   c.add_option("--seed", o.seed)->capture_default_str();
   c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");

@@ -13,6 +13,7 @@
 #include "io/loader.h"
 #include "layers/loss.h"
 #include "models/weights.h"
+#include "train/feature_cache.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/predict.h"
@@ -80,19 +81,35 @@ std::vector<EpochRecord> history_from_json(const json& a) {
   return h;
 }
 
-// Runs the model over a loader without recording (val phase, eval command).
+// Loss and metrics of one batch of logits (no tape).
+void add_to_metrics(const Variable& logits, const Tensor& labels, const int32_t* labels_host, int64_t size,
+                    const CrossEntropyOptions& ce, ClassificationMetrics& metrics) {
+  const double loss = cross_entropy_forward(logits.value(), labels, ce).item();
+  Tensor host = logits.value().to(Device::CPU, DType::F32, Layout::NCHW);
+  metrics.add_batch(host.data_as<float>(), labels_host, size, loss);
+}
+
+// Runs the model over a loader without recording (val phase, eval command); with a feature cache of that loader,
+// only the head runs, on the cached features.
 void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precision prec, const CrossEntropyOptions& ce,
-              ClassificationMetrics& metrics, Progress* progress) {
+              ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr) {
   NoGradGuard no_grad;
   model.eval();
-  loader.start_epoch(0);
   int64_t done = 0;
-  while (const io::Batch* b = loader.next()) {
-    Variable logits = model.forward(Variable(model_input(b->images_to(dev), dev, prec)));
-    const double loss = cross_entropy_forward(logits.value(), b->labels_to(dev), ce).item();
-    Tensor host = logits.value().to(Device::CPU, DType::F32, Layout::NCHW);
-    metrics.add_batch(host.data_as<float>(), b->labels, b->size, loss);
-    if (progress) progress->update(++done, b->size, metrics.mean_loss(), metrics.top1_accuracy());
+  if (cache) {
+    for (int64_t b = 0; b < cache->batches_per_epoch(); ++b) {
+      FeatureCache::Batch fb = cache->batch(0, b);
+      if (fb.size == 0) continue;
+      add_to_metrics(model.head(Variable(fb.features)), fb.labels, fb.labels_host.data(), fb.size, ce, metrics);
+      if (progress) progress->update(++done, fb.size, metrics.mean_loss(), metrics.top1_accuracy());
+    }
+  } else {
+    loader.start_epoch(0);
+    while (const io::Batch* b = loader.next()) {
+      add_to_metrics(model.forward(Variable(model_input(b->images_to(dev), dev, prec))), b->labels_to(dev), b->labels,
+                     b->size, ce, metrics);
+      if (progress) progress->update(++done, b->size, metrics.mean_loss(), metrics.top1_accuracy());
+    }
   }
   if (progress) progress->finish();
 }
@@ -125,7 +142,7 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
 
 // The model: architecture, start weights (a new head for this class count), device and precision, freeze plan.
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_classes, Device dev, Precision prec,
-                                           std::ostream& log) {
+                                           FreezePlan& plan, std::ostream& log) {
   auto model = models::create_model(o.arch, num_classes, o.seed);
   if (!o.weights.empty()) {
     models::LoadOptions lopt;
@@ -138,7 +155,8 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_cl
   }
   if (prec.dtype == DType::F64) model->to_dtype(DType::F64);
   model->to(dev, prec.layout);
-  log << apply_freeze(*model, o.freeze).summary() << "\n";
+  plan = apply_freeze(*model, o.freeze);
+  log << plan.summary() << "\n";
   return model;
 }
 
@@ -177,6 +195,28 @@ CrossEntropyOptions build_loss(const TrainOptions& o, const TrainData& data, Dev
     ce.class_weights = Tensor::from_values(w, {C}, prec.dtype == DType::F64 ? DType::F64 : DType::F32, dev);
   }
   return ce;
+}
+
+// The feature caches of the train and val sets, when the plan allows them (see feature_cache.h).
+struct FeatureCaches {
+  std::unique_ptr<FeatureCache> train, val;
+};
+FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, models::Model& model, const FreezePlan& plan,
+                                   Device dev, Precision prec, std::ostream& log) {
+  const int64_t rows = data.train->num_samples() + data.val->num_samples();
+  const int64_t bytes = rows * model.head_in_features() * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
+  const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, bytes,
+                                                 static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
+  log << fc.reason << "\n";
+  FeatureCaches c;
+  if (!fc.use) return c;
+  c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log);
+  if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
+  if (data.val->num_samples() > 0) {
+    c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log);
+    if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
+  }
+  return c;
 }
 
 // What a run carries from epoch to epoch and what last.ckpt holds besides the model, optimizer and schedule.
@@ -260,12 +300,15 @@ struct Trainer {
   LRScheduler& sched;
   const CrossEntropyOptions& ce;
   Tape& tape;
+  FeatureCaches& caches;
 
-  // One step: forward, loss, backward, update. Returns the loss; throws DivergedError on NaN/Inf.
-  double step(const io::Batch& b, int epoch, int64_t batch_index, const std::string& last_path) {
+  // One step: forward (the whole model on images, or the head on cached features), loss, backward, update.
+  // Returns the loss; throws DivergedError on NaN/Inf.
+  double step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
+              const std::string& last_path) {
     sched.apply(epoch, batch_index);
-    Variable logits = model.forward(Variable(model_input(b.images_to(dev), dev, prec)));
-    Variable loss = cross_entropy(logits, b.labels_to(dev), ce);
+    Variable logits = cached ? model.head(Variable(input)) : model.forward(Variable(model_input(input, dev, prec)));
+    Variable loss = cross_entropy(logits, labels, ce);
     const double loss_value = loss.value().item();
     if (!std::isfinite(loss_value)) {
       tape.clear();
@@ -287,26 +330,42 @@ struct Trainer {
                    std::ostream& log) {
     model.train();
     const int64_t first = state.batch;
-    data.train->start_epoch(state.epoch, first);
     Progress progress("train", state.epoch + 1, o.epochs, data.train->batches_per_epoch(), log);
-    while (const io::Batch* b = data.train->next()) {
-      const double loss = step(*b, state.epoch, state.batch, last_path);
-      m.add_batch(last_logits.data_as<float>(), b->labels, b->size, loss);
+    // After each step: metrics, progress, and whether to stop here.
+    auto after_step = [&](double loss, const int32_t* labels, int64_t size) {
+      m.add_batch(last_logits.data_as<float>(), labels, size, loss);
       ++state.batch;
       ++steps;
-      if (!o.quiet) progress.update(state.batch - first, b->size, m.mean_loss(), m.top1_accuracy());
-      if (stop_requested() || (o.stop_after_steps > 0 && steps >= o.stop_after_steps)) return false;
+      if (!o.quiet) progress.update(state.batch - first, size, m.mean_loss(), m.top1_accuracy());
+      return stop_requested() || (o.stop_after_steps > 0 && steps >= o.stop_after_steps);
+    };
+    if (caches.train) {
+      for (int64_t b = first; b < caches.train->batches_per_epoch(); ++b) {
+        FeatureCache::Batch fb = caches.train->batch(state.epoch, b);
+        if (fb.size == 0) {  // every image of the batch was skipped
+          ++state.batch;
+          continue;
+        }
+        const double loss = step(fb.features, fb.labels, true, state.epoch, state.batch, last_path);
+        if (after_step(loss, fb.labels_host.data(), fb.size)) return false;
+      }
+    } else {
+      data.train->start_epoch(state.epoch, first);
+      while (const io::Batch* b = data.train->next()) {
+        const double loss = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch, last_path);
+        if (after_step(loss, b->labels, b->size)) return false;
+      }
+      if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
     }
     if (!o.quiet) progress.finish();
-    if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
     return true;
   }
 
   void val_epoch(int epoch, ClassificationMetrics& m, std::ostream& log) {
     if (data.splits.val.samples.empty()) return;
     Progress vp("val", epoch + 1, o.epochs, data.val->batches_per_epoch(), log);
-    evaluate(model, *data.val, dev, prec, ce, m, o.quiet ? nullptr : &vp);
-    if (!data.val->skipped().empty()) log << data.val->skipped_report() << "\n";
+    evaluate(model, *data.val, dev, prec, ce, m, o.quiet ? nullptr : &vp, caches.val.get());
+    if (!caches.val && !data.val->skipped().empty()) log << data.val->skipped_report() << "\n";
   }
 };
 
@@ -411,7 +470,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
 
   TrainData data = build_data(o, log);
-  auto model = build_model(o, data.num_classes(), dev, prec, log);
+  FreezePlan plan;
+  auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   auto opt = build_optimizer(o, *model, log);
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
@@ -423,12 +483,13 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched);
   result.last_path = ckpt.path();
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
+  FeatureCaches caches = build_feature_caches(o, data, *model, plan, dev, prec, log);
   result.epochs_done = state.epoch;
 
   JsonLinesWriter metrics_log((fs::path(o.out) / "metrics.jsonl").string());
   Tape tape;
   TapeScope tape_scope(tape);
-  Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, {}};
+  Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches, {}};
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
     ClassificationMetrics train_m(static_cast<int>(data.num_classes()));

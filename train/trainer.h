@@ -51,6 +51,10 @@ struct TrainOptions {
   std::string out = "runs/exp";
   std::string device = "auto";    // auto | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16 (CUDA) | fp64 (CPU: a float64 reference run)
+  // Feature cache at the freeze boundary (train/feature_cache.h): on where it is exact (only the head trains,
+  // --freeze-bn, no augmentation); false: run the backbone every epoch (--no-cache).
+  bool feature_cache = true;
+  double cache_budget_gb = 4.0;  // RAM for cached features
   bool resume = false;
   uint64_t seed = 0;
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off

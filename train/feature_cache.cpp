@@ -1,0 +1,99 @@
+// Feature cache at the freeze boundary (see feature_cache.h).
+#include "train/feature_cache.h"
+
+#include <cstring>
+#include <ostream>
+
+#include "core/autograd.h"
+#include "train/report.h"
+
+namespace tl::train {
+
+FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
+                                    bool requested, int64_t bytes_needed, int64_t budget_bytes) {
+  const std::string head = model.head_name() + ".";
+  const bool only_head = !plan.first_trainable.empty() && plan.first_trainable.rfind(head, 0) == 0;
+  if (!only_head) return {false, "feature cache: off (layers below the head train, so their output changes every step)"};
+  if (!requested) return {false, "feature cache: off (--no-cache)"};
+  if (!plan.freeze_bn)
+    return {false,
+            "feature cache: off: the frozen batch norm layers use batch statistics (PyTorch's train() semantics), so "
+            "the backbone's output depends on the other images of the batch. Add --freeze-bn (frozen batch norm on "
+            "its running statistics, as Keras does) and --no-augment to run the backbone once per image instead of "
+            "once per epoch: every epoch after the first then costs about as much as training the head alone"};
+  if (model.stochastic_features())
+    return {false, "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
+  if (!deterministic_transform)
+    return {false,
+            "feature cache: off (random crops and flips change every image every epoch; --no-augment trains on the "
+            "val transform, the feature-extractor recipe for small data close to ImageNet, and enables the cache)"};
+  if (bytes_needed > budget_bytes)
+    return {false, detail::concat("feature cache: off (it would need ", bytes_needed >> 20, " MiB, over the ",
+                                  budget_bytes >> 20, " MiB budget)")};
+  return {true, detail::concat("feature cache: on (everything below ", model.head_name(),
+                               " is frozen, uses running statistics and sees a deterministic transform): the backbone "
+                               "runs once per image, ",
+                               bytes_needed >> 20, " MiB in RAM; --no-cache to run it every epoch")};
+}
+
+FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
+                           const std::string& what, bool quiet, std::ostream& log)
+    : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32) {
+  const int64_t n = loader.num_samples();
+  dim_ = model.head_in_features();
+  rows_ = Tensor::zeros({n, dim_}, dtype_);
+  valid_.assign(static_cast<size_t>(n), 0);
+  const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
+  NoGradGuard no_grad;
+  model.train();  // the mode of the uncached run's forward (frozen batch norm runs on running statistics either way)
+  Progress progress(what, 1, 1, loader.batches_per_epoch(), log);
+  loader.start_epoch(0);
+  int64_t done = 0;
+  while (const io::Batch* b = loader.next()) {
+    Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
+    Tensor host = f.to(Device::CPU, dtype_, Layout::NCHW);
+    TL_CHECK(host.ndim() == 2 && host.size(1) == dim_, ShapeError, "feature cache: features of shape ",
+             shape_str(host.shape()), ", expected (", b->size, ", ", dim_, ")");
+    for (int64_t r = 0; r < b->size; ++r) {
+      const int64_t id = b->samples[r];
+      std::memcpy(static_cast<char*>(rows_.data()) + static_cast<size_t>(id) * row_bytes,
+                  static_cast<const char*>(host.data()) + static_cast<size_t>(r) * row_bytes, row_bytes);
+      valid_[static_cast<size_t>(id)] = 1;
+    }
+    if (!quiet) progress.update(++done, b->size, NAN, NAN);
+  }
+  if (!quiet) progress.finish();
+  skipped_report_ = loader.skipped_report();
+}
+
+FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
+  if (order_epoch_ != epoch) {
+    order_ = loader_.epoch_order(epoch);
+    order_epoch_ = epoch;
+  }
+  const std::vector<int64_t>& order = order_;
+  const int64_t bs = loader_.batch_size();
+  const int64_t begin = b * bs, end = std::min<int64_t>(begin + bs, static_cast<int64_t>(order.size()));
+  std::vector<int64_t> ids;
+  for (int64_t p = begin; p < end; ++p)
+    if (valid_[static_cast<size_t>(order[static_cast<size_t>(p)])]) ids.push_back(order[static_cast<size_t>(p)]);
+  Batch out;
+  out.size = static_cast<int64_t>(ids.size());
+  if (out.size == 0) return out;
+  Tensor f = Tensor::empty({out.size, dim_}, dtype_);
+  const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
+  Tensor labels = Tensor::empty({out.size}, DType::I32);
+  for (int64_t r = 0; r < out.size; ++r) {
+    const int64_t id = ids[static_cast<size_t>(r)];
+    std::memcpy(static_cast<char*>(f.data()) + static_cast<size_t>(r) * row_bytes,
+                static_cast<const char*>(rows_.data()) + static_cast<size_t>(id) * row_bytes, row_bytes);
+    const int32_t label = static_cast<int32_t>(loader_.samples()[static_cast<size_t>(id)].label);
+    labels.data_as<int32_t>()[r] = label;
+    out.labels_host.push_back(label);
+  }
+  out.features = f.to(dev_);
+  out.labels = labels.to(dev_);
+  return out;
+}
+
+}  // namespace tl::train

@@ -1,0 +1,65 @@
+// Feature cache at the freeze boundary. When everything below the head is frozen and deterministic (batch norm on
+// its running statistics with --freeze-bn, no dropout there, a deterministic train transform with --no-augment),
+// the head's input for an image depends only on the image: the backbone runs once per image instead of once per
+// epoch, and every epoch trains the head on the stored features. The epochs see the same batches, in the same
+// order, as without the cache, so the results are the same up to float rounding (tests/test_feature_cache.cpp).
+// The cache lives in RAM for one run (rebuilt by every run, so it can never be stale after a change of weights,
+// data, transform or freeze point).
+#pragma once
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/loader.h"
+#include "models/model.h"
+#include "train/freeze.h"
+
+namespace tl::train {
+
+// Whether the cache applies to a run, and the sentence the printed plan shows for it.
+struct FeatureCachePlan {
+  bool use = false;
+  std::string reason;
+};
+// `deterministic_transform`: the train transform has no random crop or flip. `requested`: not --no-cache.
+// `bytes_needed` of feature storage against `budget_bytes`.
+FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
+                                    bool requested, int64_t bytes_needed, int64_t budget_bytes);
+
+// The features of every sample of one loader (the rows of skipped images marked missing), and batches of them in
+// the loader's own epoch order.
+class FeatureCache {
+ public:
+  // Runs model.features() (no tape) over all samples of `loader` once, with a progress line on `log`.
+  FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
+               const std::string& what, bool quiet, std::ostream& log);
+
+  struct Batch {
+    Tensor features;  // (size, D) on the run's device, in the run's dtype
+    Tensor labels;    // int32 (size) on the run's device
+    std::vector<int32_t> labels_host;
+    int64_t size = 0;
+  };
+  // Batch `b` of `epoch` as the loader would give it (skipped images left out), or size 0 when all its images were
+  // skipped.
+  Batch batch(int64_t epoch, int64_t b);
+  int64_t batches_per_epoch() const { return loader_.batches_per_epoch(); }
+  int64_t dim() const { return dim_; }
+  // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built.
+  const std::string& skipped_report() const { return skipped_report_; }
+
+ private:
+  const io::DataLoader& loader_;
+  Device dev_;
+  DType dtype_;
+  int64_t dim_ = 0;
+  Tensor rows_;                 // (num_samples, dim_) on the CPU: float64 in fp64 runs, else float32
+  std::vector<uint8_t> valid_;  // per sample
+  std::string skipped_report_;
+  int64_t order_epoch_ = -1;  // the epoch whose order order_ holds
+  std::vector<int64_t> order_;
+};
+
+}  // namespace tl::train
