@@ -3,6 +3,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
@@ -59,6 +61,7 @@ DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOpt
   TL_CHECK(opt_.batch_size >= 1, ValueError, "DataLoader: batch size must be at least 1, got ", opt_.batch_size);
   TL_CHECK(opt_.num_workers >= 1, ValueError, "DataLoader: need at least 1 worker thread, got ", opt_.num_workers);
   TL_CHECK(opt_.prefetch >= 1, ValueError, "DataLoader: prefetch must be at least 1, got ", opt_.prefetch);
+  if (opt_.image_cache_bytes > 0) decoded_.resize(samples_.size());
   std::optional<Size2> size = transform_.output_size();
   TL_CHECK(size.has_value(), ValueError, "DataLoader: the transform ", transform_.describe(),
            " gives images of varying size; end it with CenterCrop, RandomResizedCrop or Resize((h, w))");
@@ -281,12 +284,51 @@ void DataLoader::worker_loop() {
   }
 }
 
+int64_t parse_image_cache_bytes(const std::string& s) {
+  if (s == "off") return 0;
+  if (s == "auto") {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page / 4 : (int64_t{2} << 30);
+  }
+  char* end = nullptr;
+  const double gb = std::strtod(s.c_str(), &end);
+  TL_CHECK(end && *end == '\0' && end != s.c_str() && gb >= 0, ValueError,
+           "--cache-images must be auto, off or a number of GB, got '", s, "'");
+  return static_cast<int64_t>(gb * (1LL << 30));
+}
+
+std::shared_ptr<const Image> DataLoader::decoded(int64_t id) {
+  if (opt_.image_cache_bytes > 0) {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (decoded_[static_cast<size_t>(id)]) return decoded_[static_cast<size_t>(id)];
+  }
+  auto img = std::make_shared<const Image>(decode_image(samples_[static_cast<size_t>(id)].path, opt_.limits));
+  if (opt_.image_cache_bytes > 0) {
+    const int64_t bytes = static_cast<int64_t>(img->pixels.size());
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (!decoded_[static_cast<size_t>(id)] && decoded_bytes_ + bytes <= opt_.image_cache_bytes) {
+      decoded_[static_cast<size_t>(id)] = img;
+      decoded_bytes_ += bytes;
+    }
+  }
+  return img;
+}
+
+int64_t DataLoader::cached_images() const {
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  return std::count_if(decoded_.begin(), decoded_.end(), [](const auto& p) { return p != nullptr; });
+}
+int64_t DataLoader::cached_bytes() const {
+  std::lock_guard<std::mutex> lock(cache_mu_);
+  return decoded_bytes_;
+}
+
 void DataLoader::process(int64_t position, Slot& slot, int64_t row) {
   const int64_t id = order_[static_cast<size_t>(position)];
   const Sample& sample = samples_[static_cast<size_t>(id)];
-  const Image img = decode_image(sample.path, opt_.limits);
+  const std::shared_ptr<const Image> img = decoded(id);
   Rng rng(opt_.seed, static_cast<uint64_t>(epoch_), static_cast<uint64_t>(id));
-  const Image out = transform_.apply_image(img, rng);
+  const Image out = transform_.apply_image(*img, rng);
   TL_CHECK(out.height == size_.height && out.width == size_.width, ValueError, "DataLoader: the transform gave a ",
            out.height, "x", out.width, " image for '", sample.path, "', expected ", size_.height, "x", size_.width);
   to_tensor_normalize(out, transform_.mean(), transform_.std(), slot.images + static_cast<size_t>(row) * image_floats_);

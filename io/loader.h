@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -42,7 +43,13 @@ struct LoaderOptions {
   OnBadImage on_bad_image = OnBadImage::Fail;
   ImageLimits limits;
   bool pinned = true;  // page-locked memory when CUDA is available
+  // Decoded images kept in RAM (RGB pixels, before the transform) up to this many bytes, so that each file is
+  // decoded once and later epochs crop, flip and normalise from memory. 0: decode every time. Images that do not
+  // fit are decoded every time; bad images are never kept (they fail or are skipped every epoch).
+  int64_t image_cache_bytes = 0;
 };
+// --cache-images: "off" (0), "auto" (a quarter of the physical memory) or a number of GB.
+int64_t parse_image_cache_bytes(const std::string& s);
 
 struct Batch {
   int64_t index = 0;   // batch number within the epoch
@@ -88,6 +95,9 @@ class DataLoader {
   const std::vector<SkippedImage>& skipped() const { return skipped_; }
   // "2 images skipped: a.jpg (reason); b.jpg (reason)", or "" when none.
   std::string skipped_report() const;
+  // Images held decoded in RAM, and their bytes (LoaderOptions::image_cache_bytes).
+  int64_t cached_images() const;
+  int64_t cached_bytes() const;
 
  private:
   struct Slot {
@@ -105,6 +115,8 @@ class DataLoader {
   };
 
   void worker_loop();
+  // The decoded image of sample `id`: from the RAM cache, or decoded (and kept when the budget allows).
+  std::shared_ptr<const Image> decoded(int64_t id);
   void process(int64_t position, Slot& slot, int64_t row);
   void abandon_epoch(std::unique_lock<std::mutex>& lock);
   void release_current(std::unique_lock<std::mutex>& lock);
@@ -136,6 +148,9 @@ class DataLoader {
   Batch current_;
   std::vector<SkippedImage> skipped_;
   std::vector<std::thread> workers_;
+  mutable std::mutex cache_mu_;  // guards decoded_ and decoded_bytes_
+  std::vector<std::shared_ptr<const Image>> decoded_;  // per sample; null when not cached
+  int64_t decoded_bytes_ = 0;
 };
 
 }  // namespace tl::io

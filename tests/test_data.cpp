@@ -599,6 +599,56 @@ TEST(DataLoader, SameBatchesWithOneAndFourThreads) {
   fs::remove_all(d);
 }
 
+// Decode once: with the decoded-image cache, every epoch gives exactly the batches of decoding every time (random
+// crops and flips included), files are read only in the first epoch, and a budget too small for all keeps what fits.
+TEST(DataLoader, DecodedImageCacheGivesTheSamePixels) {
+  const std::string d = synthetic_set("decode_once", 3, 7);  // 21 images
+  const ImageFolder folder = scan_image_folder(d + "/train");
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.shuffle = true;
+  o.seed = 3;
+  o.num_workers = 2;
+  DataLoader plain(folder.samples, train_transform(32), o);
+  o.image_cache_bytes = int64_t{1} << 30;
+  DataLoader cached(folder.samples, train_transform(32), o);
+  const EpochData p0 = run_epoch(plain, 0), c0 = run_epoch(cached, 0);
+  EXPECT_EQ(cached.cached_images(), 21);
+  int64_t bytes = 0;
+  for (const Sample& s : folder.samples) {
+    const ImageInfo info = read_image_info(s.path);
+    bytes += int64_t{3} * info.width * info.height;
+  }
+  EXPECT_EQ(cached.cached_bytes(), bytes);
+  // Later epochs come from memory: they still work with the files gone, and equal decoding every time.
+  const EpochData p1 = run_epoch(plain, 1), p2 = run_epoch(plain, 2);
+  fs::remove_all(d);
+  const EpochData c1 = run_epoch(cached, 1), c2 = run_epoch(cached, 2);
+  EXPECT_TRUE(p0.images == c0.images && p0.samples == c0.samples);
+  EXPECT_TRUE(p1.images == c1.images && p1.samples == c1.samples);
+  EXPECT_TRUE(p2.images == c2.images && p2.labels == c2.labels);
+  EXPECT_NE(p1.images, p2.images) << "random crops differ between epochs";
+
+  // A budget for about half the images: what fits is kept, the rest decoded every time, same batches.
+  const std::string d2 = synthetic_set("decode_once_budget", 3, 7);
+  const ImageFolder f2 = scan_image_folder(d2 + "/train");
+  o.image_cache_bytes = bytes / 2;
+  DataLoader partial(f2.samples, train_transform(32), o);
+  o.image_cache_bytes = 0;
+  DataLoader plain2(f2.samples, train_transform(32), o);
+  EXPECT_EQ(run_epoch(partial, 0).images, run_epoch(plain2, 0).images);
+  EXPECT_GT(partial.cached_images(), 0);
+  EXPECT_LT(partial.cached_images(), 21);
+  EXPECT_LE(partial.cached_bytes(), bytes / 2);
+  EXPECT_EQ(run_epoch(partial, 1).images, run_epoch(plain2, 1).images);
+  fs::remove_all(d2);
+
+  EXPECT_EQ(parse_image_cache_bytes("off"), 0);
+  EXPECT_EQ(parse_image_cache_bytes("1.5"), int64_t{3} << 29);
+  EXPECT_GT(parse_image_cache_bytes("auto"), 0);
+  EXPECT_THROW(parse_image_cache_bytes("lots"), ValueError);
+}
+
 TEST(DataLoader, DropLastAndOptions) {
   const std::string d = synthetic_set("drop", 2, 5);  // 10 images
   const ImageFolder folder = scan_image_folder(d + "/train");

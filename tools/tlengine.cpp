@@ -63,6 +63,9 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_flag("!--no-augment", o.augment, "train on the val transform (no random crop / flip)");
   c.add_flag("!--no-shuffle", o.shuffle, "keep the folder order (to compare with another framework)");
   c.add_option("--workers", o.workers, "image decoding threads")->capture_default_str();
+  c.add_option("--cache-images", o.cache_images,
+               "keep decoded images in RAM so each file is decoded once: auto (up to a quarter of the memory) | off "
+               "| <GB>")->capture_default_str();
   c.add_option("--on-bad-image", o.on_bad_image, "fail | skip")->capture_default_str();
   c.add_option("--early-stopping", o.early_stopping, "patience in epochs (0: off)")->capture_default_str();
   c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();

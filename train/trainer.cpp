@@ -131,6 +131,7 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
   lo.num_workers = o.workers;
   lo.seed = o.seed;
   lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
+  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
   io::LoaderOptions train_lo = lo;
   train_lo.shuffle = o.shuffle;
   const io::Compose train_t = o.augment ? io::train_transform(o.image_size) : val_compose(o.val_transform, o.image_size);

@@ -22,6 +22,7 @@ struct TrainOptions {
   bool augment = true;     // RandomResizedCrop + flip for training (off: the val transform)
   bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
   int workers = 4;
+  std::string cache_images = "auto";  // decoded images kept in RAM: auto (a quarter of the memory) | off | <GB>
   std::string on_bad_image = "fail";  // or "skip"
   // Model
   std::string arch = "resnet18";
