@@ -359,7 +359,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
 
 double run_eval(const EvalOptions& o, std::ostream& log) {
   const Device dev = pick_device(o.device);
-  io::TensorFile file = io::read_safetensors(o.weights);
+  io::TensorFile file = models::read_weights_file(o.weights);
   auto arch_it = file.metadata.find("arch");
   TL_CHECK(arch_it != file.metadata.end(), IOError, o.weights,
            ": no architecture in the file's metadata (convert it with tools/convert_pth)");
