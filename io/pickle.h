@@ -47,7 +47,7 @@ struct Object {
 struct Limits {
   size_t max_stack = 1u << 20;     // values on the stack (incl. marks)
   size_t max_memo = 1u << 22;      // memo entries
-  size_t max_objects = 1u << 23;   // objects created
+  size_t max_objects = 1u << 22;   // objects created (a resnet152 state dict: ~20k)
   uint32_t max_depth = 200;        // nesting of tuples / lists / dicts
 };
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "io/npy.h"
 #include "io/pickle.h"
 #include "io/pth.h"
 #include "io/synthetic.h"
@@ -69,8 +70,8 @@ TEST(Pth, ResNet18BothLayoutsMatchPyTorch) {
 }
 
 TEST(Pth, DtypesViewsAndSharedStorages) {
-  for (const std::string layout : {"zip", "legacy"}) {
-    if (layout == "zip" && !io::pth_zip_supported()) continue;
+  for (const std::string layout : {"zip", "legacy", "p4_zip", "p4_legacy"}) {
+    if (contains(layout, "zip") && !io::pth_zip_supported()) continue;
     io::TensorFile f = io::read_pth(pth_dir() + "misc_" + layout + ".pth");
     expect_saved_values(f, "misc.", layout);
     const std::map<std::string, DType> dtypes = {
@@ -273,4 +274,13 @@ TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
   double largest = 0;
   for (double v : a.to_doubles()) largest = std::max(largest, std::abs(v));
   EXPECT_GT(largest, 0.0);
+  // predict and eval open the .pth too (arch detected from the keys).
+  io::write_npy(d + "/x.npy", x);
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " predict --weights " + pth_dir() + "resnet18_legacy.pth --npy " + d +
+                            "/x.npy --logits " + d + "/logits.npy --device cpu", &log), 0) << log;
+  expect_close(io::read_npy(d + "/logits.npy"), a, 1e-6, "predict logits from the .pth");
+  // eval reads it; a .pth carries no class names, so a folder of other classes is refused for that reason only.
+  EXPECT_NE(run_command(std::string(TL_CLI) + " eval --weights " + pth_dir() + "resnet18_zip.pth --data " + d +
+                            "/data --split val --image-size 32 --device cpu", &log), 0);
+  EXPECT_TRUE(contains(log, "differ from the ones the weights were trained on (10)")) << log;
 }

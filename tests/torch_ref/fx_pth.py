@@ -4,7 +4,7 @@
 Well-formed: a seeded torchvision resnet18 in the zip and legacy layouts; densenet121 with torchvision's legacy
 key names ("norm.1") in the legacy layout, without num_batches_tracked (as densenet121-a639ec97.pth); every
 dtype, a transposed view, a strided slice with an offset, an expanded (stride 0) view, two tensors sharing one
-storage, a Parameter and a 0-d tensor ("misc", both layouts); a DataParallel checkpoint dict.
+storage, a Parameter and a 0-d tensor ("misc", both layouts, pickle protocols 2 and 4); a DataParallel checkpoint dict.
 Hostile (both layouts where it matters): os.system and builtins.eval in __reduce__, a global outside the
 list, a pickled nn.Module, a storage offset past the end, a stride reaching outside the storage, a zip bomb
 (a deflated entry expanding to 256 MiB) and a zip entry shorter than its storage.
@@ -114,6 +114,8 @@ def build(outdir):
     m = misc()
     torch.save(m, p("misc_zip.pth"))
     torch.save(m, p("misc_legacy.pth"), **LEGACY)
+    torch.save(m, p("misc_p4_zip.pth"), pickle_protocol=4)  # FRAME, MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE
+    torch.save(m, p("misc_p4_legacy.pth"), pickle_protocol=4, **LEGACY)
     expected("misc.", m, out)
     small = collections.OrderedDict([("a", torch.arange(6.0).view(2, 3).t()), ("b", torch.ones(2, dtype=torch.int64))])
     torch.save(small, p("small_zip.pth"))
