@@ -232,7 +232,7 @@ TEST(Pth, PickleLimits) {
 // `tlengine train --weights init.pth`: runs; the model loaded from the .pth and from the converted .bin give the
 // same logits; a .pth with pickled code is refused before anything runs.
 TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
-  if (!io::pth_zip_supported()) GTEST_SKIP() << "built without libzip";
+  const std::string layout = io::pth_zip_supported() ? "zip" : "legacy";  // legacy needs no libzip
   const std::string d = test_dir("pth_train");
   fs::remove_all(d + "/run");
   io::SyntheticOptions s;
@@ -247,13 +247,15 @@ TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
                              "--batch-size 8 --image-size 32 --val-transform resize --no-augment --workers 2 "
                              "--device cpu --schedule constant --lr 0.01 ";
   std::string log;
-  ASSERT_EQ(run_command(common + "--weights " + pth_dir() + "resnet18_zip.pth --out " + d + "/run", &log), 0) << log;
-  EXPECT_TRUE(contains(log, "resnet18_zip.pth") && contains(log, "loaded")) << log;
+  const std::string init = pth_dir() + "resnet18_" + layout + ".pth";
+  ASSERT_EQ(run_command(common + "--weights " + init + " --out " + d + "/run", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "resnet18_" + layout + ".pth") && contains(log, "loaded")) << log;
   EXPECT_TRUE(fs::exists(d + "/run/best.bin"));
 
   const std::string marker = pth_dir() + "exploit_ran";
   fs::remove(marker);
-  EXPECT_NE(run_command(common + "--weights " + pth_dir() + "exploit_system_zip.pth --out " + d + "/bad", &log), 0);
+  const std::string exploit = pth_dir() + "exploit_system_" + layout + ".pth";
+  EXPECT_NE(run_command(common + "--weights " + exploit + " --out " + d + "/bad", &log), 0);
   EXPECT_TRUE(contains(log, "refused: the file calls posix.system")) << log;
   EXPECT_FALSE(fs::exists(marker)) << "pickled code was executed";
   EXPECT_NE(run_command(std::string(TL_CONVERT_PTH) + " " + pth_dir() + "exploit_system_legacy.pth " + d + "/x.bin",
@@ -264,7 +266,7 @@ TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
   ASSERT_EQ(run_command(std::string(TL_CONVERT_PTH) + " " + pth_dir() + "resnet18_legacy.pth " + d + "/r18.bin", &log),
             0) << log;
   auto from_pth = models::create_model("resnet18", 10, 7), from_bin = models::create_model("resnet18", 10, 8);
-  models::load_weights(*from_pth, pth_dir() + "resnet18_zip.pth");
+  models::load_weights(*from_pth, init);
   models::load_weights(*from_bin, d + "/r18.bin");
   from_pth->eval();
   from_bin->eval();
@@ -280,7 +282,7 @@ TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
                             "/x.npy --logits " + d + "/logits.npy --device cpu", &log), 0) << log;
   expect_close(io::read_npy(d + "/logits.npy"), a, 1e-6, "predict logits from the .pth");
   // eval reads it; a .pth carries no class names, so a folder of other classes is refused for that reason only.
-  EXPECT_NE(run_command(std::string(TL_CLI) + " eval --weights " + pth_dir() + "resnet18_zip.pth --data " + d +
+  EXPECT_NE(run_command(std::string(TL_CLI) + " eval --weights " + init + " --data " + d +
                             "/data --split val --image-size 32 --device cpu", &log), 0);
   EXPECT_TRUE(contains(log, "differ from the ones the weights were trained on (10)")) << log;
 }
