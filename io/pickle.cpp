@@ -236,6 +236,24 @@ class Machine {
     obj(o).storage = std::move(ref);
     push(o);
   }
+  // OrderedDict() (Python 3), or OrderedDict([[key, value], ...]) as Python 2.7 pickled it.
+  uint32_t ordered_dict(const std::vector<uint32_t>& args, size_t at) {
+    TL_CHECK(args.size() <= 1, IOError, "refused: collections.OrderedDict called with ", args.size(),
+             " arguments at byte ", at);
+    const uint32_t d = make(Kind::Dict);
+    if (args.empty()) return d;
+    const Kind k = obj(args[0]).kind;
+    TL_CHECK(k == Kind::List || k == Kind::Tuple, IOError, "refused: collections.OrderedDict of a ", kind_name(k),
+             " at byte ", at);
+    const std::vector<uint32_t> pairs = obj(args[0]).items;
+    for (uint32_t p : pairs) {
+      const Object& pair = obj(p);
+      TL_CHECK((pair.kind == Kind::List || pair.kind == Kind::Tuple) && pair.items.size() == 2, IOError,
+               "refused: collections.OrderedDict item that is not a (key, value) pair at byte ", at);
+      setitems(d, {pair.items[0], pair.items[1]}, at);
+    }
+    return d;
+  }
   void reduce(size_t at) {
     const uint32_t args = pop(at), fn = pop(at);
     TL_CHECK(obj(fn).kind == Kind::Global, IOError, "refused: REDUCE at byte ", at, " calls a ",
@@ -243,10 +261,7 @@ class Machine {
     TL_CHECK(obj(args).kind == Kind::Tuple, IOError, "refused: REDUCE at byte ", at, " has no argument tuple");
     const std::string name = obj(fn).s;
     const std::vector<uint32_t> a = obj(args).items;
-    if (name == kOrderedDict) {
-      TL_CHECK(a.empty(), IOError, "refused: collections.OrderedDict called with arguments at byte ", at);
-      return push(make(Kind::Dict));
-    }
+    if (name == kOrderedDict) return push(ordered_dict(a, at));
     if (name == kRebuildV2 || name == kRebuild) {
       TL_CHECK(a.size() >= 4 && obj(a[0]).kind == Kind::Storage, IOError, "refused: ", name, " at byte ", at,
                " without a storage, offset, size and stride");

@@ -315,6 +315,8 @@ class ZipReader {
                "-byte limit");
     TL_CHECK(st.comp_size <= file_size_, IOError, "corrupted: entry ", name, " claims ", st.comp_size,
              " compressed bytes in a ", file_size_, "-byte file");
+    TL_CHECK(st.comp_method != ZIP_CM_STORE || st.comp_size == st.size, IOError, "corrupted: stored entry ", name,
+             " declares ", st.size, " bytes but occupies ", st.comp_size);
     if (st.comp_method != ZIP_CM_STORE) {
       TL_CHECK(st.size <= budget_, IOError, "refused: compressed entry ", name, " expands to ", st.size,
                " bytes, over what this ", file_size_, "-byte file may expand to (zip bomb?); torch.save stores "

@@ -221,6 +221,14 @@ TEST(Pth, PickleLimits) {
   // Through the file reader: the name first.
   const std::string e = error_of([&] { io::read_pth_memory(nested.data(), nested.size(), "nested.pth"); });
   EXPECT_TRUE(contains(e, "nested.pth: refused")) << e;
+  // Python 2.7 pickled OrderedDict as OrderedDict([[key, value], ...]) (torchvision's oldest downloads).
+  std::string py2 = proto + "ccollections\nOrderedDict\n](](U\x01" "aK\x05" "e](U\x01" "bK\x06" "ee\x85R."s;
+  io::pickle::Unpickled od = io::pickle::unpickle(py2.data(), py2.size());
+  ASSERT_EQ(od.root_object().kind, io::pickle::Kind::Dict);
+  ASSERT_NE(od.find(od.root_object(), "b"), nullptr);
+  EXPECT_EQ(od.find(od.root_object(), "b")->i, 6);
+  std::string od_bad = proto + "ccollections\nOrderedDict\nK\x01K\x02\x86R."s;
+  EXPECT_TRUE(contains(unpickle_error(od_bad), "called with 2 arguments")) << unpickle_error(od_bad);
   // A well-formed pickle of allowed values.
   std::string ok = proto + "}q\x00(X\x01\x00\x00\x00" "aK\x05X\x01\x00\x00\x00" "b]q\x01(\x88\x89" "eu."s;
   io::pickle::Unpickled u = io::pickle::unpickle(ok.data(), ok.size());
