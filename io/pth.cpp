@@ -122,11 +122,8 @@ void gather(const uint8_t* src, uint8_t* dst, const std::vector<int64_t>& size, 
   }
 }
 
-// A contiguous tlengine tensor from a tensor reference, after checking it lies inside its storage.
-Tensor materialize(const std::string& name, const pickle::TensorRef& t, const pickle::StorageRef& sref,
-                   const Span& span) {
-  const StorageType& st = storage_type(sref.type);
-  const int64_t base = sref.is_view ? sref.view_offset : 0;
+// The tensor's shape, after checking that every element it views lies inside its storage.
+Shape checked_shape(const std::string& name, const pickle::TensorRef& t, const pickle::StorageRef& sref) {
   const int64_t storage_numel = sref.view_numel;
   TL_CHECK(t.size.size() == t.stride.size() && static_cast<int>(t.size.size()) <= kMaxDims, IOError,
            "refused: tensor '", name, "' has ", t.size.size(), " sizes and ", t.stride.size(), " strides");
@@ -151,6 +148,14 @@ Tensor materialize(const std::string& name, const pickle::TensorRef& t, const pi
   else
     TL_CHECK(t.offset <= storage_numel, IOError, "refused: tensor '", name, "' storage offset ", t.offset,
              " lies past its storage '", sref.key, "' of ", storage_numel, " elements");
+  return shape;
+}
+
+// A contiguous tlengine tensor of `shape` (from checked_shape) gathered from the tensor reference's storage.
+Tensor materialize(const pickle::TensorRef& t, const pickle::StorageRef& sref, const Span& span, const Shape& shape) {
+  const StorageType& st = storage_type(sref.type);
+  const int64_t base = sref.is_view ? sref.view_offset : 0;
+  const int64_t numel = shape_numel(shape);
   std::vector<uint8_t> raw(static_cast<size_t>(numel) * st.size);
   const uint8_t* src = span.data + static_cast<size_t>(base + t.offset) * st.size;
   switch (st.size) {
@@ -196,10 +201,14 @@ TensorFile build_file(const Unpickled& u, const std::vector<std::pair<std::strin
   TensorFile file;
   for (const auto& [name, t] : sel) {
     const pickle::StorageRef& s = u.at(t->tensor.storage).storage;
-    Tensor x = materialize(name, t->tensor, s, spans.at(s.key));
-    produced += x.nbytes();
-    TL_CHECK(produced <= budget, IOError, "refused: the tensors expand to more than ", budget,
-             " bytes from storages of ", storage_bytes, " (crafted strides?)");
+    const Shape shape = checked_shape(name, t->tensor, s);
+    const int64_t bytes = checked_mul(shape_numel(shape), static_cast<int64_t>(dtype_size(storage_type(s.type).dtype)),
+                                      "tensor '" + name + "' size");
+    TL_CHECK(static_cast<uint64_t>(bytes) <= budget - produced, IOError, "refused: tensor '", name, "' (shape ",
+             shape_str(shape), ") takes the tensors past ", budget, " bytes from storages of at most ", storage_bytes,
+             " (crafted strides?)");
+    produced += static_cast<uint64_t>(bytes);
+    Tensor x = materialize(t->tensor, s, spans.at(s.key), shape);
     file.names.push_back(name);
     file.tensors[name] = x;
   }
@@ -208,31 +217,11 @@ TensorFile build_file(const Unpickled& u, const std::vector<std::pair<std::strin
 
 // ---- legacy layout ----------------------------------------------------------------------------------------
 
-TensorFile read_legacy(const uint8_t* p, size_t size) {
-  size_t pos = 0;
-  auto next = [&](const char* what) {
-    TL_CHECK(pos < size, IOError, "truncated: the file ends before the ", what);
-    Unpickled u = pickle::unpickle(p + pos, size - pos);
-    pos += u.consumed;
-    return u;
-  };
-  Unpickled magic = next("magic number");
-  TL_CHECK(magic.root_object().kind == Kind::BigInt && magic.root_object().s == std::string(kLegacyMagic, 10), IOError,
-           "a Python pickle, but not a PyTorch file (no torch.save magic number); tlengine reads state dicts "
-           "saved with torch.save");
-  Unpickled version = next("protocol version");
-  TL_CHECK(version.root_object().kind == Kind::Int && version.root_object().i == 1001, IOError,
-           "unsupported legacy protocol version (expected 1001)");
-  Unpickled sys_info = next("system information");
-  const Object* le = sys_info.find(sys_info.root_object(), "little_endian");
-  TL_CHECK(!le || (le->kind == Kind::Bool && le->i == 1), IOError,
-           "refused: saved on a big-endian machine; load and re-save it with PyTorch on a little-endian one");
-  Unpickled obj = next("saved object");
-  Unpickled keys = next("list of storage keys");
+// The storage section after the pickles: for each listed key, an 8-byte element count and the raw elements.
+std::map<std::string, Span> legacy_storages(const Unpickled& obj, const Unpickled& keys,
+                                            const std::map<std::string, pickle::StorageRef>& needed,
+                                            const uint8_t* p, size_t size, size_t pos) {
   TL_CHECK(keys.root_object().kind == Kind::List, IOError, "corrupted: the storage keys are not a list");
-
-  const auto sel = select_state(obj);
-  const auto needed = storages_of(obj, sel);
   std::map<std::string, std::string> type_of;  // every storage the object references, for the element sizes
   for (const Object& o : obj.objects)
     if (o.kind == Kind::Storage) type_of.emplace(o.storage.key, o.storage.type);
@@ -244,7 +233,7 @@ TensorFile read_legacy(const uint8_t* p, size_t size) {
     TL_CHECK(t != type_of.end(), IOError, "corrupted: storage '", key.s, "' is listed but never used");
     TL_CHECK(size - pos >= 8, IOError, "truncated: the file ends before storage '", key.s, "'");
     int64_t numel = 0;
-    std::memcpy(&numel, p + pos, 8);  // little-endian (checked above)
+    std::memcpy(&numel, p + pos, 8);  // little-endian (the system information said so)
     pos += 8;
     const size_t es = storage_type(t->second).size;
     TL_CHECK(numel >= 0 && static_cast<uint64_t>(numel) <= (size - pos) / es, IOError, "truncated: storage '", key.s,
@@ -258,7 +247,32 @@ TensorFile read_legacy(const uint8_t* p, size_t size) {
   }
   for (const auto& [key, s] : needed)
     TL_CHECK(spans.count(key), IOError, "corrupted: storage '", key, "' is used but not in the file");
-  return build_file(obj, sel, spans);
+  return spans;
+}
+
+TensorFile read_legacy(const uint8_t* p, size_t size) {
+  size_t pos = 0;
+  auto next = [&](const char* what) {
+    TL_CHECK(pos < size, IOError, "truncated: the file ends before the ", what);
+    Unpickled u = pickle::unpickle(p + pos, size - pos);
+    pos += u.consumed;
+    return u;
+  };
+  const Unpickled magic = next("magic number");
+  TL_CHECK(magic.root_object().kind == Kind::BigInt && magic.root_object().s == std::string(kLegacyMagic, 10), IOError,
+           "a Python pickle, but not a PyTorch file (no torch.save magic number); tlengine reads state dicts "
+           "saved with torch.save");
+  const Unpickled version = next("protocol version");
+  TL_CHECK(version.root_object().kind == Kind::Int && version.root_object().i == 1001, IOError,
+           "unsupported legacy protocol version (expected 1001)");
+  const Unpickled sys_info = next("system information");
+  const Object* le = sys_info.find(sys_info.root_object(), "little_endian");
+  TL_CHECK(!le || (le->kind == Kind::Bool && le->i == 1), IOError,
+           "refused: saved on a big-endian machine; load and re-save it with PyTorch on a little-endian one");
+  const Unpickled obj = next("saved object");
+  const Unpickled keys = next("list of storage keys");
+  const auto sel = select_state(obj);
+  return build_file(obj, sel, legacy_storages(obj, keys, storages_of(obj, sel), p, size, pos));
 }
 
 // ---- zip layout --------------------------------------------------------------------------------------------

@@ -162,6 +162,8 @@ TEST(Pth, RefusesOutOfRangeViewsBombsAndShortEntries) {
     EXPECT_TRUE(contains(e, "reaches element 103 of its storage") && contains(e, "4 elements")) << e;
     e = read_error("stride_outside_" + layout + ".pth");
     EXPECT_TRUE(contains(e, "'w' (shape [2, 2], offset 0) reaches element 5")) << e;
+    e = read_error("expand_bomb_" + layout + ".pth");
+    EXPECT_TRUE(contains(e, "tensor 'w' (shape [1099511627776]) takes the tensors past")) << e;
   }
   if (!io::pth_zip_supported()) return;
   std::string e = read_error("zip_bomb.pth");

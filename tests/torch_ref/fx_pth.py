@@ -4,10 +4,12 @@
 Well-formed: a seeded torchvision resnet18 in the zip and legacy layouts; densenet121 with torchvision's legacy
 key names ("norm.1") in the legacy layout, without num_batches_tracked (as densenet121-a639ec97.pth); every
 dtype, a transposed view, a strided slice with an offset, an expanded (stride 0) view, two tensors sharing one
-storage, a Parameter and a 0-d tensor ("misc", both layouts, pickle protocols 2 and 4); a DataParallel checkpoint dict.
+storage, a Parameter and a 0-d tensor ("misc", both layouts, pickle protocols 2 and 4); a DataParallel
+checkpoint dict.
 Hostile (both layouts where it matters): os.system and builtins.eval in __reduce__, a global outside the
-list, a pickled nn.Module, a storage offset past the end, a stride reaching outside the storage, a zip bomb
-(a deflated entry expanding to 256 MiB) and a zip entry shorter than its storage.
+list, a pickled nn.Module, a storage offset past the end, a stride reaching outside the storage, a stride-0
+view of 2^40 elements, a zip bomb (a deflated entry expanding to 256 MiB) and a zip entry shorter than its
+storage.
 """
 import collections
 import os
@@ -128,6 +130,7 @@ def build(outdir):
         four = torch.arange(4.0).storage()
         torch.save({"w": View(four, 100, (4,), (1,))}, p(f"offset_past_end_{layout}.pth"), **kw)
         torch.save({"w": View(four, 0, (2, 2), (4, 1))}, p(f"stride_outside_{layout}.pth"), **kw)
+        torch.save({"w": View(four, 0, (2 ** 40,), (0,))}, p(f"expand_bomb_{layout}.pth"), **kw)
     torch.save({"fc.weight": torch.zeros(2), "counts": collections.Counter(a=1)}, p("global_counter.pth"))
     torch.save(torch.nn.Linear(3, 3), p("whole_module.pth"))
 
