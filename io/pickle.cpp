@@ -233,7 +233,8 @@ class Machine {
                ref.key, "' of ", ref.numel, " elements");
     }
     uint32_t o = make(Kind::Storage);
-    obj(o).storage = std::move(ref);
+    obj(o).i = static_cast<int64_t>(out_.storages.size());
+    out_.storages.push_back(std::move(ref));
     push(o);
   }
   // OrderedDict() (Python 3), or OrderedDict([[key, value], ...]) as Python 2.7 pickled it.
@@ -271,7 +272,8 @@ class Machine {
       t.size = int_tuple(a[2], "a tensor's size");
       t.stride = int_tuple(a[3], "a tensor's stride");
       uint32_t o = make(Kind::Tensor);
-      obj(o).tensor = std::move(t);
+      obj(o).i = static_cast<int64_t>(out_.tensors.size());
+      out_.tensors.push_back(std::move(t));
       return push(o);
     }
     if (name == kParameter || name == kParameterState) {

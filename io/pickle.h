@@ -33,30 +33,32 @@ struct TensorRef {
   std::vector<int64_t> size, stride;
 };
 
-struct Object {
+struct Object {  // 80 bytes: the object limit bounds memory
   Kind kind = Kind::None;
-  int64_t i = 0;                 // Bool, Int
+  uint32_t depth = 1;            // nesting depth, bounded
+  int64_t i = 0;                 // Bool, Int; Storage, Tensor: index into Unpickled::storages / tensors
   double f = 0;                  // Float
   std::string s;                 // Str, Bytes, BigInt (little-endian two's complement), Global ("module.name")
   std::vector<uint32_t> items;   // Tuple, List elements; Dict keys and values interleaved
-  uint32_t depth = 1;            // nesting depth, bounded
-  StorageRef storage;            // Kind::Storage
-  TensorRef tensor;              // Kind::Tensor
 };
 
 struct Limits {
   size_t max_stack = 1u << 20;     // values on the stack (incl. marks)
   size_t max_memo = 1u << 22;      // memo entries
-  size_t max_objects = 1u << 22;   // objects created (a resnet152 state dict: ~20k)
+  size_t max_objects = 1u << 22;   // objects created: at most 320 MiB (a resnet152 state dict makes ~20k)
   uint32_t max_depth = 200;        // nesting of tuples / lists / dicts
 };
 
 struct Unpickled {
   std::vector<Object> objects;
+  std::vector<StorageRef> storages;  // of the Kind::Storage objects
+  std::vector<TensorRef> tensors;    // of the Kind::Tensor objects
   size_t root = 0;
   size_t consumed = 0;  // bytes read, up to and including STOP
   const Object& at(size_t index) const { return objects.at(index); }
   const Object& root_object() const { return objects.at(root); }
+  const StorageRef& storage(const Object& o) const { return storages.at(static_cast<size_t>(o.i)); }
+  const TensorRef& tensor(const Object& o) const { return tensors.at(static_cast<size_t>(o.i)); }
   // The value under string key `key` of dict `dict`, or nullptr.
   const Object* find(const Object& dict, const std::string& key) const;
 };

@@ -183,7 +183,7 @@ std::map<std::string, pickle::StorageRef> storages_of(const Unpickled& u,
                                                       const std::vector<std::pair<std::string, const Object*>>& sel) {
   std::map<std::string, pickle::StorageRef> out;
   for (const auto& [name, t] : sel) {
-    const pickle::StorageRef& s = u.at(t->tensor.storage).storage;
+    const pickle::StorageRef& s = u.storage(u.at(u.tensor(*t).storage));
     auto [it, fresh] = out.emplace(s.key, s);
     TL_CHECK(fresh || (it->second.type == s.type && it->second.numel == s.numel), IOError, "refused: storage '",
              s.key, "' is declared as ", it->second.numel, " ", it->second.type, " elements and as ", s.numel, " ",
@@ -200,15 +200,15 @@ TensorFile build_file(const Unpickled& u, const std::vector<std::pair<std::strin
   uint64_t produced = 0;
   TensorFile file;
   for (const auto& [name, t] : sel) {
-    const pickle::StorageRef& s = u.at(t->tensor.storage).storage;
-    const Shape shape = checked_shape(name, t->tensor, s);
+    const pickle::StorageRef& s = u.storage(u.at(u.tensor(*t).storage));
+    const Shape shape = checked_shape(name, u.tensor(*t), s);
     const int64_t bytes = checked_mul(shape_numel(shape), static_cast<int64_t>(dtype_size(storage_type(s.type).dtype)),
                                       "tensor '" + name + "' size");
     TL_CHECK(static_cast<uint64_t>(bytes) <= budget - produced, IOError, "refused: tensor '", name, "' (shape ",
              shape_str(shape), ") takes the tensors past ", budget, " bytes from storages of at most ", storage_bytes,
              " (crafted strides?)");
     produced += static_cast<uint64_t>(bytes);
-    Tensor x = materialize(t->tensor, s, spans.at(s.key), shape);
+    Tensor x = materialize(u.tensor(*t), s, spans.at(s.key), shape);
     file.names.push_back(name);
     file.tensors[name] = x;
   }
@@ -224,7 +224,7 @@ std::map<std::string, Span> legacy_storages(const Unpickled& obj, const Unpickle
   TL_CHECK(keys.root_object().kind == Kind::List, IOError, "corrupted: the storage keys are not a list");
   std::map<std::string, std::string> type_of;  // every storage the object references, for the element sizes
   for (const Object& o : obj.objects)
-    if (o.kind == Kind::Storage) type_of.emplace(o.storage.key, o.storage.type);
+    if (o.kind == Kind::Storage) type_of.emplace(obj.storage(o).key, obj.storage(o).type);
   std::map<std::string, Span> spans;
   for (uint32_t k : keys.root_object().items) {
     const Object& key = keys.at(k);
