@@ -1,14 +1,81 @@
 // Weights loading with a report, and saving with metadata (see weights.h).
 #include "models/weights.h"
 
+#include <algorithm>
+#include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "io/pth.h"
+#include "models/convert.h"
+
 namespace tl::models {
 namespace {
 bool in_head(const std::string& name, const std::string& head) { return name.rfind(head + ".", 0) == 0; }
+
+enum class WeightsFormat { Pth, Safetensors, Unknown };
+// Recognises the format from the first bytes; `what` describes an unknown file.
+WeightsFormat sniff(const std::string& path, std::string* what) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  TL_CHECK(f.good(), IOError, path, ": cannot open file");
+  const uint64_t size = static_cast<uint64_t>(f.tellg());
+  f.seekg(0);
+  unsigned char head[512] = {};
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(size, sizeof(head)));
+  f.read(reinterpret_cast<char*>(head), static_cast<std::streamsize>(n));
+  if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return WeightsFormat::Pth;
+  if (n >= 2 && head[0] == 0x80) return WeightsFormat::Pth;
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0 && n >= 8; --i) header_len = (header_len << 8) | head[i];
+  if (n >= 9 && header_len <= size - 8 && head[8] == '{') return WeightsFormat::Safetensors;
+  *what = io::describe_content(head, n);
+  return WeightsFormat::Unknown;
+}
+
+// tlengine names and, when recognised, metadata arch / num_classes for a foreign state dict.
+io::TensorFile normalize_foreign(const io::TensorFile& in, const std::string& path) {
+  std::vector<std::pair<std::string, Tensor>> state;
+  for (const std::string& n : in.names) state.emplace_back(n, in.at(n));
+  try {
+    state = normalize_state(state);
+  } catch (const ValueError& e) {
+    throw IOError(path + ": " + e.what());
+  }
+  io::TensorFile out;
+  out.metadata = in.metadata;
+  std::map<std::string, Shape> shapes;
+  for (const auto& [k, t] : state) {
+    out.names.push_back(k);
+    out.tensors[k] = t;
+    shapes[k] = t.shape();
+  }
+  try {
+    DetectedArch det = detect_arch(shapes);
+    out.metadata["arch"] = det.arch;
+    if (det.num_classes > 0) out.metadata["num_classes"] = std::to_string(det.num_classes);
+  } catch (const ValueError&) {
+    // Unrecognised keys: no arch; loading into a model reports what does not fit.
+  }
+  return out;
+}
 }  // namespace
+
+io::TensorFile read_weights_file(const std::string& path) {
+  std::string what;
+  switch (sniff(path, &what)) {
+    case WeightsFormat::Pth: return normalize_foreign(io::read_pth(path), path);
+    case WeightsFormat::Safetensors: {
+      io::TensorFile f = io::read_safetensors(path);
+      return f.metadata.count("arch") ? f : normalize_foreign(f, path);
+    }
+    case WeightsFormat::Unknown: break;
+  }
+  throw IOError(path + ": not a weights file tlengine reads: it looks like " + what +
+                ". Expected a tlengine .bin, a safetensors file, or a PyTorch .pth state dict saved with "
+                "torch.save(model.state_dict(), path)");
+}
 
 std::string LoadReport::summary() const {
   std::ostringstream os;
@@ -76,7 +143,7 @@ LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOpti
 
 LoadReport load_weights(Model& model, const std::string& path, const LoadOptions& options) {
   try {
-    return load_weights(model, io::read_safetensors(path), options);
+    return load_weights(model, read_weights_file(path), options);
   } catch (const ValueError& e) {
     throw ValueError(path + ": " + e.what());
   }

@@ -24,10 +24,18 @@ struct LoadReport {
   std::string summary() const;          // multi-line, for the CLI
 };
 
+// Reads any weights file tlengine accepts, recognised by its content (not its extension): a tlengine .bin
+// (safetensors with metadata), a plain safetensors file (timm, Hugging Face), or a PyTorch .pth state dict or
+// checkpoint (zip or legacy layout, read natively by io/pth.h; nothing in it is executed). Foreign files get
+// tlengine's names (normalize_state: "module." prefixes, legacy DenseNet names) and metadata "arch" and
+// "num_classes" when detect_arch recognises them. Anything else throws IOError saying what the file looks like.
+// train, eval and predict open weights through this.
+io::TensorFile read_weights_file(const std::string& path);
+
 // Copies matching tensors into `model` (converting dtype, device and layout). The head ("fc", "classifier",
 // "classifier.6") may mismatch in shape: it then keeps its fresh initialisation (a new class count).
 LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOptions& options = {});
-LoadReport load_weights(Model& model, const std::string& path, const LoadOptions& options = {});
+LoadReport load_weights(Model& model, const std::string& path, const LoadOptions& options = {});  // any format
 
 // The model's state dict (parameters, buffers, num_batches_tracked as int64 scalars) as CPU tensors in
 // torchvision order.

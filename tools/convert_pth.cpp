@@ -3,9 +3,10 @@
 //   convert_pth weights.pth out.bin [--arch NAME]     import a torchvision state dict
 //   convert_pth --export weights.bin out.pth           export back to a state dict torchvision loads strictly
 //
-// Python is embedded (pybind11) only to unpickle: torch.load(path, map_location="cpu", weights_only=True), never
-// the unsafe loader, so a .pth holding pickled code is refused. Accepted: a plain state dict, a checkpoint dict
-// holding one under "state_dict" or "model", "module." prefixes, and torchvision's legacy DenseNet key names.
+// Import reads the .pth natively (io/pth.h through models::read_weights_file: a restricted unpickler that runs
+// nothing; zip and legacy layouts), so a .pth holding pickled code is refused. Accepted: a plain state dict, a
+// checkpoint dict holding one under "state_dict", "model" or "model_state_dict", "module." prefixes, and
+// torchvision's legacy DenseNet key names. Python (pybind11, Debian's PyTorch) is embedded only for --export.
 #include <pybind11/embed.h>
 #include <pybind11/numpy.h>
 
@@ -34,78 +35,17 @@ py::module_ import_torch() {
   try {
     return py::module_::import("torch");
   } catch (const py::error_already_set& e) {
-    throw ConvertError(std::string("PyTorch is needed to read .pth files but cannot be imported (") + e.what() +
-                       "). On Debian: apt-get install python3-torch");
+    throw ConvertError(std::string("PyTorch is needed to write .pth files (--export) but cannot be imported (") +
+                       e.what() + "). On Debian: apt-get install python3-torch");
   }
-}
-
-Tensor tensor_from_torch(const std::string& key, py::object t, py::module_& torch) {
-  std::string dtype = py::str(t.attr("dtype"));
-  DType dt;
-  py::object as_np = t.attr("detach")().attr("cpu")().attr("contiguous")();
-  if (dtype == "torch.float32") dt = DType::F32;
-  else if (dtype == "torch.float64") dt = DType::F64;
-  else if (dtype == "torch.float16") dt = DType::F16;
-  else if (dtype == "torch.bfloat16") { dt = DType::BF16; as_np = as_np.attr("view")(torch.attr("int16")); }
-  else if (dtype == "torch.int64") dt = DType::I64;
-  else if (dtype == "torch.int32") dt = DType::I32;
-  else throw ConvertError("tensor '" + key + "' has dtype " + dtype + ", which tlengine cannot store");
-  Shape shape;
-  for (py::handle d : t.attr("shape")) shape.push_back(d.cast<int64_t>());
-  py::array arr = as_np.attr("numpy")();
-  Tensor out = Tensor::empty(shape, dt);
-  if (out.nbytes()) std::memcpy(out.data(), arr.request().ptr, out.nbytes());
-  return out;
-}
-
-// The dict of name -> tensor inside whatever torch.load returned.
-py::dict find_state_dict(py::object obj, const std::string& path) {
-  if (!py::isinstance<py::dict>(obj))
-    throw ConvertError(path + " holds a " + std::string(py::str(obj.get_type().attr("__name__"))) +
-                       ", not a state dict (save model.state_dict(), not the model object)");
-  py::dict d = obj.cast<py::dict>();
-  for (const char* k : {"state_dict", "model", "model_state_dict"}) {
-    if (d.contains(k) && py::isinstance<py::dict>(d[k])) return d[k].cast<py::dict>();
-  }
-  return d;
 }
 
 int import_pth(const std::string& in, const std::string& out, const std::string& arch_opt) {
   if (!std::filesystem::exists(in)) throw ConvertError(in + ": no such file");
-  py::module_ torch = import_torch();
-  py::object loaded;
-  try {
-    loaded = torch.attr("load")(in, py::arg("map_location") = "cpu", py::arg("weights_only") = true);
-  } catch (const py::error_already_set& e) {
-    throw ConvertError(in + ": refused: torch.load(weights_only=True) cannot read it safely (" +
-                       std::string(e.what()).substr(0, 400) +
-                       "). It is corrupted, not a PyTorch file, or holds pickled code or objects other than tensors; "
-                       "tlengine never runs the unsafe loader. Save a plain model.state_dict().");
-  }
-  py::dict sd = find_state_dict(loaded, in);
-  std::vector<std::pair<std::string, Tensor>> state;
-  std::vector<std::string> not_tensors;
-  py::object tensor_type = torch.attr("Tensor");
-  for (auto item : sd) {
-    std::string key = py::str(item.first);
-    if (!py::isinstance(item.second, tensor_type)) {
-      not_tensors.push_back(key);
-      continue;
-    }
-    state.emplace_back(key, tensor_from_torch(key, py::reinterpret_borrow<py::object>(item.second), torch));
-  }
-  if (!not_tensors.empty()) {
-    std::string list;
-    for (size_t i = 0; i < not_tensors.size() && i < 10; ++i) list += (i ? ", " : "") + not_tensors[i];
-    throw ConvertError(in + ": refused: " + std::to_string(not_tensors.size()) +
-                       " entries are not tensors (" + list + "); expected a state dict, or a checkpoint holding "
-                       "one under 'state_dict' or 'model'");
-  }
-  if (state.empty()) throw ConvertError(in + ": refused: the state dict is empty");
-  state = models::normalize_state(state);
-
+  // Native reader: nothing in the file is executed (io/pth.h); names normalised, arch detected when possible.
+  const io::TensorFile file = models::read_weights_file(in);
   std::map<std::string, Shape> shapes;
-  for (const auto& [k, t] : state) shapes[k] = t.shape();
+  for (const auto& [k, t] : file.tensors) shapes[k] = t.shape();
   models::DetectedArch det;
   try {
     det = models::detect_arch(shapes);
@@ -117,11 +57,6 @@ int import_pth(const std::string& in, const std::string& out, const std::string&
     std::cerr << "warning: the keys look like " << det.arch << ", converting as --arch " << arch_opt << "\n";
   const int64_t classes = det.num_classes > 0 ? det.num_classes : 1000;
   auto model = models::create_model(arch, classes, 0);
-  io::TensorFile file;
-  for (const auto& [k, t] : state) {
-    file.names.push_back(k);
-    file.tensors[k] = t;
-  }
   models::LoadReport report;
   try {
     report = models::load_weights(*model, file);  // strict: everything must fit, the head included
@@ -192,8 +127,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    py::scoped_interpreter python;
-    return do_export ? export_pth(in, out) : import_pth(in, out, arch);
+    if (!do_export) return import_pth(in, out, arch);
+    py::scoped_interpreter python;  // only to write a .pth
+    return export_pth(in, out);
   } catch (const std::exception& e) {
     std::cerr << "convert_pth: " << e.what() << "\n";
     return 1;

@@ -19,7 +19,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 LoadedModel load_model(const std::string& path) {
-  io::TensorFile file = io::read_safetensors(path);
+  io::TensorFile file = models::read_weights_file(path);
   auto arch = file.metadata.find("arch");
   TL_CHECK(arch != file.metadata.end(), IOError, path,
            ": the file names no architecture in its metadata; convert .pth files with tools/convert_pth");

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Writes the PyTorch reference fixtures the C++ tests compare against.
 
-Each tests/torch_ref/fx_<name>.py defines build() -> dict[str, torch.Tensor]; its tensors are written
-to <outdir>/<name>.safetensors (float64 stays float64, integer tensors become int32, the rest float32).
+Each tests/torch_ref/fx_<name>.py defines build() -> dict[str, torch.Tensor] (or build(outdir) when it also
+writes files of its own there, as fx_pth.py does); its tensors are written to <outdir>/<name>.safetensors
+(float64 stays float64, integer tensors become int32, the rest float32).
 Run with Debian's PyTorch: /usr/bin/python3 tests/torch_ref/make_fixtures.py build/fixtures
 """
 import importlib.util
+import inspect
 import json
 import os
 import struct
@@ -50,7 +52,7 @@ def main():
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         torch.manual_seed(0)
-        tensors = mod.build()
+        tensors = mod.build(outdir) if inspect.signature(mod.build).parameters else mod.build()
         write_safetensors(os.path.join(outdir, name + ".safetensors"), tensors)
         print(f"{name}: {len(tensors)} tensors")
 
