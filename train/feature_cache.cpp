@@ -20,7 +20,8 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
             "feature cache: off: the frozen batch norm layers use batch statistics (PyTorch's train() semantics), so "
             "the backbone's output depends on the other images of the batch. Add --freeze-bn (frozen batch norm on "
             "its running statistics, as Keras does) and --no-augment to run the backbone once per image instead of "
-            "once per epoch: every epoch after the first then costs about as much as training the head alone"};
+            "once per epoch: every epoch after the first then costs about as much as training the head alone ("
+            "the backbone's forward pass is most of a feature-extraction step)"};
   if (model.stochastic_features())
     return {false, "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
   if (!deterministic_transform)
