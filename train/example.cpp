@@ -61,8 +61,9 @@ ExampleResult run_example(const ExampleOptions& o, std::ostream& log) {
   f.lr = 2e-3;
   f.weights = (fs::path(p.out) / "best.bin").string();
   f.freeze.freeze = "backbone";
+  f.freeze.freeze_bn = true;  // the feature-extractor recipe: the frozen backbone runs once per image (feature cache)
   log << "\n[3/4] fine-tuning on 4 new classes (" << ft.train_per_class
-      << " images each), backbone frozen, new head\n";
+      << " images each), backbone frozen (batch norm on its running statistics), new head\n";
   r.finetune_acc = run_training(f, log).best_val_acc;
 
   TrainOptions s = f;

@@ -1,6 +1,7 @@
 // Feature cache at the freeze boundary (see feature_cache.h).
 #include "train/feature_cache.h"
 
+#include <cmath>
 #include <cstring>
 #include <ostream>
 
@@ -34,7 +35,8 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
   return {true, detail::concat("feature cache: on (everything below ", model.head_name(),
                                " is frozen, uses running statistics and sees a deterministic transform): the backbone "
                                "runs once per image, ",
-                               bytes_needed >> 20, " MiB in RAM; --no-cache to run it every epoch")};
+                               std::round(static_cast<double>(bytes_needed) / (1 << 20) * 10) / 10,
+                               " MiB in RAM; --no-cache to run it every epoch")};
 }
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
