@@ -8,7 +8,9 @@
 
 #include "core/device.h"
 #include "io/dataset.h"
+#include "io/files.h"
 #include "io/loader.h"
+#include "io/utf8.h"
 #include "layers/loss.h"
 #include "models/weights.h"
 #include "train/metrics.h"
@@ -96,7 +98,7 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, bool bf1
 
 std::vector<std::string> classes_from_metadata(const io::TensorFile& f, int64_t num_classes) {
   auto it = f.metadata.find("classes");
-  if (it != f.metadata.end()) return json::parse(it->second).get<std::vector<std::string>>();
+  if (it != f.metadata.end()) return io::decode_names(it->second);
   std::vector<std::string> names;
   for (int64_t i = 0; i < num_classes; ++i) names.push_back(std::to_string(i));
   return names;
@@ -111,6 +113,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   const bool bf16 = o.precision == "bf16";
   TL_CHECK(!bf16 || dev == Device::CUDA, ValueError, "--precision bf16 needs a CUDA device (the CPU runs fp32)");
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
+  io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 
   // Data.
   io::DataSplits splits = io::load_splits(o.data, o.val_split, o.seed);
@@ -133,6 +136,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   if (!o.weights.empty()) {
     models::LoadOptions lopt;
     lopt.allow_mismatch = o.allow_partial_weights;
+    lopt.allow_nonfinite = o.allow_nonfinite_weights;
     models::LoadReport rep = models::load_weights(*model, o.weights, lopt);
     log << "weights " << o.weights << ": " << rep.summary() << "\n";
     if (!rep.skipped.empty()) log << "new head " << model->head_name() << " for " << num_classes << " classes\n";
@@ -189,7 +193,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
              " (run without --resume to start)");
     StateDict sd = load_state_dict(result.last_path);
     const std::string arch = sd.get_string("arch");
-    const auto classes = json::parse(sd.get_string("classes")).get<std::vector<std::string>>();
+    const auto classes = io::decode_names(sd.get_string("classes"), result.last_path);
     TL_CHECK(arch == o.arch && classes == splits.classes, ValueError, result.last_path, ": checkpoint of ", arch,
              " with ", classes.size(), " classes, but this run is ", o.arch, " with ", splits.classes.size(),
              " classes: resume with the same --arch and data, or choose another --out");
@@ -216,7 +220,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
     sd.insert("optimizer.", opt.state_dict());
     sd.insert("scheduler.", sched.state_dict());
     sd.set_string("arch", o.arch);
-    sd.set_string("classes", json(splits.classes).dump());
+    sd.set_string("classes", io::encode_names(splits.classes));
     sd.set_int("epoch", epoch);
     sd.set_int("batch", batch);
     sd.set_double("best_acc", result.best_val_acc);
@@ -368,7 +372,7 @@ double run_eval(const EvalOptions& o, std::ostream& log) {
     if (n == "fc.weight" || n == "classifier.weight" || n == "classifier.6.weight") num_classes = file.at(n).size(0);
   const std::vector<std::string> classes = classes_from_metadata(file, num_classes);
   auto model = models::create_model(arch_it->second, num_classes, 0);
-  models::load_weights(*model, file);
+  models::load_weights(*model, file, models::LoadOptions{false, o.allow_nonfinite_weights});
   model->to(dev);
   // The folder: <data>/<split> when it exists, else <data> itself as an ImageFolder.
   const std::string dir = fs::is_directory(fs::path(o.data) / o.split) ? (fs::path(o.data) / o.split).string() : o.data;
