@@ -326,6 +326,7 @@ TEST(Faults, ImageThatVanishesOrIsTruncatedMidRunIsNamedThenThePolicyApplies) {
     if (policy == io::OnBadImage::Fail) {
       const std::string err = error_of([&] { run_epoch(1); });
       EXPECT_TRUE(contains(err, gone) && contains(err, "No such file")) << err;
+      EXPECT_TRUE(contains(err, "--on-bad-image skip")) << err;
     } else {
       EXPECT_EQ(run_epoch(1), 6);
       ASSERT_EQ(loader.skipped().size(), 2u);
