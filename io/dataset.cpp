@@ -37,11 +37,20 @@ std::string join_names(const std::vector<std::string>& names, size_t max_shown =
 }
 
 // os.walk(dir, followlinks=True), sorted by folder path: every (folder, sorted file names) pair.
+// Folders already on the current path (`visited`, canonical) are not entered again: a symlink loop; such folders
+// and unresolvable ones are listed in `not_followed`.
 void walk(const std::string& dir, std::set<std::string>& visited,
-          std::vector<std::pair<std::string, std::vector<std::string>>>& out) {
+          std::vector<std::pair<std::string, std::vector<std::string>>>& out, std::vector<std::string>& not_followed) {
   std::error_code ec;
   const std::string canonical = fs::canonical(dir, ec).string();
-  if (ec || !visited.insert(canonical).second) return;  // unreadable, or a symlink loop
+  if (ec) {
+    not_followed.push_back(detail::concat(dir, ": ", ec.message()));
+    return;
+  }
+  if (!visited.insert(canonical).second) {
+    not_followed.push_back(detail::concat(dir, ": symlink loop (leads back to '", canonical, "')"));
+    return;
+  }
   std::vector<std::string> files, dirs;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
@@ -53,7 +62,7 @@ void walk(const std::string& dir, std::set<std::string>& visited,
   if (ec) throw IOError(detail::concat("cannot list folder '", dir, "': ", ec.message()));
   std::sort(files.begin(), files.end());
   out.emplace_back(dir, std::move(files));
-  for (const std::string& d : dirs) walk(join_path(dir, d), visited, out);
+  for (const std::string& d : dirs) walk(join_path(dir, d), visited, out, not_followed);
   visited.erase(canonical);  // the same folder may be reached again by another (non-looping) path
 }
 
@@ -98,8 +107,8 @@ ImageFolder scan_image_folder(const std::string& dir) {
   std::vector<std::string> empty_classes;
   for (size_t label = 0; label < folder.classes.size(); ++label) {
     std::vector<std::pair<std::string, std::vector<std::string>>> tree;
-    std::set<std::string> visited;
-    walk(join_path(dir, folder.classes[label]), visited, tree);
+    std::set<std::string> visited = {fs::canonical(dir, ec).string()};  // a class folder linking to the root loops
+    walk(join_path(dir, folder.classes[label]), visited, tree, folder.not_followed);
     std::sort(tree.begin(), tree.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     size_t before = folder.samples.size();
     for (const auto& [sub, files] : tree)
@@ -137,6 +146,7 @@ std::pair<ImageFolder, ImageFolder> stratified_split(const ImageFolder& all, dou
   ImageFolder train, val;
   train.root = val.root = all.root;
   train.classes = val.classes = all.classes;
+  train.not_followed = all.not_followed;
   for (size_t i = 0; i < all.samples.size(); ++i) (is_val[i] ? val : train).samples.push_back(all.samples[i]);
   return {std::move(train), std::move(val)};
 }
@@ -189,6 +199,11 @@ DataSplits load_splits(const std::string& root, double val_fraction, uint64_t se
          << all.classes.size() << " classes";
   }
   s.classes = s.train.classes;
+  std::vector<std::string> not_followed = s.train.not_followed;
+  if (has_val) not_followed.insert(not_followed.end(), s.val.not_followed.begin(), s.val.not_followed.end());
+  if (!not_followed.empty())
+    desc << "; " << not_followed.size() << " folder symlink" << (not_followed.size() > 1 ? "s" : "")
+         << " not followed: " << join_names(not_followed, 5);
   s.description = desc.str();
   return s;
 }

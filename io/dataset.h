@@ -5,6 +5,12 @@
 // case-insensitively, is one of torchvision's IMG_EXTENSIONS; samples are sorted as torchvision sorts them
 // (by folder path, then file name, byte order). Unlike torchvision, hidden files and folders (names starting
 // with '.', e.g. .ipynb_checkpoints) are skipped instead of becoming classes or samples.
+// Symlink loops: folder symlinks are followed (as ImageFolder's os.walk(followlinks=True)), but never into a
+// folder that is already being scanned higher up the same path (a link to a parent or to itself), nor when the
+// link cannot be resolved; those are left out and listed in ImageFolder::not_followed (torchvision recurses
+// until the OS reports ELOOP, collecting the same images many times over). A file symlink that loops or dangles
+// is a sample like any other file with an image extension (as in torchvision): reading it fails, and
+// --on-bad-image decides (fail with its name, or skip and report).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -21,6 +27,7 @@ struct ImageFolder {
   std::string root;
   std::vector<std::string> classes;  // label -> class name
   std::vector<Sample> samples;
+  std::vector<std::string> not_followed;  // "path: reason" for folder symlinks left out (loops)
   std::vector<int64_t> class_counts() const;
 };
 

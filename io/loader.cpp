@@ -272,7 +272,9 @@ void DataLoader::worker_loop() {
     lock.lock();
     if (!bad.empty()) {
       slot.bad[static_cast<size_t>(row)] = bad;
-      if (opt_.on_bad_image == OnBadImage::Fail) error = std::make_exception_ptr(IOError(bad));
+      if (opt_.on_bad_image == OnBadImage::Fail)
+        error = std::make_exception_ptr(IOError(bad + "; to leave unreadable images out and list them, use "
+                                                      "--on-bad-image skip"));
     }
     if (error && (slot.error_row < 0 || row < slot.error_row)) {
       slot.error = error;

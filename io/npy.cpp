@@ -7,6 +7,8 @@
 #include <fstream>
 #include <regex>
 
+#include "io/files.h"
+
 namespace tl::io {
 
 Tensor read_npy(const std::string& path) {
@@ -69,19 +71,9 @@ void write_npy(const std::string& path, const Tensor& t) {
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }";
   while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
   header.push_back('\n');
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  TL_CHECK(f, IOError, tmp, ": cannot open for writing: ", std::strerror(errno));
-  unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<unsigned char>(header.size() & 0xff),
-                           static_cast<unsigned char>(header.size() >> 8)};
-  bool ok = std::fwrite(pre, 1, 10, f) == 10 && std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
-            std::fwrite(h.data(), 1, h.nbytes(), f) == h.nbytes();
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw IOError(path + ": write failed");
-  }
-  TL_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IOError, path, ": rename failed");
+  const unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<unsigned char>(header.size() & 0xff),
+                                 static_cast<unsigned char>(header.size() >> 8)};
+  write_file_atomic(path, {{pre, 10}, {header.data(), header.size()}, {h.data(), h.nbytes()}});
 }
 
 }  // namespace tl::io

@@ -1,9 +1,6 @@
 // safetensors reader (validating) and atomic writer.
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <algorithm>
 #include <array>
@@ -12,6 +9,8 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+
+#include "io/files.h"
 
 namespace tl::io {
 namespace {
@@ -192,23 +191,12 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   for (auto it = entries.begin(); it != entries.end(); ++it) j[it.key()] = it.value();
   std::string header = j.dump();
   while ((header.size() + 8) % 8 != 0) header.push_back(' ');  // align the data section
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  TL_CHECK(f, IOError, tmp, ": cannot open for writing: ", std::strerror(errno));
-  bool ok = true;
   unsigned char len_bytes[8];
-  uint64_t n = header.size();
+  const uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>((n >> (8 * i)) & 0xff);
-  ok = ok && std::fwrite(len_bytes, 1, 8, f) == 8;
-  ok = ok && std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  for (const Tensor& h : host) ok = ok && std::fwrite(h.data(), 1, h.nbytes(), f) == h.nbytes();
-  ok = ok && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw IOError(detail::concat(path, ": write failed: ", std::strerror(errno)));
-  }
-  TL_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IOError, path, ": rename failed: ", std::strerror(errno));
+  std::vector<ByteRange> parts = {{len_bytes, 8}, {header.data(), header.size()}};
+  for (const Tensor& h : host) parts.push_back({h.data(), h.nbytes()});
+  write_file_atomic(path, parts);
 }
 
 }  // namespace tl::io

@@ -2,6 +2,7 @@
 #include "models/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <sstream>
 
 #include "io/pth.h"
+#include "io/utf8.h"
 #include "models/convert.h"
 
 namespace tl::models {
@@ -91,7 +93,35 @@ std::string LoadReport::summary() const {
   return os.str();
 }
 
+void check_finite_weights(const io::TensorFile& file) {
+  std::vector<std::string> bad;
+  for (const std::string& name : file.names) {
+    const Tensor& t = file.at(name);
+    if (t.dtype() == DType::I32 || t.dtype() == DType::I64) continue;
+    const Tensor f = t.to(DType::F32);
+    const float* p = f.data_as<float>();
+    int64_t nan = 0, inf = 0;
+    for (int64_t i = 0; i < f.numel(); ++i) {
+      if (std::isnan(p[i])) ++nan;
+      else if (std::isinf(p[i])) ++inf;
+    }
+    if (nan + inf > 0)
+      bad.push_back(detail::concat(name, " ", shape_str(t.shape()), ": ", nan, " NaN and ", inf, " infinite of ",
+                                   f.numel(), " values"));
+  }
+  if (bad.empty()) return;
+  std::ostringstream os;
+  os << "the weights hold NaN or infinite values in " << bad.size() << " tensor" << (bad.size() > 1 ? "s" : "")
+     << ":";
+  for (size_t i = 0; i < bad.size() && i < 8; ++i) os << "\n  " << bad[i];
+  if (bad.size() > 8) os << "\n  ... and " << bad.size() - 8 << " more";
+  os << "\nThe file comes from a diverged run or is corrupted: use an earlier checkpoint, or load it anyway with "
+        "--allow-nonfinite-weights.";
+  throw ValueError(os.str());
+}
+
 LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOptions& options) {
+  if (!options.allow_nonfinite) check_finite_weights(file);
   LoadReport report;
   std::vector<std::string> problems;
   const std::string head = model.head_name();
@@ -168,7 +198,7 @@ void save_weights(Model& model, const std::string& path, const std::vector<std::
   meta["format"] = "tlengine";
   meta["arch"] = model.arch();
   meta["num_classes"] = std::to_string(model.num_classes());
-  if (!class_names.empty()) meta["classes"] = nlohmann::json(class_names).dump();
+  if (!class_names.empty()) meta["classes"] = io::encode_names(class_names);
   io::write_safetensors(path, state_dict(model), meta);
 }
 

@@ -14,6 +14,9 @@ struct LoadOptions {
   // Accept mismatches outside the head (missing, unexpected or differently shaped tensors). Off by default:
   // a checkpoint of another architecture must not half-load silently.
   bool allow_mismatch = false;
+  // Accept NaN or infinite values in floating-point tensors (--allow-nonfinite-weights). Off by default: such a
+  // file (a diverged run, a corrupted download) would silently give NaN outputs.
+  bool allow_nonfinite = false;
 };
 
 struct LoadReport {
@@ -31,9 +34,12 @@ struct LoadReport {
 // "num_classes" when detect_arch recognises them. Anything else throws IOError saying what the file looks like.
 // train, eval and predict open weights through this.
 io::TensorFile read_weights_file(const std::string& path);
+// Throws ValueError naming the floating-point tensors of `file` that hold NaN or infinite values (with counts).
+void check_finite_weights(const io::TensorFile& file);
 
 // Copies matching tensors into `model` (converting dtype, device and layout). The head ("fc", "classifier",
 // "classifier.6") may mismatch in shape: it then keeps its fresh initialisation (a new class count).
+// Unless options.allow_nonfinite, a file with NaN or infinite values is refused (check_finite_weights).
 LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOptions& options = {});
 LoadReport load_weights(Model& model, const std::string& path, const LoadOptions& options = {});  // any format
 

@@ -8,11 +8,12 @@
 #include <chrono>
 #include <csignal>
 #include <CLI/CLI.hpp>
-#include <fstream>
 #include <iostream>
 
 #include "core/device.h"
 #include "core/error.h"
+#include "io/files.h"
+#include "io/utf8.h"
 #include "train/bench.h"
 #include "train/example.h"
 #include "train/predict.h"
@@ -21,6 +22,8 @@
 using namespace tl;
 
 namespace {
+constexpr const char* kNonfiniteHelp = "load weights even if they hold NaN or infinite values (refused by default)";
+
 void on_sigint(int) {
   train::stop_requested() = true;
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
@@ -34,6 +37,7 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
                                        "when the class count differs");
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,
              "accept weights that do not fit outside the head (those layers keep their initialisation)");
+  c.add_flag("--allow-nonfinite-weights", o.allow_nonfinite_weights, kNonfiniteHelp);
   c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png")
       ->capture_default_str();
   c.add_option("--epochs", o.epochs)->capture_default_str();
@@ -99,6 +103,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--device", eo.device)->capture_default_str();
   eval_cmd->add_option("--on-bad-image", eo.on_bad_image)->capture_default_str();
   eval_cmd->add_option("--json", eo.json, "also write the metrics as JSON");
+  eval_cmd->add_flag("--allow-nonfinite-weights", eo.allow_nonfinite_weights, kNonfiniteHelp);
 
   train::PredictOptions po;
   auto* pred_cmd = app.add_subcommand("predict", "top-k classes per image, or logits");
@@ -112,6 +117,7 @@ int main(int argc, char** argv) {
   pred_cmd->add_option("--image-size", po.image_size)->capture_default_str();
   pred_cmd->add_option("--val-transform", po.val_transform)->capture_default_str();
   pred_cmd->add_option("--device", po.device)->capture_default_str();
+  pred_cmd->add_flag("--allow-nonfinite-weights", po.allow_nonfinite_weights, kNonfiniteHelp);
 
   train::ExampleOptions xo;
   auto* ex_cmd = app.add_subcommand("example", "built-in example: synthetic data, pretrain, fine-tune vs scratch");
@@ -153,6 +159,17 @@ int main(int argc, char** argv) {
   data_cmd->add_option("--seed", mo.seed)->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  // File and class names that are not UTF-8 show up escaped ("caf\xe9") in every message and report.
+  io::PrintableStreambuf printable_err(std::cerr.rdbuf()), printable_out(std::cout.rdbuf());
+  std::cerr.rdbuf(&printable_err);
+  std::cout.rdbuf(&printable_out);
+  struct RestoreStreams {
+    std::streambuf *err, *out;
+    ~RestoreStreams() {
+      std::cerr.rdbuf(err);
+      std::cout.rdbuf(out);
+    }
+  } restore{printable_err.target(), printable_out.target()};
   std::signal(SIGINT, on_sigint);
   try {
     if (*train_cmd) {
@@ -176,9 +193,8 @@ int main(int argc, char** argv) {
       const train::BenchResult r = train::run_bench(bo, std::cerr);
       std::cout << train::BenchResult::table_header() << "\n" << r.table_line() << "\n";
       if (!bench_json.empty()) {
-        std::ofstream f(bench_json);
-        f << r.to_json().dump(2) << "\n";
-        if (!f) throw IOError("bench: could not write " + bench_json + " (check the folder exists and is writable)");
+        const std::string text = r.to_json().dump(2) + "\n";
+        io::write_file_atomic(bench_json, text.data(), text.size());
       }
       return 0;
     }

@@ -12,13 +12,14 @@
 #include "io/image.h"
 #include "io/npy.h"
 #include "io/transforms.h"
+#include "io/utf8.h"
 #include "models/weights.h"
 
 namespace tl::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, bool allow_nonfinite) {
   io::TensorFile file = models::read_weights_file(path);
   auto arch = file.metadata.find("arch");
   TL_CHECK(arch != file.metadata.end(), IOError, path,
@@ -29,9 +30,9 @@ LoadedModel load_model(const std::string& path) {
   TL_CHECK(num_classes > 0, IOError, path, ": no classifier weights (fc / classifier) in the file");
   LoadedModel lm;
   lm.model = models::create_model(arch->second, num_classes, 0);
-  models::load_weights(*lm.model, file);
+  models::load_weights(*lm.model, file, models::LoadOptions{false, allow_nonfinite});
   auto classes = file.metadata.find("classes");
-  if (classes != file.metadata.end()) lm.classes = json::parse(classes->second).get<std::vector<std::string>>();
+  if (classes != file.metadata.end()) lm.classes = io::decode_names(classes->second, path);
   if (static_cast<int64_t>(lm.classes.size()) != num_classes) {
     lm.classes.clear();
     for (int64_t i = 0; i < num_classes; ++i) lm.classes.push_back(std::to_string(i));
@@ -40,6 +41,13 @@ LoadedModel load_model(const std::string& path) {
 }
 
 namespace {
+// A quoted CSV field (RFC 4180: quotes doubled), escaped for display.
+std::string csv_field(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : io::printable(s)) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return out + "\"";
+}
+
 std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs) {
   std::vector<std::string> files;
   for (const std::string& in : inputs) {
@@ -63,7 +71,7 @@ int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& lo
   TL_CHECK(o.format == "json" || o.format == "csv", ValueError, "--format must be json or csv, got '", o.format, "'");
   TL_CHECK(o.inputs.empty() != o.npy.empty(), ValueError, "give either image files/folders or --npy, not both");
   const Device dev = parse_device(o.device);
-  LoadedModel lm = load_model(o.weights);
+  LoadedModel lm = load_model(o.weights, o.allow_nonfinite_weights);
   lm.model->to(dev);
   lm.model->eval();
   const int64_t C = static_cast<int64_t>(lm.classes.size());
@@ -118,13 +126,13 @@ int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& lo
       for (int r = 0; r < k; ++r) {
         const int64_t c = idx[static_cast<size_t>(r)];
         const double p = std::exp(z[c] - mx) / sum;
-        if (o.format == "csv") {
-          out << '"' << names[row] << "\"," << r + 1 << ",\"" << lm.classes[static_cast<size_t>(c)] << "\"," << c
-              << "," << p << "\n";
-        }
-        top.push_back({{"class", lm.classes[static_cast<size_t>(c)]}, {"index", c}, {"probability", p}});
+        // Names that are not UTF-8 are shown escaped (io/utf8.h), in the CSV as in the JSON.
+        const std::string cls = io::printable(lm.classes[static_cast<size_t>(c)]);
+        if (o.format == "csv")
+          out << csv_field(names[row]) << "," << r + 1 << "," << csv_field(cls) << "," << c << "," << p << "\n";
+        top.push_back({{"class", cls}, {"index", c}, {"probability", p}});
       }
-      result.push_back({{"file", names[row]}, {"top", top}});
+      result.push_back({{"file", io::printable(names[row])}, {"top", top}});
     }
   }
   if (o.format == "json") out << result.dump(2) << "\n";

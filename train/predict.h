@@ -20,6 +20,7 @@ struct PredictOptions {
   int64_t batch_size = 32;
   std::string val_transform = "crop";  // crop: Resize(256) + CenterCrop(224); resize: Resize((224, 224))
   int image_size = 224;
+  bool allow_nonfinite_weights = false;  // accept weights with NaN / Inf values (refused by default)
 };
 
 // A model with the architecture and class names stored in a tlengine weights file, weights loaded.
@@ -27,7 +28,7 @@ struct LoadedModel {
   std::unique_ptr<models::Model> model;
   std::vector<std::string> classes;
 };
-LoadedModel load_model(const std::string& weights_path);
+LoadedModel load_model(const std::string& weights_path, bool allow_nonfinite = false);
 
 // Writes the predictions to `out`; returns the number of images.
 int64_t run_predict(const PredictOptions& options, std::ostream& out, std::ostream& log);

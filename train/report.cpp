@@ -28,28 +28,6 @@ namespace tl::train {
 // ---------------------------------------------------------------------------------------------------------------
 // Files
 
-void write_file_atomic(const std::string& path, const void* data, size_t size) {
-  TL_CHECK(!path.empty(), IOError, "write_file_atomic: empty file name");
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  TL_CHECK(f, IOError, "cannot write '", path, "': cannot create '", tmp, "': ", std::strerror(errno),
-           " (does the folder exist and is it writable?)");
-  bool ok = size == 0 || std::fwrite(data, 1, size, f) == size;
-  ok = ok && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-  const int saved_errno = errno;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    throw IOError(detail::concat("cannot write '", path, "': ", std::strerror(saved_errno ? saved_errno : errno),
-                                 " (is the disk full?)"));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    throw IOError(detail::concat("cannot write '", path, "': renaming '", tmp, "' failed: ", std::strerror(e)));
-  }
-}
-
 namespace {
 void append_bytes(void* context, void* data, int size) {
   auto* out = static_cast<std::vector<uint8_t>*>(context);
@@ -532,6 +510,7 @@ JsonLinesWriter::JsonLinesWriter(const std::string& path) : path_(path) {
   file_ = std::fopen(path.c_str(), "ab");
   TL_CHECK(file_, IOError, "cannot open metrics log '", path, "' for appending: ", std::strerror(errno),
            " (does the folder exist and is it writable?)");
+  std::setvbuf(file_, nullptr, _IONBF, 0);  // each line goes out whole or is cut off again (write())
 }
 
 JsonLinesWriter::~JsonLinesWriter() {
@@ -541,8 +520,15 @@ JsonLinesWriter::~JsonLinesWriter() {
 void JsonLinesWriter::write(const nlohmann::json& object) {
   // Invalid UTF-8 (e.g. in a class folder name) is replaced rather than thrown on.
   const std::string line = object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const long before = std::ftell(file_);
   const bool ok = std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0;
-  TL_CHECK(ok, IOError, "cannot write to metrics log '", path_, "': ", std::strerror(errno), " (is the disk full?)");
+  if (ok) return;
+  const int e = errno;
+  // Cut a partly written line off again, so that the log stays one JSON object per line.
+  std::clearerr(file_);
+  if (before >= 0 && ::ftruncate(fileno(file_), before) == 0) std::fseek(file_, before, SEEK_SET);
+  throw IOError(detail::concat("cannot write to metrics log '", path_, "': ", std::strerror(e), " (",
+                               io::human_bytes(io::free_bytes(path_)), " free on its filesystem)"));
 }
 
 }  // namespace tl::train

@@ -11,15 +11,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/files.h"
 #include "io/image.h"
 
 namespace tl::train {
 
 // ---- Files ----
 
-// Writes `size` bytes to `path` atomically: a temporary file beside it ("<path>.tmp"), fsync, rename. A reader
-// sees the old file or the new one, never a partial one. Throws IOError naming the file on any failure.
-void write_file_atomic(const std::string& path, const void* data, size_t size);
+// Atomic writes (io/files.h): the old file or the new one, never a partial one; errors name the file and free space.
+using io::write_file_atomic;
 // Encodes an RGB image as PNG in memory and writes it with write_file_atomic.
 void write_png_atomic(const std::string& path, const io::Image& image);
 

@@ -10,7 +10,9 @@
 
 #include "core/device.h"
 #include "io/dataset.h"
+#include "io/files.h"
 #include "io/loader.h"
+#include "io/utf8.h"
 #include "layers/loss.h"
 #include "models/weights.h"
 #include "train/feature_cache.h"
@@ -148,6 +150,7 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_cl
   if (!o.weights.empty()) {
     models::LoadOptions lopt;
     lopt.allow_mismatch = o.allow_partial_weights;
+    lopt.allow_nonfinite = o.allow_nonfinite_weights;
     models::LoadReport rep = models::load_weights(*model, o.weights, lopt);
     log << "weights " << o.weights << ": " << rep.summary() << "\n";
     if (!rep.skipped.empty()) log << "new head " << model->head_name() << " for " << num_classes << " classes\n";
@@ -243,7 +246,7 @@ class Checkpointer {
     sd.insert("optimizer.", opt_.state_dict());
     sd.insert("scheduler.", sched_.state_dict());
     sd.set_string("arch", o_.arch);
-    sd.set_string("classes", json(classes_).dump());
+    sd.set_string("classes", io::encode_names(classes_));
     sd.set_int("epoch", s.epoch);
     sd.set_int("batch", s.batch);
     sd.set_double("best_acc", r.best_val_acc);
@@ -258,7 +261,7 @@ class Checkpointer {
     TL_CHECK(fs::exists(path_), IOError, "--resume: no checkpoint ", path_, " (run without --resume to start)");
     StateDict sd = load_state_dict(path_);
     const std::string arch = sd.get_string("arch");
-    const auto classes = json::parse(sd.get_string("classes")).get<std::vector<std::string>>();
+    const auto classes = io::decode_names(sd.get_string("classes"), path_);
     TL_CHECK(arch == o_.arch && classes == classes_, ValueError, path_, ": checkpoint of ", arch, " with ",
              classes.size(), " classes, but this run is ", o_.arch, " with ", classes_.size(),
              " classes: resume with the same --arch and data, or choose another --out");
@@ -469,6 +472,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   const Device dev = parse_device(o.device);
   const Precision prec = parse_precision(o.precision, dev);
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
+  io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 
   TrainData data = build_data(o, log);
   FreezePlan plan;
@@ -517,7 +521,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
 
 double run_eval(const EvalOptions& o, std::ostream& log) {
   const Device dev = parse_device(o.device);
-  LoadedModel lm = load_model(o.weights);
+  LoadedModel lm = load_model(o.weights, o.allow_nonfinite_weights);
   lm.model->to(dev);
   // The folder: <data>/<split> when it exists, else <data> itself as an ImageFolder.
   const std::string dir = fs::is_directory(fs::path(o.data) / o.split) ? (fs::path(o.data) / o.split).string() : o.data;

@@ -28,6 +28,7 @@ struct TrainOptions {
   std::string arch = "resnet18";
   std::string weights;  // .bin (safetensors) to start from; empty: random init (training from scratch)
   bool allow_partial_weights = false;  // accept weights that mismatch outside the head (they keep their init)
+  bool allow_nonfinite_weights = false;  // accept weights with NaN / Inf values (refused by default)
   FreezeOptions freeze;
   // Optimisation
   int epochs = 25;
@@ -99,6 +100,7 @@ struct EvalOptions {
   int image_size = 224, workers = 4;
   int64_t batch_size = 64;
   std::string json;  // optional: metrics as JSON
+  bool allow_nonfinite_weights = false;
 };
 double run_eval(const EvalOptions& options, std::ostream& log);
 
