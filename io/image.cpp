@@ -23,6 +23,13 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb/stb_image_write.h>
 
+#ifdef TL_HAVE_LIBJPEG
+#include <csetjmp>
+#include <cstdio>  // jpeglib.h needs FILE and size_t first
+#include <jerror.h>
+#include <jpeglib.h>
+#endif
+
 namespace tl::io {
 namespace {
 
@@ -127,9 +134,10 @@ bool header_size(const std::vector<uint8_t>& b, const std::string& format, int64
 
 void check_limits(int64_t w, int64_t h, const std::string& name, const ImageLimits& limits) {
   if (w > limits.max_side || h > limits.max_side || w * h > limits.max_pixels)
-    throw IOError(detail::concat("image '", name, "' is ", w, "x", h, " pixels, over the limit of ", limits.max_side,
-                                 " pixels a side and ", limits.max_pixels,
-                                 " pixels in all; shrink it or raise the limit"));
+    throw IOError(detail::concat("image '", name, "' says it is ", w, "x", h, " pixels, over the limit of ",
+                                 limits.max_side, " pixels a side and ", limits.max_pixels,
+                                 " pixels in all: a corrupt header or a decompression bomb; nothing was decoded. "
+                                 "Shrink the image, or raise the limit (ImageLimits) if it is genuine"));
 }
 
 std::string stb_reason() {
@@ -137,7 +145,8 @@ std::string stb_reason() {
   return why ? why : "unknown decoder error";
 }
 
-ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits* limits) {
+// The container format, after refusing empty files and formats tlengine does not decode.
+std::string check_format(const std::vector<uint8_t>& bytes, const std::string& name) {
   if (bytes.empty()) throw IOError(detail::concat("image '", name, "' is an empty file (0 bytes)"));
   const std::string format = sniff_format(bytes);
   if (format == "tiff" || format == "webp" || format == "gif")
@@ -145,51 +154,230 @@ ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& 
                                  kSupported, "); convert it, e.g. with `convert in out.png`"));
   if (format.empty())
     throw IOError(detail::concat("'", name, "' is not an image file (unknown format; ", kSupported, ")"));
-  ImageInfo info;
-  info.format = format;
-  int64_t header_w = 0, header_h = 0;
-  if (limits && header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, *limits);
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     throw IOError(detail::concat("image '", name, "' is larger than 2 GiB"));
+  return format;
+}
+
+ImageInfo stb_info(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
+  ImageInfo info;
+  info.format = format;
   if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,
                              &info.channels))
     throw IOError(detail::concat("cannot read the header of ", format, " image '", name, "': ", stb_reason()));
-  if (format == "jpeg") {
-    JpegMarkers jm = scan_jpeg_markers(bytes);
-    if (jm.components == 4) info.channels = 4;
-  }
+  if (format == "jpeg" && scan_jpeg_markers(bytes).components == 4) info.channels = 4;
   return info;
+}
+
+#ifdef TL_HAVE_LIBJPEG
+// ---- JPEG through libjpeg-turbo, set up as Pillow's JpegDecode.c does: libjpeg's defaults (islow IDCT, fancy
+// upsampling, its own YCbCr/YCCK conversion), RGB out for grey and colour files, CMYK out for 4-channel files.
+// Same library, same settings: the pixels equal PIL's Image.open(f).convert("RGB").
+
+// PIL's convert("RGB") of the CMYK pixels libjpeg returns. PIL reads every 4-channel JPEG with Adobe's
+// inverted convention (rawmode "CMYK;I": C = 255 - stored) and converts with Pillow's cmyk2rgb,
+// R = K' - muldiv255(C, K') where K' = 255 - K = the stored K byte.
+void cmyk_to_rgb(const uint8_t* in, uint8_t* out, size_t pixels) {
+  for (size_t i = 0; i < pixels; ++i, in += 4, out += 3) {
+    const int nk = in[3];
+    for (int c = 0; c < 3; ++c) {
+      const int t = (255 - in[c]) * nk + 128;
+      out[c] = static_cast<uint8_t>(nk - (((t >> 8) + t) >> 8));
+    }
+  }
+}
+
+constexpr int kMaxJpegScans = 1000;  // real progressive files have about 10; thousands of scans is a CPU attack
+
+// libjpeg's error manager. libjpeg is C: its fatal errors leave through longjmp to the setjmp of the function
+// that called it (no C++ object lives in the frames skipped), never through a C++ exception.
+struct JpegErrors {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  bool premature_end = false;  // the data ran out
+};
+
+[[noreturn]] void jpeg_fail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// Warnings about corrupt entropy-coded data are ignored, as Pillow ignores them (same pixels as PIL). Running
+// out of data is remembered: where libjpeg's memory source warns "Premature end of JPEG file", Pillow's
+// suspending source asks for more data and PIL raises "image file is truncated" (also for a file that only
+// lacks its end-of-image marker: libjpeg reads past the last block's bits for it).
+void jpeg_message(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->premature_end = true;
+}
+
+void jpeg_scan_limit(j_common_ptr cinfo) {
+  auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (d->input_scan_number <= kMaxJpegScans) return;
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  std::snprintf(err->message, sizeof(err->message), "more than %d scans (a hostile progressive file)",
+                kMaxJpegScans);
+  std::longjmp(err->jump, 1);
+}
+
+struct JpegDecoder {
+  jpeg_decompress_struct cinfo{};
+  JpegErrors err{};
+  jpeg_progress_mgr progress{};
+  JpegDecoder() = default;
+  JpegDecoder(const JpegDecoder&) = delete;
+  JpegDecoder& operator=(const JpegDecoder&) = delete;
+  ~JpegDecoder() { jpeg_destroy_decompress(&cinfo); }  // safe on a zeroed or half-made struct
+};
+
+// Reads the markers up to the first scan. false on a libjpeg error (message in d.err).
+bool jpeg_header(JpegDecoder& d, const std::vector<uint8_t>& bytes) {
+  d.cinfo.err = jpeg_std_error(&d.err.pub);
+  d.err.pub.error_exit = jpeg_fail;
+  d.err.pub.emit_message = jpeg_message;
+  if (setjmp(d.err.jump)) return false;
+  jpeg_create_decompress(&d.cinfo);
+  d.progress.progress_monitor = jpeg_scan_limit;
+  d.cinfo.progress = &d.progress;
+  jpeg_mem_src(&d.cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&d.cinfo, TRUE);
+  return true;
+}
+
+// Decodes every row into out (output_width * output_components bytes a row). false on a libjpeg error.
+bool jpeg_pixels(JpegDecoder& d, uint8_t* out) {
+  if (setjmp(d.err.jump)) return false;
+  jpeg_start_decompress(&d.cinfo);
+  const size_t row_bytes = static_cast<size_t>(d.cinfo.output_width) * d.cinfo.output_components;
+  while (d.cinfo.output_scanline < d.cinfo.output_height) {
+    JSAMPROW row = out + d.cinfo.output_scanline * row_bytes;
+    if (jpeg_read_scanlines(&d.cinfo, &row, 1) != 1) return true;  // cannot happen with a memory source
+  }
+  jpeg_finish_decompress(&d.cinfo);
+  return true;
+}
+
+[[noreturn]] void throw_jpeg_error(const JpegDecoder& d, const std::string& name) {
+  if (d.err.premature_end)
+    throw IOError(detail::concat("JPEG image '", name,
+                                 "' is truncated: the data ends before the end-of-image marker (PIL refuses it too, "
+                                 "'image file is truncated'); copy or export the file again"));
+  throw IOError(detail::concat("cannot decode JPEG image '", name, "': ", d.err.message,
+                               " (libjpeg); the file is corrupt or not a JPEG that PIL can read"));
+}
+
+void jpeg_open(JpegDecoder& d, const std::vector<uint8_t>& bytes, const std::string& name) {
+  if (!jpeg_header(d, bytes) || d.err.premature_end) throw_jpeg_error(d, name);
+  const int n = d.cinfo.num_components;
+  if (n != 1 && n != 3 && n != 4)
+    throw IOError(detail::concat("JPEG image '", name, "' has ", n,
+                                 " colour channels; only grey, RGB/YCbCr and CMYK/YCCK are supported (as in PIL)"));
+}
+
+ImageInfo jpeg_info(const std::vector<uint8_t>& bytes, const std::string& name) {
+  JpegDecoder d;
+  jpeg_open(d, bytes, name);
+  ImageInfo info;
+  info.width = static_cast<int>(d.cinfo.image_width);
+  info.height = static_cast<int>(d.cinfo.image_height);
+  info.channels = d.cinfo.num_components;
+  info.format = "jpeg";
+  return info;
+}
+
+Image decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits& limits) {
+  JpegDecoder d;
+  jpeg_open(d, bytes, name);
+  check_limits(d.cinfo.image_width, d.cinfo.image_height, name, limits);  // before any pixel buffer exists
+  const bool cmyk = d.cinfo.num_components == 4;
+  d.cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;  // grey is replicated, as PIL's L -> RGB
+  Image img(static_cast<int>(d.cinfo.image_width), static_cast<int>(d.cinfo.image_height));
+  std::vector<uint8_t> cmyk_pixels(cmyk ? img.pixels.size() / 3 * 4 : 0);
+  if (!jpeg_pixels(d, cmyk ? cmyk_pixels.data() : img.pixels.data()) || d.err.premature_end)
+    throw_jpeg_error(d, name);
+  if (cmyk) cmyk_to_rgb(cmyk_pixels.data(), img.pixels.data(), img.pixels.size() / 3);
+  return img;
+}
+#endif  // TL_HAVE_LIBJPEG
+
+// The fallback JPEG checks of the stb_image path (no libjpeg at build time).
+void check_jpeg_for_stb(const std::vector<uint8_t>& bytes, const std::string& name) {
+  const JpegMarkers jm = scan_jpeg_markers(bytes);
+  if (!jm.saw_scan || !jm.complete)
+    throw IOError(detail::concat("JPEG image '", name, "' is truncated (no end-of-image marker after the image data)"));
+  if (jm.components == 4 && jm.adobe_transform < 0)
+    throw IOError(detail::concat("JPEG image '", name,
+                                 "' has 4 colour channels (CMYK) but no Adobe marker saying how to convert "
+                                 "them to RGB; convert it to an RGB JPEG or PNG"));
+  if (jm.components != 1 && jm.components != 3 && jm.components != 4)
+    throw IOError(detail::concat("JPEG image '", name, "' has ", jm.components,
+                                 " colour channels; only grey, RGB and CMYK are supported"));
+}
+
+// A 16-bit single-channel PNG (bit depth 16, colour type 0) is mode "I" in PIL, and convert("RGB") clips each
+// value to 255 (it does not scale); every other 16-bit PNG keeps the high byte in PIL, as stb_image does.
+bool is_png_grey16(const std::vector<uint8_t>& b) {
+  return sniff_format(b) == "png" && b.size() >= 26 && std::memcmp(b.data() + 12, "IHDR", 4) == 0 && b[24] == 16 &&
+         b[25] == 0;
+}
+
+Image decode_png_grey16(const std::vector<uint8_t>& bytes, const std::string& name) {
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_us, void (*)(void*)> data(
+      stbi_load_16_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 1),
+      stbi_image_free);
+  if (!data) throw IOError(detail::concat("cannot decode png image '", name, "': ", stb_reason()));
+  Image img(w, h);
+  for (size_t i = 0; i < static_cast<size_t>(w) * h; ++i)
+    std::fill_n(img.pixels.data() + 3 * i, 3, static_cast<uint8_t>(std::min<int>(data.get()[i], 255)));
+  return img;
+}
+
+Image decode_stb(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format,
+                 const ImageLimits& limits) {
+  int64_t header_w = 0, header_h = 0;
+  if (header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, limits);
+  const ImageInfo info = stb_info(bytes, name, format);
+  if (info.width <= 0 || info.height <= 0)
+    throw IOError(detail::concat("image '", name, "' has an invalid size ", info.width, "x", info.height));
+  check_limits(info.width, info.height, name, limits);
+  if (format == "jpeg") check_jpeg_for_stb(bytes, name);
+  if (is_png_grey16(bytes)) return decode_png_grey16(bytes, name);
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
+  if (!data) throw IOError(detail::concat("cannot decode ", format, " image '", name, "': ", stb_reason()));
+  Image img(w, h);
+  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  return img;
 }
 
 }  // namespace
 
-ImageInfo read_image_info(const std::string& path) { return info_from_bytes(read_file(path), path, nullptr); }
+const char* jpeg_decoder_name() {
+#ifdef TL_HAVE_LIBJPEG
+  return "libjpeg-turbo";
+#else
+  return "stb_image";
+#endif
+}
+
+ImageInfo read_image_info(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  const std::string format = check_format(bytes, path);
+#ifdef TL_HAVE_LIBJPEG
+  if (format == "jpeg") return jpeg_info(bytes, path);
+#endif
+  return stb_info(bytes, path, format);
+}
 
 Image decode_image_memory(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits& limits) {
-  const ImageInfo info = info_from_bytes(bytes, name, &limits);
-  if (info.width <= 0 || info.height <= 0)
-    throw IOError(detail::concat("image '", name, "' has an invalid size ", info.width, "x", info.height));
-  check_limits(info.width, info.height, name, limits);
-  if (info.format == "jpeg") {
-    JpegMarkers jm = scan_jpeg_markers(bytes);
-    if (!jm.saw_scan || !jm.complete)
-      throw IOError(detail::concat("JPEG image '", name,
-                                   "' is truncated (no end-of-image marker after the image data)"));
-    if (jm.components == 4 && jm.adobe_transform < 0)
-      throw IOError(detail::concat("JPEG image '", name,
-                                   "' has 4 colour channels (CMYK) but no Adobe marker saying how to convert "
-                                   "them to RGB; convert it to an RGB JPEG or PNG"));
-    if (jm.components != 1 && jm.components != 3 && jm.components != 4)
-      throw IOError(detail::concat("JPEG image '", name, "' has ", jm.components,
-                                   " colour channels; only grey, RGB and CMYK are supported"));
-  }
-  int w = 0, h = 0, channels = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
-  if (!data) throw IOError(detail::concat("cannot decode ", info.format, " image '", name, "': ", stb_reason()));
-  Image img(w, h);
-  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
-  return img;
+  const std::string format = check_format(bytes, name);
+#ifdef TL_HAVE_LIBJPEG
+  if (format == "jpeg") return decode_jpeg(bytes, name, limits);
+#endif
+  return decode_stb(bytes, name, format, limits);
 }
 
 Image decode_image(const std::string& path, const ImageLimits& limits) {

@@ -1,0 +1,134 @@
+"""PIL reference for image decoding edge cases (tests/test_image.cpp).
+
+Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9.4, Debian) makes of them:
+  decode|<file>        Image.open(file).convert("RGB") as uint8 HWC (what torchvision's default loader gives)
+  pil_refuses|<file>   1 when PIL raises OSError on convert("RGB") (truncated files), else 0
+Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
+quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, corrupt entropy data,
+truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA chunk. PNG files are written
+by hand (zlib) so the bit depth and chunks are exactly what the case needs.
+YCCK, arithmetic-coded and restart-marker JPEGs cannot be written by PIL; tests/test_data.cpp writes them with
+libjpeg and asks tests/torch_ref/pil_decode.py for PIL's pixels.
+"""
+import io
+import os
+import struct
+import sys
+import zlib
+
+import numpy as np
+import torch
+from PIL import Image
+
+OUTDIR = sys.argv[1] if len(sys.argv) > 1 else "fixtures"
+IMG_DIR = os.path.join(OUTDIR, "image_files")
+
+
+def photo(h, w, seed, channels=3):
+    """A smooth, photo-like array with an edge and noise (uint8)."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros((h, w, channels))
+    for c in range(channels):
+        fx, fy, ph = rng.uniform(0.02, 0.2), rng.uniform(0.02, 0.2), rng.uniform(0, 6.28)
+        out[..., c] = 128 + 100 * np.sin(x * fx + y * fy + ph)
+    out[: h // 2, : w // 3] = rng.uniform(0, 255, channels)  # a sharp-edged block: chroma errors show here
+    out += rng.normal(0, 15, out.shape)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels, bit_depth, colour_type, extra_chunks=()):
+    """A PNG of `pixels` (H x W [x C], integers already in range for bit_depth), filter 0 on every row."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w = pixels.shape[:2]
+    flat = pixels.reshape(h, -1)
+    rows = []
+    for r in flat:
+        if bit_depth == 16:
+            raw = r.astype(">u2").tobytes()
+        elif bit_depth == 8:
+            raw = r.astype(np.uint8).tobytes()
+        else:  # 1, 2, 4 bits: pack samples big-end first
+            per = 8 // bit_depth
+            padded = np.zeros(-(-len(r) // per) * per, dtype=np.int64)
+            padded[: len(r)] = r
+            groups = padded.reshape(-1, per)
+            shifts = (8 - bit_depth * (np.arange(per) + 1)).astype(np.int64)
+            raw = np.sum(groups << shifts, axis=1).astype(np.uint8).tobytes()
+        rows.append(b"\x00" + raw)
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)
+    body = b"".join(chunk(k, d) for k, d in extra_chunks)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + body + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) +
+            chunk(b"IEND", b""))
+
+
+def jpeg_bytes(im, **kw):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def write_files():
+    files = {}
+
+    def put(name, data):
+        path = os.path.join(IMG_DIR, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        files[name] = path
+
+    rgb = Image.fromarray(photo(51, 75, 1))
+    put("sub420_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=2))
+    put("sub422_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=1))
+    put("sub444_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=0))
+    put("q100_420_33x17.jpg", jpeg_bytes(Image.fromarray(photo(17, 33, 2)), quality=100))
+    put("q30_420_64x48.jpg", jpeg_bytes(Image.fromarray(photo(48, 64, 3)), quality=30))
+    progressive = jpeg_bytes(Image.fromarray(photo(43, 61, 4)), quality=90, subsampling=1, progressive=True)
+    put("progressive_422_61x43.jpg", progressive)
+    put("grey_progressive_41x39.jpg", jpeg_bytes(Image.fromarray(photo(39, 41, 5)[..., 0], "L"), quality=80,
+                                                 progressive=True))
+    put("cmyk_53x29.jpg", jpeg_bytes(Image.fromarray(photo(29, 53, 6, channels=4), "CMYK"), quality=90))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    put("exif_orient6_64x40.jpg", jpeg_bytes(Image.fromarray(photo(40, 64, 7)), quality=90, exif=exif.tobytes()))
+
+    base = jpeg_bytes(Image.fromarray(photo(48, 80, 8)), quality=90)
+    assert base[-2:] == b"\xff\xd9"
+    put("no_eoi_80x48.jpg", base[:-2])  # PIL decodes it: every row is there, only the end marker is missing
+    sos = base.index(b"\xff\xda")
+    corrupt = bytearray(base)
+    for k in range(5):  # damage the entropy-coded data; libjpeg warns, PIL decodes (garbage blocks) anyway
+        at = sos + 200 + 97 * k
+        corrupt[at] = 0x5A if corrupt[at] != 0x5A else 0x3C
+    put("corrupt_data_80x48.jpg", bytes(corrupt))
+    put("truncated_80x48.jpg", base[: sos + (len(base) - sos) // 2])
+    put("truncated_progressive_61x43.jpg", progressive[:-300])
+
+    g16 = (np.arange(37 * 23).reshape(23, 37) * 71 % 65536).astype(np.int64)
+    g16[0, :5] = [0, 1, 254, 255, 256]  # around PIL's clip
+    put("grey16_37x23.png", png_bytes(g16, 16, 0))
+    rgb16 = np.random.RandomState(9).randint(0, 65536, (19, 31, 3))
+    put("rgb16_31x19.png", png_bytes(rgb16, 16, 2))
+    put("rgba16_17x13.png", png_bytes(np.random.RandomState(10).randint(0, 65536, (13, 17, 4)), 16, 6))
+    put("greyalpha16_15x11.png", png_bytes(np.random.RandomState(11).randint(0, 65536, (11, 15, 2)), 16, 4))
+    for bits in (1, 2, 4):
+        g = np.random.RandomState(12 + bits).randint(0, 1 << bits, (9, 21))
+        put(f"grey{bits}bit_21x9.png", png_bytes(g, bits, 0))
+    # gAMA 1.0 (100000): a viewer applying gamma would brighten the mid-tones a lot; PIL ignores it.
+    put("gamma1_40x30.png", png_bytes(photo(30, 40, 13), 8, 2, [(b"gAMA", struct.pack(">I", 100000))]))
+    return files
+
+
+def build():
+    os.makedirs(IMG_DIR, exist_ok=True)
+    out = {}
+    for name, path in write_files().items():
+        try:
+            rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+            out[f"decode|{name}"] = torch.from_numpy(rgb.copy())
+            out[f"pil_refuses|{name}"] = torch.tensor([0], dtype=torch.int32)
+        except OSError:
+            out[f"pil_refuses|{name}"] = torch.tensor([1], dtype=torch.int32)
+    return out
