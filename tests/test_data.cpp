@@ -245,7 +245,7 @@ TEST(DataDecode, EdgeCasesMatchPIL) {
     ++exact;
   }
   if (kJpegLikePIL) {
-    EXPECT_EQ(exact, 18);
+    EXPECT_EQ(exact, 19);
     EXPECT_EQ(refused, 3);  // truncated baseline, truncated progressive, no end-of-image marker
   }
   // EXIF orientation 6 is ignored, as torchvision's loader ignores it: stored 64 wide, 40 high, not rotated.
@@ -516,6 +516,19 @@ TEST(DataTransforms, ResizedCropMatchesTorchvision) {
     ++checked;
   }
   EXPECT_GE(checked, 30);
+}
+
+// A JPEG file through the whole eval pipeline (decode, Resize(256), CenterCrop(224), ToTensor, Normalize) gives
+// torchvision's input tensor; bit-exact now that JPEG pixels equal PIL's (the fallback build is a few levels off).
+TEST(DataTransforms, JpegThroughTheValPipelineMatchesTorchvision) {
+  if (!kJpegLikePIL) GTEST_SKIP() << "built without libjpeg: JPEG pixels are not PIL's";
+  const Tensor& ref = fixture("image").at("val|photo_500x375.jpg");
+  const Image src = decode_image(std::string(TL_FIXTURE_DIR) + "/image_files/photo_500x375.jpg");
+  EXPECT_EQ(dims(src), "375x500");
+  Tensor ours = Tensor::empty(ref.shape());
+  Rng rng(0);
+  eval_transform(256, 224)(src, rng, ours.data_as<float>());
+  expect_close(ours, ref, 1e-7, "val pipeline of a JPEG");
 }
 
 TEST(DataTransforms, RandomResizedCropSamplesLikeTorchvision) {

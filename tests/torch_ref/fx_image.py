@@ -3,6 +3,8 @@
 Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9.4, Debian) makes of them:
   decode|<file>        Image.open(file).convert("RGB") as uint8 HWC (what torchvision's default loader gives)
   pil_refuses|<file>   1 when PIL raises OSError on convert("RGB") (truncated files), else 0
+  val|<file>           torchvision's eval pipeline Resize(256), CenterCrop(224), ToTensor, Normalize of a
+                       500x375 JPEG (float32 CHW): JPEG file to network input, end to end
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
 quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, corrupt entropy data,
 truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA chunk. PNG files are written
@@ -18,6 +20,7 @@ import zlib
 
 import numpy as np
 import torch
+import torchvision.transforms as T
 from PIL import Image
 
 OUTDIR = sys.argv[1] if len(sys.argv) > 1 else "fixtures"
@@ -80,6 +83,7 @@ def write_files():
         files[name] = path
 
     rgb = Image.fromarray(photo(51, 75, 1))
+    put("photo_500x375.jpg", jpeg_bytes(Image.fromarray(photo(375, 500, 14)), quality=85))
     put("sub420_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=2))
     put("sub422_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=1))
     put("sub444_75x51.jpg", jpeg_bytes(rgb, quality=85, subsampling=0))
@@ -131,4 +135,7 @@ def build():
             out[f"pil_refuses|{name}"] = torch.tensor([0], dtype=torch.int32)
         except OSError:
             out[f"pil_refuses|{name}"] = torch.tensor([1], dtype=torch.int32)
+    val = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    out["val|photo_500x375.jpg"] = val(Image.open(os.path.join(IMG_DIR, "photo_500x375.jpg")).convert("RGB"))
     return out
