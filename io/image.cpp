@@ -252,7 +252,11 @@ bool jpeg_pixels(JpegDecoder& d, uint8_t* out) {
   const size_t row_bytes = static_cast<size_t>(d.cinfo.output_width) * d.cinfo.output_components;
   while (d.cinfo.output_scanline < d.cinfo.output_height) {
     JSAMPROW row = out + d.cinfo.output_scanline * row_bytes;
-    if (jpeg_read_scanlines(&d.cinfo, &row, 1) != 1) return true;  // cannot happen with a memory source
+    if (jpeg_read_scanlines(&d.cinfo, &row, 1) != 1) {  // a memory source never suspends; be safe anyway
+      std::snprintf(d.err.message, sizeof(d.err.message), "the decoder stopped at row %u of %u",
+                    d.cinfo.output_scanline, d.cinfo.output_height);
+      return false;
+    }
   }
   jpeg_finish_decompress(&d.cinfo);
   return true;
@@ -292,6 +296,8 @@ Image decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& name, co
   check_limits(d.cinfo.image_width, d.cinfo.image_height, name, limits);  // before any pixel buffer exists
   const bool cmyk = d.cinfo.num_components == 4;
   d.cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;  // grey is replicated, as PIL's L -> RGB
+  d.cinfo.dct_method = JDCT_ISLOW;                       // libjpeg's defaults, which PIL keeps (only its draft
+  d.cinfo.do_fancy_upsampling = TRUE;                    // mode, never used by torchvision, takes IFAST)
   Image img(static_cast<int>(d.cinfo.image_width), static_cast<int>(d.cinfo.image_height));
   std::vector<uint8_t> cmyk_pixels(cmyk ? img.pixels.size() / 3 * 4 : 0);
   if (!jpeg_pixels(d, cmyk ? cmyk_pixels.data() : img.pixels.data()) || d.err.premature_end)
