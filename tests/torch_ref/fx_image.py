@@ -1,8 +1,9 @@
-"""PIL reference for image decoding edge cases (tests/test_image.cpp).
+"""PIL reference for image decoding edge cases (tests/test_data.cpp, DataDecode.* and DataTransforms.Jpeg*).
 
 Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9.4, Debian) makes of them:
   decode|<file>        Image.open(file).convert("RGB") as uint8 HWC (what torchvision's default loader gives)
   pil_refuses|<file>   1 when PIL raises OSError on convert("RGB") (truncated files), else 0
+  pil_libjpeg_turbo    1 when this PIL decodes JPEG with libjpeg-turbo (then tlengine's JPEG pixels equal PIL's)
   val|<file>           torchvision's eval pipeline Resize(256), CenterCrop(224), ToTensor, Normalize of a
                        500x375 JPEG (float32 CHW): JPEG file to network input, end to end
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
@@ -21,7 +22,7 @@ import zlib
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, features
 
 OUTDIR = sys.argv[1] if len(sys.argv) > 1 else "fixtures"
 IMG_DIR = os.path.join(OUTDIR, "image_files")
@@ -137,5 +138,6 @@ def build():
             out[f"pil_refuses|{name}"] = torch.tensor([1], dtype=torch.int32)
     val = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    out["pil_libjpeg_turbo"] = torch.tensor([int(bool(features.check_feature("libjpeg_turbo")))], dtype=torch.int32)
     out["val|photo_500x375.jpg"] = val(Image.open(os.path.join(IMG_DIR, "photo_500x375.jpg")).convert("RGB"))
     return out
