@@ -136,8 +136,8 @@ void check_limits(int64_t w, int64_t h, const std::string& name, const ImageLimi
   if (w > limits.max_side || h > limits.max_side || w * h > limits.max_pixels)
     throw IOError(detail::concat("image '", name, "' says it is ", w, "x", h, " pixels, over the limit of ",
                                  limits.max_side, " pixels a side and ", limits.max_pixels,
-                                 " pixels in all: a corrupt header or a decompression bomb; nothing was decoded. "
-                                 "Shrink the image, or raise the limit (ImageLimits) if it is genuine"));
+                                 " pixels in all: a corrupt header or a decompression bomb; nothing was decoded. If the image is "
+                                 "genuine, shrink it (e.g. `convert in.jpg -resize 8192x8192 out.jpg`)"));
 }
 
 std::string stb_reason() {
