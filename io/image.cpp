@@ -195,7 +195,8 @@ struct JpegErrors {
   jpeg_error_mgr pub;
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
-  bool premature_end = false;  // the data ran out
+  bool all_rows = false;       // every pixel row has been decoded
+  bool premature_end = false;  // the data ran out before that
 };
 
 [[noreturn]] void jpeg_fail(j_common_ptr cinfo) {
@@ -205,11 +206,13 @@ struct JpegErrors {
 }
 
 // Warnings about corrupt entropy-coded data are ignored, as Pillow ignores them (same pixels as PIL). Running
-// out of data is remembered: where libjpeg's memory source warns "Premature end of JPEG file", Pillow's
-// suspending source asks for more data and PIL raises "image file is truncated" (also for a file that only
-// lacks its end-of-image marker: libjpeg reads past the last block's bits for it).
+// out of data before the last pixel row is remembered: where libjpeg's memory source warns "Premature end of
+// JPEG file", Pillow's suspending source asks for more data and PIL raises "image file is truncated" (also for
+// a file that only lacks its end-of-image marker, as libjpeg reads past the last block's bits for it). After the
+// last row (in jpeg_finish_decompress) Pillow does not mind a missing end, and neither do we.
 void jpeg_message(j_common_ptr cinfo, int level) {
-  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->premature_end = true;
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF && !err->all_rows) err->premature_end = true;
 }
 
 void jpeg_scan_limit(j_common_ptr cinfo) {
@@ -258,6 +261,7 @@ bool jpeg_pixels(JpegDecoder& d, uint8_t* out) {
       return false;
     }
   }
+  d.err.all_rows = true;
   jpeg_finish_decompress(&d.cinfo);
   return true;
 }
@@ -265,7 +269,7 @@ bool jpeg_pixels(JpegDecoder& d, uint8_t* out) {
 [[noreturn]] void throw_jpeg_error(const JpegDecoder& d, const std::string& name) {
   if (d.err.premature_end)
     throw IOError(detail::concat("JPEG image '", name,
-                                 "' is truncated: the data ends before the end-of-image marker (PIL refuses it too, "
+                                 "' is truncated: the data ends before the last pixel row (PIL refuses it too, "
                                  "'image file is truncated'); copy or export the file again"));
   throw IOError(detail::concat("cannot decode JPEG image '", name, "': ", d.err.message,
                                " (libjpeg); the file is corrupt or not a JPEG that PIL can read"));

@@ -13,9 +13,10 @@
 // - EXIF orientation is ignored (the stored pixels, unrotated), as torchvision's loader ignores it (it never
 //   calls ImageOps.exif_transpose).
 // Bad files throw IOError naming the file and the reason: missing, empty, not an image, unsupported format,
-// corrupt, truncated (a JPEG whose data ends before its end-of-image marker, as PIL's "image file is truncated"
-// without LOAD_TRUNCATED_IMAGES; corrupt entropy-coded data that PIL decodes with libjpeg warnings is decoded the
-// same way, to the same pixels), or over ImageLimits.
+// corrupt, truncated (a JPEG whose data ends before libjpeg has produced the last pixel row, which includes a
+// file that lacks only its end-of-image marker: PIL's "image file is truncated" without LOAD_TRUNCATED_IMAGES;
+// data missing after the last row is accepted, as PIL accepts it; corrupt entropy-coded data that PIL decodes
+// with libjpeg warnings is decoded the same way, to the same pixels), or over ImageLimits.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -248,7 +248,7 @@ TEST(DataDecode, EdgeCasesMatchPIL) {
     ++exact;
   }
   if (jpeg_like_pil()) {
-    EXPECT_EQ(exact, 19);
+    EXPECT_EQ(exact, 20);
     EXPECT_EQ(refused, 3);  // truncated baseline, truncated progressive, no end-of-image marker
   }
   // EXIF orientation 6 is ignored, as torchvision's loader ignores it: stored 64 wide, 40 high, not rotated.

@@ -7,9 +7,9 @@ Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9
   val|<file>           torchvision's eval pipeline Resize(256), CenterCrop(224), ToTensor, Normalize of a
                        500x375 JPEG (float32 CHW): JPEG file to network input, end to end
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
-quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, corrupt entropy data,
-truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA chunk. PNG files are written
-by hand (zlib) so the bit depth and chunks are exactly what the case needs.
+quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, a file cut after its last
+row, corrupt entropy data, truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA
+chunk. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
 YCCK, arithmetic-coded and restart-marker JPEGs cannot be written by PIL; tests/test_data.cpp writes them with
 libjpeg and asks tests/torch_ref/pil_decode.py for PIL's pixels.
 """
@@ -101,7 +101,10 @@ def write_files():
 
     base = jpeg_bytes(Image.fromarray(photo(48, 80, 8)), quality=90)
     assert base[-2:] == b"\xff\xd9"
-    put("no_eoi_80x48.jpg", base[:-2])  # PIL decodes it: every row is there, only the end marker is missing
+    put("no_eoi_80x48.jpg", base[:-2])  # PIL refuses it: libjpeg looks past the last block's bits for a marker
+    # After the last row, a comment segment cut short where the end marker should be: libjpeg only runs out of
+    # data in jpeg_finish_decompress, and PIL decodes the file.
+    put("cut_after_rows_80x48.jpg", base[:-2] + b"\xff\xfe\x00\x10ab")
     sos = base.index(b"\xff\xda")
     corrupt = bytearray(base)
     for k in range(5):  # damage the entropy-coded data; libjpeg warns, PIL decodes (garbage blocks) anyway
