@@ -3,6 +3,7 @@
 #include "io/image.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,10 @@
 
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb/stb_image_write.h>
+
+#ifdef TL_HAVE_ZLIB
+#include <zlib.h>
+#endif
 
 #ifdef TL_HAVE_LIBJPEG
 #include <csetjmp>
@@ -344,6 +349,144 @@ Image decode_png_grey16(const std::vector<uint8_t>& bytes, const std::string& na
   return img;
 }
 
+// ---- PNG integrity, checked as PIL checks it (stb_image checks neither CRCs nor the zlib checksum, and would
+// decode corrupt data to garbage where PIL refuses the file).
+
+uint32_t png_crc(const uint8_t* p, size_t n) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return crc ^ 0xFFFFFFFFu;
+}
+
+enum class ZlibCheck { ok, damaged, too_large, damaged_or_too_large };
+
+#ifdef TL_HAVE_ZLIB
+// Inflates the whole stream into a small reused buffer, zlib checking the Adler-32 at its end.
+ZlibCheck check_zlib_stream(const std::vector<uint8_t>& z, int64_t bound) {
+  z_stream s{};
+  if (z.size() > UINT32_MAX || inflateInit(&s) != Z_OK) return ZlibCheck::damaged;
+  std::vector<unsigned char> buf(1 << 16);
+  s.next_in = const_cast<Bytef*>(z.data());
+  s.avail_in = static_cast<uInt>(z.size());
+  int64_t total = 0;
+  int rc = Z_OK;
+  while (rc == Z_OK && total <= bound) {
+    s.next_out = buf.data();
+    s.avail_out = static_cast<uInt>(buf.size());
+    rc = inflate(&s, Z_NO_FLUSH);
+    total += static_cast<int64_t>(buf.size() - s.avail_out);
+  }
+  inflateEnd(&s);
+  if (total > bound) return ZlibCheck::too_large;
+  return rc == Z_STREAM_END ? ZlibCheck::ok : ZlibCheck::damaged;
+}
+#else
+uint32_t adler32(const uint8_t* p, size_t n) {
+  uint32_t a = 1, b = 0;
+  while (n > 0) {
+    const size_t block = std::min<size_t>(n, 5552);  // the most bytes before b can overflow 32 bits
+    for (size_t i = 0; i < block; ++i) b += a += p[i];
+    a %= 65521;
+    b %= 65521;
+    p += block;
+    n -= block;
+  }
+  return (b << 16) | a;
+}
+
+// stb_image's inflate (slower than zlib's) into a buffer of the most the image may need, then the Adler-32.
+ZlibCheck check_zlib_stream(const std::vector<uint8_t>& z, int64_t bound) {
+  if (bound >= INT32_MAX || z.size() >= static_cast<size_t>(INT32_MAX) || z.size() < 6) return ZlibCheck::ok;
+  std::vector<char> raw(static_cast<size_t>(bound));
+  const int got = stbi_zlib_decode_buffer(raw.data(), static_cast<int>(bound), reinterpret_cast<const char*>(z.data()),
+                                          static_cast<int>(z.size()));
+  if (got < 0) return ZlibCheck::damaged_or_too_large;
+  const bool sum_ok = adler32(reinterpret_cast<const uint8_t*>(raw.data()), static_cast<size_t>(got)) ==
+                      be32(z.data() + z.size() - 4);
+  return sum_ok ? ZlibCheck::ok : ZlibCheck::damaged;
+}
+#endif
+
+// The most bytes the zlib stream of a PNG with this header may inflate to (scanlines with their filter bytes;
+// interlacing adds at most a filter byte and a partial byte per row of each of the 7 passes).
+int64_t png_raw_bound(const std::vector<uint8_t>& b) {
+  const int64_t w = be32(b.data() + 16), h = be32(b.data() + 20), depth = b[24], type = b[25];
+  const int64_t channels = type == 2 ? 3 : type == 4 ? 2 : type == 6 ? 4 : 1;
+  return h * (1 + (w * channels * depth + 7) / 8) + 14 * h + 64;
+}
+
+// A chunk type for a message: its letters, or ? for other bytes (a damaged file may hold anything there).
+std::string printable(std::string s) {
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '?';
+  return s;
+}
+
+[[noreturn]] void throw_broken_png(const std::string& name, const std::string& what) {
+  throw IOError(detail::concat("PNG image '", name, "' is corrupt: ", what, "; copy or export the file again"));
+}
+
+// PIL's checks: the CRC of every chunk before the image data ("broken PNG file"; PIL does not check the CRCs of
+// IDAT and later chunks), and the zlib stream of the image data, with its Adler-32 ("broken data stream"). The
+// stream must inflate to no more than the header's image needs (a zlib bomb is refused; PIL would stop reading).
+// PIL reads nothing after the image data: returns 0 when an IEND chunk follows it (the normal file), else where
+// the image data ends, for stb_image to get the file up to there with an IEND chunk (it refuses a file without
+// IEND, or with an unknown critical chunk after the data).
+size_t check_png_like_pil(const std::vector<uint8_t>& b, const std::string& name) {
+  std::vector<uint8_t> idat;
+  size_t pos = 8, data_end = 0;
+  bool iend_follows = false;
+  while (pos + 12 <= b.size()) {
+    const size_t len = be32(b.data() + pos);
+    const std::string type(reinterpret_cast<const char*>(b.data()) + pos + 4, 4);
+    if (len > b.size() - pos - 12) break;  // cut short: stb_image or the zlib check below reports it
+    if (type == "IDAT") {
+      idat.insert(idat.end(), b.begin() + pos + 8, b.begin() + pos + 8 + len);
+      data_end = pos + 12 + len;
+    } else if (data_end == 0 && png_crc(b.data() + pos + 4, len + 4) != be32(b.data() + pos + 8 + len)) {
+      throw_broken_png(name, "bad checksum in the " + printable(type) + " chunk (PIL refuses it too)");
+    } else if (data_end != 0) {
+      iend_follows = type == "IEND" && pos == data_end;
+      break;
+    }
+    pos += 12 + len;
+  }
+  if (idat.size() < 6 || b.size() < 26) return 0;  // no image data: stb_image says so
+  const std::string size = std::to_string(be32(b.data() + 16)) + "x" + std::to_string(be32(b.data() + 20));
+  switch (check_zlib_stream(idat, png_raw_bound(b))) {
+    case ZlibCheck::ok: break;
+    case ZlibCheck::damaged: throw_broken_png(name, "the compressed image data is damaged or cut short");
+    case ZlibCheck::too_large: throw_broken_png(name, "the compressed image data inflates to more than the " + size +
+                                                          " pixels of its header need (a zlib bomb)");
+    case ZlibCheck::damaged_or_too_large:
+      throw_broken_png(name, "the compressed image data is damaged, cut short, or inflates to more than the " + size +
+                                 " pixels of its header need (a zlib bomb)");
+  }
+  return iend_follows ? 0 : data_end;
+}
+
+std::vector<uint8_t> with_iend(const std::vector<uint8_t>& b, size_t end) {
+  static const uint8_t kIend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+  std::vector<uint8_t> out(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(end));
+  out.insert(out.end(), kIend, kIend + 12);
+  return out;
+}
+
+// stb_image's pixels, the checks done.
+Image stb_pixels(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
+  if (is_png_grey16(bytes)) return decode_png_grey16(bytes, name);
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
+  if (!data) throw IOError(detail::concat("cannot decode ", format, " image '", name, "': ", stb_reason()));
+  Image img(w, h);
+  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  return img;
+}
+
 Image decode_stb(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format,
                  const ImageLimits& limits) {
   int64_t header_w = 0, header_h = 0;
@@ -353,14 +496,11 @@ Image decode_stb(const std::vector<uint8_t>& bytes, const std::string& name, con
     throw IOError(detail::concat("image '", name, "' has an invalid size ", info.width, "x", info.height));
   check_limits(info.width, info.height, name, limits);
   if (format == "jpeg") check_jpeg_for_stb(bytes, name);
-  if (is_png_grey16(bytes)) return decode_png_grey16(bytes, name);
-  int w = 0, h = 0, channels = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
-  if (!data) throw IOError(detail::concat("cannot decode ", format, " image '", name, "': ", stb_reason()));
-  Image img(w, h);
-  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
-  return img;
+  if (format == "png") {
+    const size_t data_end = check_png_like_pil(bytes, name);
+    if (data_end) return stb_pixels(with_iend(bytes, data_end), name, format);
+  }
+  return stb_pixels(bytes, name, format);
 }
 
 }  // namespace

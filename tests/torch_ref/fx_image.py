@@ -9,7 +9,7 @@ Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
 quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, a file cut after its last
 row, corrupt entropy data, truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA
-chunk. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
+chunk, damaged chunks and zlib data, a zlib bomb. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
 YCCK, arithmetic-coded and restart-marker JPEGs cannot be written by PIL; tests/test_data.cpp writes them with
 libjpeg and asks tests/torch_ref/pil_decode.py for PIL's pixels.
 """
@@ -41,10 +41,13 @@ def photo(h, w, seed, channels=3):
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def png_bytes(pixels, bit_depth, colour_type, extra_chunks=()):
     """A PNG of `pixels` (H x W [x C], integers already in range for bit_depth), filter 0 on every row."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    chunk = _chunk
 
     h, w = pixels.shape[:2]
     flat = pixels.reshape(h, -1)
@@ -126,7 +129,40 @@ def write_files():
         put(f"grey{bits}bit_21x9.png", png_bytes(g, bits, 0))
     # gAMA 1.0 (100000): a viewer applying gamma would brighten the mid-tones a lot; PIL ignores it.
     put("gamma1_40x30.png", png_bytes(photo(30, 40, 13), 8, 2, [(b"gAMA", struct.pack(">I", 100000))]))
+    png_damage_cases(put, png_bytes(photo(30, 40, 15), 8, 2, [(b"gAMA", struct.pack(">I", 45455))]))
     return files
+
+
+def png_damage_cases(put, good):
+    """Damaged PNGs: PIL refuses a bad CRC before the image data and a damaged zlib stream, and accepts a bad
+    IDAT CRC, a missing IEND and junk after the image data. The zlib bomb (16x16 pixels, 24 MB of zeros) PIL
+    accepts, as it stops reading once the rows are full; tlengine refuses it (tested separately)."""
+    def find(b, kind):
+        pos = 8
+        while b[pos + 4:pos + 8] != kind:
+            pos += 12 + struct.unpack(">I", b[pos:pos + 4])[0]
+        return pos, struct.unpack(">I", b[pos:pos + 4])[0]
+
+    def fix_crc(b, pos, n):
+        b[pos + 8 + n:pos + 12 + n] = struct.pack(">I", zlib.crc32(bytes(b[pos + 4:pos + 8 + n])) & 0xFFFFFFFF)
+
+    b = bytearray(good)
+    pos, n = find(b, b"gAMA")
+    b[pos + 8 + n] ^= 1
+    put("bad_crc_gama_40x30.png", bytes(b))
+    b = bytearray(good)
+    pos, n = find(b, b"IDAT")
+    b[pos + 8 + n // 2] ^= 0x10
+    fix_crc(b, pos, n)
+    put("bad_deflate_40x30.png", bytes(b))
+    b = bytearray(good)
+    b[pos + 8 + n] ^= 1
+    put("idat_crc_wrong_40x30.png", bytes(b))
+    put("no_iend_40x30.png", good[:-12])
+    put("junk_after_data_40x30.png", good[:-12] + b"\x00\x00\x00\x00IEN_\x00\x00\x00\x00")
+    rows = b"".join(b"\x00" + bytes(16 * 3) for _ in range(16)) + bytes(24 << 20)
+    put("zlib_bomb_16x16.png", png_bytes(np.zeros((16, 16, 3), np.uint8), 8, 2)[:33] +
+        _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b""))
 
 
 def build():
