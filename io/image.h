@@ -10,6 +10,10 @@
 //   blended), palettes are expanded. 16-bit PNG: RGB/RGBA/grey+alpha keep the high byte of each value; 16-bit
 //   grey is PIL mode "I", whose convert("RGB") clips each value to 255 (0..65535 -> min(v, 255): a normal 16-bit
 //   photo turns almost white in PIL and here alike). The gAMA, sRGB and iCCP chunks are ignored, as PIL does.
+//   PNG integrity as PIL checks it: a bad CRC in a chunk before the image data, or damaged compressed data (zlib
+//   stream or its Adler-32), is refused; a bad IDAT/IEND CRC, a missing IEND or junk after the image data is
+//   accepted. Image data inflating to more than the header's size needs (a zlib bomb) is refused (PIL stops
+//   reading and decodes it). PIL decodes a file damaged only after its last row; we refuse it (rare).
 // - EXIF orientation is ignored (the stored pixels, unrotated), as torchvision's loader ignores it (it never
 //   calls ImageOps.exif_transpose).
 // Bad files throw IOError naming the file and the reason: missing, empty, not an image, unsupported format,
