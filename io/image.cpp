@@ -3,6 +3,7 @@
 #include "io/image.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -22,6 +23,17 @@
 
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb/stb_image_write.h>
+
+#ifdef TL_HAVE_ZLIB
+#include <zlib.h>
+#endif
+
+#ifdef TL_HAVE_LIBJPEG
+#include <csetjmp>
+#include <cstdio>  // jpeglib.h needs FILE and size_t first
+#include <jerror.h>
+#include <jpeglib.h>
+#endif
 
 namespace tl::io {
 namespace {
@@ -127,9 +139,10 @@ bool header_size(const std::vector<uint8_t>& b, const std::string& format, int64
 
 void check_limits(int64_t w, int64_t h, const std::string& name, const ImageLimits& limits) {
   if (w > limits.max_side || h > limits.max_side || w * h > limits.max_pixels)
-    throw IOError(detail::concat("image '", name, "' is ", w, "x", h, " pixels, over the limit of ", limits.max_side,
-                                 " pixels a side and ", limits.max_pixels,
-                                 " pixels in all; shrink it or raise the limit"));
+    throw IOError(detail::concat("image '", name, "' says it is ", w, "x", h, " pixels, over the limit of ",
+                                 limits.max_side, " pixels a side and ", limits.max_pixels,
+                                 " pixels in all: a corrupt header or a decompression bomb; nothing was decoded. If the image is "
+                                 "genuine, shrink it (e.g. `convert in.jpg -resize 8192x8192 out.jpg`)"));
 }
 
 std::string stb_reason() {
@@ -137,7 +150,8 @@ std::string stb_reason() {
   return why ? why : "unknown decoder error";
 }
 
-ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits* limits) {
+// The container format, after refusing empty files and formats tlengine does not decode.
+std::string check_format(const std::vector<uint8_t>& bytes, const std::string& name) {
   if (bytes.empty()) throw IOError(detail::concat("image '", name, "' is an empty file (0 bytes)"));
   const std::string format = sniff_format(bytes);
   if (format == "tiff" || format == "webp" || format == "gif")
@@ -145,51 +159,375 @@ ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& 
                                  kSupported, "); convert it, e.g. with `convert in out.png`"));
   if (format.empty())
     throw IOError(detail::concat("'", name, "' is not an image file (unknown format; ", kSupported, ")"));
-  ImageInfo info;
-  info.format = format;
-  int64_t header_w = 0, header_h = 0;
-  if (limits && header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, *limits);
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     throw IOError(detail::concat("image '", name, "' is larger than 2 GiB"));
+  return format;
+}
+
+ImageInfo stb_info(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
+  ImageInfo info;
+  info.format = format;
   if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,
                              &info.channels))
     throw IOError(detail::concat("cannot read the header of ", format, " image '", name, "': ", stb_reason()));
-  if (format == "jpeg") {
-    JpegMarkers jm = scan_jpeg_markers(bytes);
-    if (jm.components == 4) info.channels = 4;
-  }
+  if (format == "jpeg" && scan_jpeg_markers(bytes).components == 4) info.channels = 4;
   return info;
+}
+
+#ifdef TL_HAVE_LIBJPEG
+// ---- JPEG through libjpeg-turbo, set up as Pillow's JpegDecode.c does: libjpeg's defaults (islow IDCT, fancy
+// upsampling, its own YCbCr/YCCK conversion), RGB out for grey and colour files, CMYK out for 4-channel files.
+// Same library, same settings: the pixels equal PIL's Image.open(f).convert("RGB").
+
+// PIL's convert("RGB") of the CMYK pixels libjpeg returns. PIL reads every 4-channel JPEG with Adobe's
+// inverted convention (rawmode "CMYK;I": C = 255 - stored) and converts with Pillow's cmyk2rgb,
+// R = K' - muldiv255(C, K') where K' = 255 - K = the stored K byte.
+void cmyk_to_rgb(const uint8_t* in, uint8_t* out, size_t pixels) {
+  for (size_t i = 0; i < pixels; ++i, in += 4, out += 3) {
+    const int nk = in[3];
+    for (int c = 0; c < 3; ++c) {
+      const int t = (255 - in[c]) * nk + 128;
+      out[c] = static_cast<uint8_t>(nk - (((t >> 8) + t) >> 8));
+    }
+  }
+}
+
+constexpr int kMaxJpegScans = 1000;  // real progressive files have about 10; thousands of scans is a CPU attack
+
+// libjpeg's error manager. libjpeg is C: its fatal errors leave through longjmp to the setjmp of the function
+// that called it (no C++ object lives in the frames skipped), never through a C++ exception.
+struct JpegErrors {
+  jpeg_error_mgr pub;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+  bool all_rows = false;       // every pixel row has been decoded
+  bool premature_end = false;  // the data ran out before that
+};
+
+[[noreturn]] void jpeg_fail(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// Warnings about corrupt entropy-coded data are ignored, as Pillow ignores them (same pixels as PIL). Running
+// out of data before the last pixel row is remembered: where libjpeg's memory source warns "Premature end of
+// JPEG file", Pillow's suspending source asks for more data and PIL raises "image file is truncated" (also for
+// a file that only lacks its end-of-image marker, as libjpeg reads past the last block's bits for it). After the
+// last row (in jpeg_finish_decompress) Pillow does not mind a missing end, and neither do we.
+void jpeg_message(j_common_ptr cinfo, int level) {
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF && !err->all_rows) err->premature_end = true;
+}
+
+void jpeg_scan_limit(j_common_ptr cinfo) {
+  auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
+  if (d->input_scan_number <= kMaxJpegScans) return;
+  auto* err = reinterpret_cast<JpegErrors*>(cinfo->err);
+  std::snprintf(err->message, sizeof(err->message), "more than %d scans (a hostile progressive file)",
+                kMaxJpegScans);
+  std::longjmp(err->jump, 1);
+}
+
+struct JpegDecoder {
+  jpeg_decompress_struct cinfo{};
+  JpegErrors err{};
+  jpeg_progress_mgr progress{};
+  JpegDecoder() = default;
+  JpegDecoder(const JpegDecoder&) = delete;
+  JpegDecoder& operator=(const JpegDecoder&) = delete;
+  ~JpegDecoder() { jpeg_destroy_decompress(&cinfo); }  // safe on a zeroed or half-made struct
+};
+
+// Reads the markers up to the first scan. false on a libjpeg error (message in d.err).
+bool jpeg_header(JpegDecoder& d, const std::vector<uint8_t>& bytes) {
+  d.cinfo.err = jpeg_std_error(&d.err.pub);
+  d.err.pub.error_exit = jpeg_fail;
+  d.err.pub.emit_message = jpeg_message;
+  if (setjmp(d.err.jump)) return false;
+  jpeg_create_decompress(&d.cinfo);
+  d.progress.progress_monitor = jpeg_scan_limit;
+  d.cinfo.progress = &d.progress;
+  jpeg_mem_src(&d.cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&d.cinfo, TRUE);
+  return true;
+}
+
+// Decodes every row into out (output_width * output_components bytes a row). false on a libjpeg error.
+bool jpeg_pixels(JpegDecoder& d, uint8_t* out) {
+  if (setjmp(d.err.jump)) return false;
+  jpeg_start_decompress(&d.cinfo);
+  const size_t row_bytes = static_cast<size_t>(d.cinfo.output_width) * d.cinfo.output_components;
+  while (d.cinfo.output_scanline < d.cinfo.output_height) {
+    JSAMPROW row = out + d.cinfo.output_scanline * row_bytes;
+    if (jpeg_read_scanlines(&d.cinfo, &row, 1) != 1) {  // a memory source never suspends; be safe anyway
+      std::snprintf(d.err.message, sizeof(d.err.message), "the decoder stopped at row %u of %u",
+                    d.cinfo.output_scanline, d.cinfo.output_height);
+      return false;
+    }
+  }
+  d.err.all_rows = true;
+  jpeg_finish_decompress(&d.cinfo);
+  return true;
+}
+
+[[noreturn]] void throw_jpeg_error(const JpegDecoder& d, const std::string& name) {
+  if (d.err.premature_end)
+    throw IOError(detail::concat("JPEG image '", name,
+                                 "' is truncated: the data ends before the last pixel row (PIL refuses it too, "
+                                 "'image file is truncated'); copy or export the file again"));
+  throw IOError(detail::concat("cannot decode JPEG image '", name, "': ", d.err.message,
+                               " (libjpeg); the file is corrupt or not a JPEG that PIL can read"));
+}
+
+void jpeg_open(JpegDecoder& d, const std::vector<uint8_t>& bytes, const std::string& name) {
+  if (!jpeg_header(d, bytes) || d.err.premature_end) throw_jpeg_error(d, name);
+  const int n = d.cinfo.num_components;
+  if (n != 1 && n != 3 && n != 4)
+    throw IOError(detail::concat("JPEG image '", name, "' has ", n,
+                                 " colour channels; only grey, RGB/YCbCr and CMYK/YCCK are supported (as in PIL)"));
+}
+
+ImageInfo jpeg_info(const std::vector<uint8_t>& bytes, const std::string& name) {
+  JpegDecoder d;
+  jpeg_open(d, bytes, name);
+  ImageInfo info;
+  info.width = static_cast<int>(d.cinfo.image_width);
+  info.height = static_cast<int>(d.cinfo.image_height);
+  info.channels = d.cinfo.num_components;
+  info.format = "jpeg";
+  return info;
+}
+
+Image decode_jpeg(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits& limits) {
+  JpegDecoder d;
+  jpeg_open(d, bytes, name);
+  check_limits(d.cinfo.image_width, d.cinfo.image_height, name, limits);  // before any pixel buffer exists
+  const bool cmyk = d.cinfo.num_components == 4;
+  d.cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;  // grey is replicated, as PIL's L -> RGB
+  d.cinfo.dct_method = JDCT_ISLOW;                       // libjpeg's defaults, which PIL keeps (only its draft
+  d.cinfo.do_fancy_upsampling = TRUE;                    // mode, never used by torchvision, takes IFAST)
+  Image img(static_cast<int>(d.cinfo.image_width), static_cast<int>(d.cinfo.image_height));
+  std::vector<uint8_t> cmyk_pixels(cmyk ? img.pixels.size() / 3 * 4 : 0);
+  if (!jpeg_pixels(d, cmyk ? cmyk_pixels.data() : img.pixels.data()) || d.err.premature_end)
+    throw_jpeg_error(d, name);
+  if (cmyk) cmyk_to_rgb(cmyk_pixels.data(), img.pixels.data(), img.pixels.size() / 3);
+  return img;
+}
+#endif  // TL_HAVE_LIBJPEG
+
+// The fallback JPEG checks of the stb_image path (no libjpeg at build time).
+void check_jpeg_for_stb(const std::vector<uint8_t>& bytes, const std::string& name) {
+  const JpegMarkers jm = scan_jpeg_markers(bytes);
+  if (!jm.saw_scan || !jm.complete)
+    throw IOError(detail::concat("JPEG image '", name, "' is truncated (no end-of-image marker after the image data)"));
+  if (jm.components == 4 && jm.adobe_transform < 0)
+    throw IOError(detail::concat("JPEG image '", name,
+                                 "' has 4 colour channels (CMYK) but no Adobe marker saying how to convert "
+                                 "them to RGB; convert it to an RGB JPEG or PNG"));
+  if (jm.components != 1 && jm.components != 3 && jm.components != 4)
+    throw IOError(detail::concat("JPEG image '", name, "' has ", jm.components,
+                                 " colour channels; only grey, RGB and CMYK are supported"));
+}
+
+// A 16-bit single-channel PNG (bit depth 16, colour type 0) is mode "I" in PIL, and convert("RGB") clips each
+// value to 255 (it does not scale); every other 16-bit PNG keeps the high byte in PIL, as stb_image does.
+bool is_png_grey16(const std::vector<uint8_t>& b) {
+  return sniff_format(b) == "png" && b.size() >= 26 && std::memcmp(b.data() + 12, "IHDR", 4) == 0 && b[24] == 16 &&
+         b[25] == 0;
+}
+
+Image decode_png_grey16(const std::vector<uint8_t>& bytes, const std::string& name) {
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_us, void (*)(void*)> data(
+      stbi_load_16_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 1),
+      stbi_image_free);
+  if (!data) throw IOError(detail::concat("cannot decode png image '", name, "': ", stb_reason()));
+  Image img(w, h);
+  for (size_t i = 0; i < static_cast<size_t>(w) * h; ++i)
+    std::fill_n(img.pixels.data() + 3 * i, 3, static_cast<uint8_t>(std::min<int>(data.get()[i], 255)));
+  return img;
+}
+
+// ---- PNG integrity, checked as PIL checks it (stb_image checks neither CRCs nor the zlib checksum, and would
+// decode corrupt data to garbage where PIL refuses the file).
+
+uint32_t png_crc(const uint8_t* p, size_t n) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+  }
+  return crc ^ 0xFFFFFFFFu;
+}
+
+enum class ZlibCheck { ok, damaged, too_large, damaged_or_too_large };
+
+#ifdef TL_HAVE_ZLIB
+// Inflates the whole stream into a small reused buffer, zlib checking the Adler-32 at its end.
+ZlibCheck check_zlib_stream(const std::vector<uint8_t>& z, int64_t bound) {
+  z_stream s{};
+  if (z.size() > UINT32_MAX || inflateInit(&s) != Z_OK) return ZlibCheck::damaged;
+  std::vector<unsigned char> buf(1 << 16);
+  s.next_in = const_cast<Bytef*>(z.data());
+  s.avail_in = static_cast<uInt>(z.size());
+  int64_t total = 0;
+  int rc = Z_OK;
+  while (rc == Z_OK && total <= bound) {
+    s.next_out = buf.data();
+    s.avail_out = static_cast<uInt>(buf.size());
+    rc = inflate(&s, Z_NO_FLUSH);
+    total += static_cast<int64_t>(buf.size() - s.avail_out);
+  }
+  inflateEnd(&s);
+  if (total > bound) return ZlibCheck::too_large;
+  return rc == Z_STREAM_END ? ZlibCheck::ok : ZlibCheck::damaged;
+}
+#else
+uint32_t adler32(const uint8_t* p, size_t n) {
+  uint32_t a = 1, b = 0;
+  while (n > 0) {
+    const size_t block = std::min<size_t>(n, 5552);  // the most bytes before b can overflow 32 bits
+    for (size_t i = 0; i < block; ++i) b += a += p[i];
+    a %= 65521;
+    b %= 65521;
+    p += block;
+    n -= block;
+  }
+  return (b << 16) | a;
+}
+
+// stb_image's inflate (slower than zlib's) into a buffer of the most the image may need, then the Adler-32.
+ZlibCheck check_zlib_stream(const std::vector<uint8_t>& z, int64_t bound) {
+  if (bound >= INT32_MAX || z.size() >= static_cast<size_t>(INT32_MAX) || z.size() < 6) return ZlibCheck::ok;
+  std::vector<char> raw(static_cast<size_t>(bound));
+  const int got = stbi_zlib_decode_buffer(raw.data(), static_cast<int>(bound), reinterpret_cast<const char*>(z.data()),
+                                          static_cast<int>(z.size()));
+  if (got < 0) return ZlibCheck::damaged_or_too_large;
+  const bool sum_ok = adler32(reinterpret_cast<const uint8_t*>(raw.data()), static_cast<size_t>(got)) ==
+                      be32(z.data() + z.size() - 4);
+  return sum_ok ? ZlibCheck::ok : ZlibCheck::damaged;
+}
+#endif
+
+// The most bytes the zlib stream of a PNG with this header may inflate to (scanlines with their filter bytes;
+// interlacing adds at most a filter byte and a partial byte per row of each of the 7 passes).
+int64_t png_raw_bound(const std::vector<uint8_t>& b) {
+  const int64_t w = be32(b.data() + 16), h = be32(b.data() + 20), depth = b[24], type = b[25];
+  const int64_t channels = type == 2 ? 3 : type == 4 ? 2 : type == 6 ? 4 : 1;
+  return h * (1 + (w * channels * depth + 7) / 8) + 14 * h + 64;
+}
+
+// A chunk type for a message: its letters, or ? for other bytes (a damaged file may hold anything there).
+std::string printable(std::string s) {
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '?';
+  return s;
+}
+
+[[noreturn]] void throw_broken_png(const std::string& name, const std::string& what) {
+  throw IOError(detail::concat("PNG image '", name, "' is corrupt: ", what, "; copy or export the file again"));
+}
+
+// PIL's checks: the CRC of every chunk before the image data ("broken PNG file"; PIL does not check the CRCs of
+// IDAT and later chunks), and the zlib stream of the image data, with its Adler-32 ("broken data stream"). The
+// stream must inflate to no more than the header's image needs (a zlib bomb is refused; PIL would stop reading).
+// PIL reads nothing after the image data: returns 0 when an IEND chunk follows it (the normal file), else where
+// the image data ends, for stb_image to get the file up to there with an IEND chunk (it refuses a file without
+// IEND, or with an unknown critical chunk after the data).
+size_t check_png_like_pil(const std::vector<uint8_t>& b, const std::string& name) {
+  std::vector<uint8_t> idat;
+  size_t pos = 8, data_end = 0;
+  bool iend_follows = false;
+  while (pos + 12 <= b.size()) {
+    const size_t len = be32(b.data() + pos);
+    const std::string type(reinterpret_cast<const char*>(b.data()) + pos + 4, 4);
+    if (len > b.size() - pos - 12) break;  // cut short: stb_image or the zlib check below reports it
+    if (type == "IDAT") {
+      idat.insert(idat.end(), b.begin() + pos + 8, b.begin() + pos + 8 + len);
+      data_end = pos + 12 + len;
+    } else if (data_end == 0 && png_crc(b.data() + pos + 4, len + 4) != be32(b.data() + pos + 8 + len)) {
+      throw_broken_png(name, "bad checksum in the " + printable(type) + " chunk (PIL refuses it too)");
+    } else if (data_end != 0) {
+      iend_follows = type == "IEND" && pos == data_end;
+      break;
+    }
+    pos += 12 + len;
+  }
+  if (idat.size() < 6 || b.size() < 26) return 0;  // no image data: stb_image says so
+  const std::string size = std::to_string(be32(b.data() + 16)) + "x" + std::to_string(be32(b.data() + 20));
+  switch (check_zlib_stream(idat, png_raw_bound(b))) {
+    case ZlibCheck::ok: break;
+    case ZlibCheck::damaged: throw_broken_png(name, "the compressed image data is damaged or cut short");
+    case ZlibCheck::too_large: throw_broken_png(name, "the compressed image data inflates to more than the " + size +
+                                                          " pixels of its header need (a zlib bomb)");
+    case ZlibCheck::damaged_or_too_large:
+      throw_broken_png(name, "the compressed image data is damaged, cut short, or inflates to more than the " + size +
+                                 " pixels of its header need (a zlib bomb)");
+  }
+  return iend_follows ? 0 : data_end;
+}
+
+std::vector<uint8_t> with_iend(const std::vector<uint8_t>& b, size_t end) {
+  static const uint8_t kIend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+  std::vector<uint8_t> out(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(end));
+  out.insert(out.end(), kIend, kIend + 12);
+  return out;
+}
+
+// stb_image's pixels, the checks done.
+Image stb_pixels(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
+  if (is_png_grey16(bytes)) return decode_png_grey16(bytes, name);
+  int w = 0, h = 0, channels = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
+  if (!data) throw IOError(detail::concat("cannot decode ", format, " image '", name, "': ", stb_reason()));
+  Image img(w, h);
+  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  return img;
+}
+
+Image decode_stb(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format,
+                 const ImageLimits& limits) {
+  int64_t header_w = 0, header_h = 0;
+  if (header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, limits);
+  const ImageInfo info = stb_info(bytes, name, format);
+  if (info.width <= 0 || info.height <= 0)
+    throw IOError(detail::concat("image '", name, "' has an invalid size ", info.width, "x", info.height));
+  check_limits(info.width, info.height, name, limits);
+  if (format == "jpeg") check_jpeg_for_stb(bytes, name);
+  if (format == "png") {
+    const size_t data_end = check_png_like_pil(bytes, name);
+    if (data_end) return stb_pixels(with_iend(bytes, data_end), name, format);
+  }
+  return stb_pixels(bytes, name, format);
 }
 
 }  // namespace
 
-ImageInfo read_image_info(const std::string& path) { return info_from_bytes(read_file(path), path, nullptr); }
+const char* jpeg_decoder_name() {
+#ifdef TL_HAVE_LIBJPEG
+  return "libjpeg-turbo";
+#else
+  return "stb_image";
+#endif
+}
+
+ImageInfo read_image_info(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file(path);
+  const std::string format = check_format(bytes, path);
+#ifdef TL_HAVE_LIBJPEG
+  if (format == "jpeg") return jpeg_info(bytes, path);
+#endif
+  return stb_info(bytes, path, format);
+}
 
 Image decode_image_memory(const std::vector<uint8_t>& bytes, const std::string& name, const ImageLimits& limits) {
-  const ImageInfo info = info_from_bytes(bytes, name, &limits);
-  if (info.width <= 0 || info.height <= 0)
-    throw IOError(detail::concat("image '", name, "' has an invalid size ", info.width, "x", info.height));
-  check_limits(info.width, info.height, name, limits);
-  if (info.format == "jpeg") {
-    JpegMarkers jm = scan_jpeg_markers(bytes);
-    if (!jm.saw_scan || !jm.complete)
-      throw IOError(detail::concat("JPEG image '", name,
-                                   "' is truncated (no end-of-image marker after the image data)"));
-    if (jm.components == 4 && jm.adobe_transform < 0)
-      throw IOError(detail::concat("JPEG image '", name,
-                                   "' has 4 colour channels (CMYK) but no Adobe marker saying how to convert "
-                                   "them to RGB; convert it to an RGB JPEG or PNG"));
-    if (jm.components != 1 && jm.components != 3 && jm.components != 4)
-      throw IOError(detail::concat("JPEG image '", name, "' has ", jm.components,
-                                   " colour channels; only grey, RGB and CMYK are supported"));
-  }
-  int w = 0, h = 0, channels = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
-  if (!data) throw IOError(detail::concat("cannot decode ", info.format, " image '", name, "': ", stb_reason()));
-  Image img(w, h);
-  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
-  return img;
+  const std::string format = check_format(bytes, name);
+#ifdef TL_HAVE_LIBJPEG
+  if (format == "jpeg") return decode_jpeg(bytes, name, limits);
+#endif
+  return decode_stb(bytes, name, format, limits);
 }
 
 Image decode_image(const std::string& path, const ImageLimits& limits) {

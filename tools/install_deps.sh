@@ -3,7 +3,8 @@
 # The CUDA toolkit 13 with cuDNN 9 and cuBLAS is expected under /usr/local/cuda.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ libstb-dev libgtest-dev pybind11-dev python3-dev python3-numpy python3-torch
-      python3-torchvision libopenblas-dev nlohmann-json3-dev libcli11-dev libzip-dev)
+      python3-torchvision libopenblas-dev nlohmann-json3-dev libcli11-dev libzip-dev libjpeg62-turbo-dev
+      zlib1g-dev)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
