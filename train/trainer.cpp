@@ -31,7 +31,7 @@ namespace {
 Device pick_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   if (name == "cuda") {
-    TL_CHECK(cuda::available(), ValueError, "--device cuda: no CUDA device is available (use --device cpu)");
+    TL_CHECK(cuda::available(), ValueError, "--device cuda: ", cuda::unavailable_reason(), " (use --device cpu)");
     return Device::CUDA;
   }
   TL_CHECK(name == "auto", ValueError, "--device must be auto, cpu or cuda, got '", name, "'");
