@@ -65,6 +65,34 @@ struct JpegMarkers {
   bool complete = false;
 };
 
+// stb_image 2.27 (Debian 12's libstb-dev) writes past its Huffman arrays when a DHT table declares more than 256
+// codes (found by fuzzing; JPEG allows at most 256, libjpeg refuses such files). Walks the marker segments as
+// stb_image does (bytes between segments and entropy-coded data skipped; a DHT's tables read until its length is
+// used up, even past a short segment) and checks every table before stb_image sees the file.
+bool jpeg_huffman_tables_ok(const std::vector<uint8_t>& d) {
+  const size_t n = d.size();
+  size_t pos = 2;  // after SOI
+  while (pos + 1 < n) {
+    const uint8_t m = d[pos + 1];
+    if (d[pos] != 0xFF || m == 0xFF) { ++pos; continue; }  // padding, entropy-coded data, fill bytes
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD9)) { pos += 2; continue; }  // no length
+    if (pos + 4 > n) break;
+    const size_t len = (static_cast<size_t>(d[pos + 2]) << 8) | d[pos + 3];
+    if (m == 0xC4) {
+      int64_t left = static_cast<int64_t>(len) - 2;
+      for (size_t t = pos + 4; left > 0 && t + 17 <= n;) {
+        int64_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) codes += d[t + i];
+        if (codes > 256) return false;
+        t += static_cast<size_t>(17 + codes);
+        left -= 17 + codes;
+      }
+    }
+    pos += 2 + std::max<size_t>(len, 2);
+  }
+  return true;
+}
+
 JpegMarkers scan_jpeg_markers(const std::vector<uint8_t>& d) {
   JpegMarkers r;
   size_t pos = 2;  // after SOI
@@ -151,6 +179,8 @@ ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& 
   if (limits && header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, *limits);
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     throw IOError(detail::concat("image '", name, "' is larger than 2 GiB"));
+  if (format == "jpeg" && !jpeg_huffman_tables_ok(bytes))
+    throw IOError(detail::concat("JPEG image '", name, "' is corrupt: a Huffman table has more than 256 codes"));
   if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,
                              &info.channels))
     throw IOError(detail::concat("cannot read the header of ", format, " image '", name, "': ", stb_reason()));

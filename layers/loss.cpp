@@ -92,7 +92,8 @@ template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_as<T>() : nullptr;
 }
-const void* void_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
+// A kernel argument (only the CUDA branches pass raw pointers).
+[[maybe_unused]] const void* void_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 
 // ---- CPU reference (double accumulation) ----
 template <typename T>
