@@ -80,9 +80,9 @@ bool jpeg_huffman_tables_ok(const std::vector<uint8_t>& d) {
     const size_t len = (static_cast<size_t>(d[pos + 2]) << 8) | d[pos + 3];
     if (m == 0xC4) {
       int64_t left = static_cast<int64_t>(len) - 2;
-      for (size_t t = pos + 4; left > 0 && t + 17 <= n;) {
-        int64_t codes = 0;
-        for (size_t i = 1; i <= 16; ++i) codes += d[t + i];
+      for (size_t t = pos + 4; left > 0 && t < n;) {
+        int64_t codes = 0;  // stb_image reads zeros past the end of the data
+        for (size_t i = t + 1; i <= t + 16 && i < n; ++i) codes += d[i];
         if (codes > 256) return false;
         t += static_cast<size_t>(17 + codes);
         left -= 17 + codes;
