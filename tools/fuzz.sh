@@ -38,6 +38,8 @@ mkdir -p "$fz/seeds/checkpoint"
 "$fz/checkpoint_seeds" "$fz/seeds/checkpoint"
 
 # Largest input per target: a few times the largest seed (the readers' size checks are what matters).
+# -timeout=30: one input may decode a 4-megapixel image under ASan (about 1 s); 10 s gave false timeouts on a
+# loaded machine.
 declare -A max_len=([image]=16384 [safetensors]=4096 [npy]=2048 [checkpoint]=16384)
 declare -A seeds=([image]=image [safetensors]=safetensors [npy]=npy [checkpoint]=checkpoint)
 # A .pth target (fuzz_pth over io::read_pth_memory) joins with the .pth reader: its name in `targets`, a max_len
@@ -50,7 +52,7 @@ for t in $targets; do
   mkdir -p "$fz/corpus/$t" "$fz/crashes/$t"
   echo "== fuzz_$t: ${seconds}s"
   if ! "$fz/fuzz_$t" "$fz/corpus/$t" "$fz/seeds/${seeds[$t]}" -max_total_time="$seconds" -max_len="${max_len[$t]}" \
-       -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$fz/crashes/$t/" -print_final_stats=1 \
+       -rss_limit_mb=2048 -timeout=30 -artifact_prefix="$fz/crashes/$t/" -print_final_stats=1 \
        >"$fz/fuzz_$t.log" 2>&1; then
     grep -E 'ERROR|SUMMARY|Test unit written' "$fz/fuzz_$t.log" | head -20 || true
     for r in "$fz/crashes/$t"/*; do [ -f "$r" ] && echo "reproduce: $fz/fuzz_$t $r"; done
