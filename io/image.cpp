@@ -214,11 +214,21 @@ Image decode_image_memory(const std::vector<uint8_t>& bytes, const std::string& 
                                    " colour channels; only grey, RGB and CMYK are supported"));
   }
   int w = 0, h = 0, channels = 0;
+  // stb_image 2.27 converts the channels of a 16-bit PNM with its 8-bit routine and then reads twice the bytes it
+  // has (a heap overflow; found by fuzzing): such a file is decoded with its own channel count, made RGB here.
+  const bool wide_pnm = info.format == "pnm" && stbi_is_16_bit_from_memory(bytes.data(), static_cast<int>(bytes.size()));
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, wide_pnm ? 0 : 3),
+      stbi_image_free);
   if (!data) throw IOError(detail::concat("cannot decode ", info.format, " image '", name, "': ", stb_reason()));
   Image img(w, h);
-  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  if (wide_pnm && channels == 1) {
+    for (size_t i = 0; i < img.pixels.size() / 3; ++i)
+      img.pixels[3 * i] = img.pixels[3 * i + 1] = img.pixels[3 * i + 2] = data.get()[i];
+  } else {
+    TL_CHECK(!wide_pnm || channels == 3, IOError, "cannot decode pnm image '", name, "': ", channels, " channels");
+    std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  }
   return img;
 }
 

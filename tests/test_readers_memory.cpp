@@ -156,3 +156,21 @@ TEST(ReadersMemory, JpegWithAnOversizedHuffmanTableIsRefused) {
   const std::string err2 = error_of([&] { io::decode_image_memory(at_end, "mem:huffman_end.jpg"); });
   EXPECT_TRUE(contains(err2, "mem:huffman_end.jpg") && contains(err2, "Huffman table")) << err2;
 }
+
+// A 16-bit PGM (maxval > 255): stb_image 2.27 converted its channels with the 8-bit routine and then read twice
+// the bytes it had (a heap overflow found by fuzz_image; the pixels came out with unequal channels). Decoded now
+// as a grey image of the right size (stb_image 2.27's 16-bit PNM scaling is its own; only grey is checked here).
+TEST(ReadersMemory, SixteenBitPgmDecodesToAGreyImage) {
+  const std::string header = "P5\n3 2\n1000\n";
+  std::vector<uint8_t> pgm(header.begin(), header.end());
+  for (int v : {0x0102, 0x0304, 0x0000, 0x03e8, 0x00ff, 0x0201}) {
+    pgm.push_back(static_cast<uint8_t>(v >> 8));
+    pgm.push_back(static_cast<uint8_t>(v & 0xff));
+  }
+  const io::Image img = io::decode_image_memory(pgm, "mem:16bit.pgm");
+  ASSERT_EQ(img.width, 3);
+  ASSERT_EQ(img.height, 2);
+  for (size_t i = 0; i < 6; ++i)
+    EXPECT_TRUE(img.pixels[3 * i] == img.pixels[3 * i + 1] && img.pixels[3 * i] == img.pixels[3 * i + 2])
+        << "pixel " << i << " is not grey";
+}
