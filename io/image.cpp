@@ -93,6 +93,25 @@ bool jpeg_huffman_tables_ok(const std::vector<uint8_t>& d) {
   return true;
 }
 
+// stb_image 2.27 reads the PNM header numbers (width, height, maxval) into an int with no overflow check
+// (undefined behaviour; found by fuzzing). Reads them as stb_image does (whitespace and '#' comments skipped) and
+// refuses a number longer than 9 digits before stb_image sees the file.
+bool pnm_header_numbers_ok(const std::vector<uint8_t>& d) {
+  auto space = [](uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  size_t i = 2;  // after "P5" / "P6"
+  for (int k = 0; k < 3; ++k) {
+    for (;;) {
+      while (i < d.size() && space(d[i])) ++i;
+      if (i >= d.size() || d[i] != '#') break;
+      while (i < d.size() && d[i] != '\n' && d[i] != '\r') ++i;
+    }
+    size_t digits = 0;
+    for (; i < d.size() && d[i] >= '0' && d[i] <= '9'; ++i) ++digits;
+    if (digits > 9) return false;
+  }
+  return true;
+}
+
 JpegMarkers scan_jpeg_markers(const std::vector<uint8_t>& d) {
   JpegMarkers r;
   size_t pos = 2;  // after SOI
@@ -179,6 +198,8 @@ ImageInfo info_from_bytes(const std::vector<uint8_t>& bytes, const std::string& 
   if (limits && header_size(bytes, format, &header_w, &header_h)) check_limits(header_w, header_h, name, *limits);
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     throw IOError(detail::concat("image '", name, "' is larger than 2 GiB"));
+  if (format == "pnm" && !pnm_header_numbers_ok(bytes))
+    throw IOError(detail::concat("PNM image '", name, "' is corrupt: a header number has more than 9 digits"));
   if (format == "jpeg" && !jpeg_huffman_tables_ok(bytes))
     throw IOError(detail::concat("JPEG image '", name, "' is corrupt: a Huffman table has more than 256 codes"));
   if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,

@@ -174,3 +174,12 @@ TEST(ReadersMemory, SixteenBitPgmDecodesToAGreyImage) {
     EXPECT_TRUE(img.pixels[3 * i] == img.pixels[3 * i + 1] && img.pixels[3 * i] == img.pixels[3 * i + 2])
         << "pixel " << i << " is not grey";
 }
+
+// A PGM header number too large for an int (stb_image 2.27 overflowed it: undefined behaviour found by fuzzing).
+TEST(ReadersMemory, PnmHeaderNumberTooLargeIsRefused) {
+  const std::string pgm = "P5\n# comment\n3 99999999999\n255\n" + std::string(6, '\x01');
+  const std::string err = error_of([&] { io::decode_image_memory({pgm.begin(), pgm.end()}, "mem:big.pgm"); });
+  EXPECT_TRUE(contains(err, "mem:big.pgm") && contains(err, "more than 9 digits")) << err;
+  const std::string ok = "P5\n# comment\n3 2\n255\n" + std::string(6, '\x01');
+  EXPECT_EQ(io::decode_image_memory({ok.begin(), ok.end()}, "mem:ok.pgm").width, 3);
+}
