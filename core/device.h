@@ -4,13 +4,23 @@
 // All GPU work of tlengine runs on one explicit stream (cuda::stream()). Ops never synchronise the host,
 // so a whole training step can be captured as one CUDA graph. Only explicit copies to the host
 // (Tensor::to(Device::CPU)) and cuda::synchronize() wait for the GPU.
+//
+// CPU-only builds (TL_WITH_CUDA == 0, configured with -DTL_CUDA=OFF or without a CUDA toolkit): available() is
+// false, unavailable_reason() says so, and the stream/handle/workspace functions do not exist. Every CUDA use in
+// the library sits behind `#if TL_WITH_CUDA` at the dispatch level (one CUDA branch per op) or in an
+// <op>_cuda.cpp file that only the CUDA build compiles.
 #pragma once
 #include <cstddef>
 #include <string>
 
+#ifndef TL_WITH_CUDA
+#error "TL_WITH_CUDA must be defined to 0 or 1 (CMake sets it on the tlengine target)"
+#endif
+#if TL_WITH_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
+#endif
 
 #include "core/dtype.h"
 
@@ -22,10 +32,22 @@ Device parse_device(const std::string& name);
 
 namespace tl::cuda {
 
-// True when a CUDA device can be used. Never throws; cached after the first call.
+// True when this build has CUDA support and a CUDA device can be used. Never throws; cached after the first call.
 bool available();
-// Number of bytes free / total on the device (cudaMemGetInfo).
+// Why available() is false, as one sentence for an error message ("" when it is true): a CPU-only build, or no
+// visible device.
+std::string unavailable_reason();
+// Number of bytes free / total on the device (cudaMemGetInfo). Throws when !available().
 void memory_info(size_t* free_bytes, size_t* total_bytes);
+void synchronize();  // waits for the current stream; for tests, tools and host copies only (no-op without CUDA)
+
+// TF32 tensor cores for float32 convolutions and matmuls. Default: on for convolutions (PyTorch's default),
+// off for matmuls. Tests that compare with the CPU turn both off.
+void set_allow_tf32(bool conv, bool matmul);
+bool allow_tf32_conv();
+bool allow_tf32_matmul();
+
+#if TL_WITH_CUDA
 
 // The stream every tlengine GPU op is queued on. Created on first use (non-blocking).
 cudaStream_t stream();
@@ -40,19 +62,12 @@ class StreamGuard {
  private:
   cudaStream_t previous_;
 };
-void synchronize();  // waits for the current stream; for tests, tools and host copies only
-
 cudnnHandle_t cudnn();    // bound to stream()
 cublasHandle_t cublas();  // bound to stream(), its own workspace set
 
 // A scratch buffer of at least `bytes`, valid on stream() until the next call that needs more.
 // It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing.
 void* workspace(size_t bytes);
-
-// TF32 tensor cores for float32 convolutions and matmuls. Default: on for convolutions (PyTorch's default),
-// off for matmuls. Tests that compare with the CPU turn both off.
-void set_allow_tf32(bool conv, bool matmul);
-bool allow_tf32_conv();
-bool allow_tf32_matmul();
+#endif  // TL_WITH_CUDA
 
 }  // namespace tl::cuda

@@ -26,6 +26,7 @@ void count_alloc(Device d, size_t bytes) {
   c.count.fetch_add(1);
 }
 
+#if TL_WITH_CUDA
 void configure_pool_once() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -37,6 +38,24 @@ void configure_pool_once() {
     CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
   });
 }
+
+void* cuda_alloc(size_t bytes, size_t request) {
+  configure_pool_once();
+  void* ptr = nullptr;
+  cudaError_t st = cudaMallocAsync(&ptr, request, cuda::stream());
+  if (st == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cuda::memory_info(&free_b, &total_b);
+    throw OutOfMemoryError(detail::concat("CUDA out of memory: tried to allocate ", bytes / (1 << 20), " MiB with ",
+                                          free_b / (1 << 20), " MiB free of ", total_b / (1 << 20),
+                                          " MiB; use a smaller batch size"),
+                           bytes);
+  }
+  CUDA_CHECK(st);
+  return ptr;
+}
+#endif
 }  // namespace
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
@@ -46,19 +65,10 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     ptr_ = std::aligned_alloc(64, rounded);
     if (!ptr_) throw OutOfMemoryError(detail::concat("host allocation of ", bytes, " bytes failed"), bytes);
   } else {
-    TL_CHECK(cuda::available(), Error, "a CUDA tensor was requested but no CUDA device is available");
-    configure_pool_once();
-    cudaError_t st = cudaMallocAsync(&ptr_, request, cuda::stream());
-    if (st == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cuda::memory_info(&free_b, &total_b);
-      throw OutOfMemoryError(detail::concat("CUDA out of memory: tried to allocate ", bytes / (1 << 20), " MiB with ",
-                                            free_b / (1 << 20), " MiB free of ", total_b / (1 << 20),
-                                            " MiB; use a smaller batch size"),
-                             bytes);
-    }
-    CUDA_CHECK(st);
+    TL_CHECK(cuda::available(), Error, "a CUDA tensor was requested but ", cuda::unavailable_reason());
+#if TL_WITH_CUDA
+    ptr_ = cuda_alloc(bytes, request);
+#endif
   }
   count_alloc(device, bytes);
 }
@@ -68,7 +78,9 @@ Storage::~Storage() {
   if (device_ == Device::CPU) {
     std::free(ptr_);
   } else {
+#if TL_WITH_CUDA
     cudaFreeAsync(ptr_, cuda::stream());  // no throw from a destructor
+#endif
   }
   counters(device_).current.fetch_sub(bytes_);
 }

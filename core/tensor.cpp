@@ -6,7 +6,9 @@
 #include <sstream>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/tensor_kernels.h"
+#endif
 
 namespace tl {
 
@@ -173,7 +175,9 @@ Tensor& Tensor::fill_(double value) {
   if (device_ == Device::CPU) {
     for (int64_t i = 0; i < numel(); ++i) host_write(data(), dtype_, i, value);
   } else {
+#if TL_WITH_CUDA
     kernels::fill(data(), dtype_, numel(), value, cuda::stream());
+#endif
   }
   return *this;
 }
@@ -187,9 +191,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
   Tensor s = src;
   if (src.device_ != device_) {
     s = empty(src.shape_, src.dtype_, device_, src.layout_);
+#if TL_WITH_CUDA
     cudaMemcpyKind kind = device_ == Device::CUDA ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
     CUDA_CHECK(cudaMemcpyAsync(s.data(), src.data(), src.nbytes(), kind, cuda::stream()));
     if (kind == cudaMemcpyDeviceToHost) cuda::synchronize();  // host reads it next
+#endif
   }
   // 2. Convert dtype (same order), then layout.
   const bool relayout = ndim() == 4 && s.layout_ != layout_;
@@ -210,6 +216,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
                          host_read(s.data(), s.dtype_, phys_index(s.layout_, n, c, h, w, C, H, W)));
     }
   } else {
+#if TL_WITH_CUDA
     Tensor typed = s;
     if (s.dtype_ != dtype_) {
       typed = relayout ? empty(shape_, dtype_, device_, s.layout_) : *this;
@@ -221,6 +228,7 @@ Tensor& Tensor::copy_(const Tensor& src) {
     } else if (typed.storage_ != storage_) {
       CUDA_CHECK(cudaMemcpyAsync(data(), typed.data(), nbytes(), cudaMemcpyDeviceToDevice, cuda::stream()));
     }
+#endif
   }
   return *this;
 }
@@ -240,7 +248,9 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
         host_write(data(), dtype_, i, host_read(data(), dtype_, i) + alpha * host_read(other.data(), dtype_, i));
     }
   } else {
+#if TL_WITH_CUDA
     kernels::axpy(data(), other.data(), dtype_, numel(), alpha, cuda::stream());
+#endif
   }
   return *this;
 }

@@ -77,6 +77,53 @@ struct JpegMarkers {
   bool complete = false;
 };
 
+// stb_image 2.27 (Debian 12's libstb-dev) writes past its Huffman arrays when a DHT table declares more than 256
+// codes (found by fuzzing; JPEG allows at most 256, libjpeg refuses such files). Walks the marker segments as
+// stb_image does (bytes between segments and entropy-coded data skipped; a DHT's tables read until its length is
+// used up, even past a short segment) and checks every table before stb_image sees the file.
+bool jpeg_huffman_tables_ok(const std::vector<uint8_t>& d) {
+  const size_t n = d.size();
+  size_t pos = 2;  // after SOI
+  while (pos + 1 < n) {
+    const uint8_t m = d[pos + 1];
+    if (d[pos] != 0xFF || m == 0xFF) { ++pos; continue; }  // padding, entropy-coded data, fill bytes
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD9)) { pos += 2; continue; }  // no length
+    if (pos + 4 > n) break;
+    const size_t len = (static_cast<size_t>(d[pos + 2]) << 8) | d[pos + 3];
+    if (m == 0xC4) {
+      int64_t left = static_cast<int64_t>(len) - 2;
+      for (size_t t = pos + 4; left > 0 && t < n;) {
+        int64_t codes = 0;  // stb_image reads zeros past the end of the data
+        for (size_t i = t + 1; i <= t + 16 && i < n; ++i) codes += d[i];
+        if (codes > 256) return false;
+        t += static_cast<size_t>(17 + codes);
+        left -= 17 + codes;
+      }
+    }
+    pos += 2 + std::max<size_t>(len, 2);
+  }
+  return true;
+}
+
+// stb_image 2.27 reads the PNM header numbers (width, height, maxval) into an int with no overflow check
+// (undefined behaviour; found by fuzzing). Reads them as stb_image does (whitespace and '#' comments skipped) and
+// refuses a number longer than 9 digits before stb_image sees the file.
+bool pnm_header_numbers_ok(const std::vector<uint8_t>& d) {
+  auto space = [](uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  size_t i = 2;  // after "P5" / "P6"
+  for (int k = 0; k < 3; ++k) {
+    for (;;) {
+      while (i < d.size() && space(d[i])) ++i;
+      if (i >= d.size() || d[i] != '#') break;
+      while (i < d.size() && d[i] != '\n' && d[i] != '\r') ++i;
+    }
+    size_t digits = 0;
+    for (; i < d.size() && d[i] >= '0' && d[i] <= '9'; ++i) ++digits;
+    if (digits > 9) return false;
+  }
+  return true;
+}
+
 JpegMarkers scan_jpeg_markers(const std::vector<uint8_t>& d) {
   JpegMarkers r;
   size_t pos = 2;  // after SOI
@@ -161,12 +208,19 @@ std::string check_format(const std::vector<uint8_t>& bytes, const std::string& n
     throw IOError(detail::concat("'", name, "' is not an image file (unknown format; ", kSupported, ")"));
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     throw IOError(detail::concat("image '", name, "' is larger than 2 GiB"));
+  // stb_image 2.27 overflows an int on longer header numbers (found by fuzzing); PIL refuses such files too.
+  if (format == "pnm" && !pnm_header_numbers_ok(bytes))
+    throw IOError(detail::concat("PNM image '", name, "' is corrupt: a header number has more than 9 digits"));
   return format;
 }
 
 ImageInfo stb_info(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
   ImageInfo info;
   info.format = format;
+  // stb_image 2.27 writes past its arrays for a Huffman table of more than 256 codes (found by fuzzing); libjpeg
+  // refuses such a table itself.
+  if (format == "jpeg" && !jpeg_huffman_tables_ok(bytes))
+    throw IOError(detail::concat("JPEG image '", name, "' is corrupt: a Huffman table has more than 256 codes"));
   if (!stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &info.width, &info.height,
                              &info.channels))
     throw IOError(detail::concat("cannot read the header of ", format, " image '", name, "': ", stb_reason()));
@@ -479,11 +533,21 @@ std::vector<uint8_t> with_iend(const std::vector<uint8_t>& b, size_t end) {
 Image stb_pixels(const std::vector<uint8_t>& bytes, const std::string& name, const std::string& format) {
   if (is_png_grey16(bytes)) return decode_png_grey16(bytes, name);
   int w = 0, h = 0, channels = 0;
+  // stb_image 2.27 converts the channels of a 16-bit PNM with its 8-bit routine and then reads twice the bytes it
+  // has (a heap overflow; found by fuzzing): such a file is decoded with its own channel count, made RGB here.
+  const bool wide_pnm = format == "pnm" && stbi_is_16_bit_from_memory(bytes.data(), static_cast<int>(bytes.size()));
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
-      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, 3), stbi_image_free);
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &w, &h, &channels, wide_pnm ? 0 : 3),
+      stbi_image_free);
   if (!data) throw IOError(detail::concat("cannot decode ", format, " image '", name, "': ", stb_reason()));
   Image img(w, h);
-  std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  if (wide_pnm && channels == 1) {
+    for (size_t i = 0; i < img.pixels.size() / 3; ++i)
+      img.pixels[3 * i] = img.pixels[3 * i + 1] = img.pixels[3 * i + 2] = data.get()[i];
+  } else {
+    TL_CHECK(!wide_pnm || channels == 3, IOError, "cannot decode pnm image '", name, "': ", channels, " channels");
+    std::memcpy(img.pixels.data(), data.get(), img.pixels.size());
+  }
   return img;
 }
 

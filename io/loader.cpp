@@ -1,7 +1,9 @@
 // DataLoader: worker threads, pinned batch slots, per-sample seeded randomness (see loader.h).
 #include "io/loader.h"
 
+#if TL_WITH_CUDA
 #include <cuda_runtime_api.h>
+#endif
 
 #include <unistd.h>
 
@@ -21,11 +23,55 @@ OnBadImage parse_on_bad_image(const std::string& s) {
   throw ValueError(detail::concat("--on-bad-image must be 'fail' or 'skip', got '", s, "'"));
 }
 
+namespace {
+// The CUDA runtime calls of the loader: host-to-device copies, pinned memory and the slot events. Without CUDA
+// (TL_WITH_CUDA == 0) nothing is pinned, no event exists, and no tensor can live on a CUDA device.
+#if TL_WITH_CUDA
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::stream()));
+}
+void* pinned_alloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+  return p;
+}
+void pinned_free(void* p) { cudaFreeHost(p); }
+void* event_create() {
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+void event_destroy(void* e) { cudaEventDestroy(static_cast<cudaEvent_t>(e)); }  // no throw: used in cleanup
+void event_record(void* e) { CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), cuda::stream())); }
+void event_wait(void* e) { CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(e))); }
+#else
+void copy_to_device(void*, const void*, size_t) { TL_CHECK(false, CudaError, cuda::unavailable_reason()); }
+void* pinned_alloc(size_t) { throw CudaError(cuda::unavailable_reason()); }
+void pinned_free(void*) {}
+void* event_create() { throw CudaError(cuda::unavailable_reason()); }
+void event_destroy(void*) {}
+void event_record(void*) {}
+void event_wait(void*) {}
+#endif
+
+void* host_alloc(size_t bytes, bool pinned) {
+  if (pinned) return pinned_alloc(bytes);
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+void host_free(void* p, bool pinned) {
+  if (!p) return;
+  if (pinned) pinned_free(p);
+  else std::free(p);
+}
+}  // namespace
+
 Tensor Batch::images_to(Device device) const {
   Tensor t = Tensor::empty({size, 3, height, width}, DType::F32, device);
   const size_t bytes = t.nbytes();
   if (device == Device::CPU) std::memcpy(t.data(), images, bytes);
-  else CUDA_CHECK(cudaMemcpyAsync(t.data(), images, bytes, cudaMemcpyHostToDevice, cuda::stream()));
+  else copy_to_device(t.data(), images, bytes);
   return t;
 }
 
@@ -33,27 +79,9 @@ Tensor Batch::labels_to(Device device) const {
   Tensor t = Tensor::empty({size}, DType::I32, device);
   const size_t bytes = t.nbytes();
   if (device == Device::CPU) std::memcpy(t.data(), labels, bytes);
-  else CUDA_CHECK(cudaMemcpyAsync(t.data(), labels, bytes, cudaMemcpyHostToDevice, cuda::stream()));
+  else copy_to_device(t.data(), labels, bytes);
   return t;
 }
-
-namespace {
-void* host_alloc(size_t bytes, bool pinned) {
-  if (pinned) {
-    void* p = nullptr;
-    CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
-    return p;
-  }
-  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  if (!p) throw std::bad_alloc();
-  return p;
-}
-void host_free(void* p, bool pinned) {
-  if (!p) return;
-  if (pinned) cudaFreeHost(p);
-  else std::free(p);
-}
-}  // namespace
 
 DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOptions options)
     : samples_(std::move(samples)), transform_(std::move(transform)), opt_(options) {
@@ -76,11 +104,7 @@ DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOpt
       s.images = static_cast<float*>(host_alloc(bs * image_floats_ * sizeof(float), pinned_));
       s.labels = static_cast<int32_t*>(host_alloc(bs * sizeof(int32_t), pinned_));
       s.sample_ids = static_cast<int64_t*>(host_alloc(bs * sizeof(int64_t), pinned_));
-      if (pinned_) {
-        cudaEvent_t e;
-        CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-        s.event = e;
-      }
+      if (pinned_) s.event = event_create();
     }
     for (int i = 0; i < opt_.num_workers; ++i) workers_.emplace_back(&DataLoader::worker_loop, this);
   } catch (...) {
@@ -94,7 +118,7 @@ DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOpt
       host_free(s.images, pinned_);
       host_free(s.labels, pinned_);
       host_free(s.sample_ids, pinned_);
-      if (s.event) cudaEventDestroy(static_cast<cudaEvent_t>(s.event));
+      if (s.event) event_destroy(s.event);
     }
     throw;
   }
@@ -109,8 +133,11 @@ DataLoader::~DataLoader() {
   for (std::thread& t : workers_) t.join();
   for (Slot& s : slots_) {
     if (s.event) {
-      cudaEventSynchronize(static_cast<cudaEvent_t>(s.event));  // GPU copies from this slot are done
-      cudaEventDestroy(static_cast<cudaEvent_t>(s.event));
+      try {
+        event_wait(s.event);  // GPU copies from this slot are done
+      } catch (const Error&) {
+      }  // no throw from a destructor
+      event_destroy(s.event);
     }
     host_free(s.images, pinned_);
     host_free(s.labels, pinned_);
@@ -165,7 +192,7 @@ void DataLoader::release_current(std::unique_lock<std::mutex>&) {
   Slot& slot = slots_[static_cast<size_t>((consumer_batch_ - 1) % opt_.prefetch)];
   if (slot.event) {
     // The consumer may have queued copies from this slot: workers wait for them before refilling it.
-    CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(slot.event), cuda::stream()));
+    event_record(slot.event);
     slot.event_recorded = true;
   }
   holding_ = false;
@@ -260,7 +287,7 @@ void DataLoader::worker_loop() {
     std::string bad;
     std::exception_ptr error;
     try {
-      if (wait_for_gpu) CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(slot.event)));
+      if (wait_for_gpu) event_wait(slot.event);
       process(position, slot, row);
     } catch (const IOError& e) {
       bad = e.what();

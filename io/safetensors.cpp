@@ -10,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "io/byte_source.h"
 #include "io/files.h"
 
 namespace tl::io {
@@ -67,14 +68,14 @@ const Tensor& TensorFile::at(const std::string& name) const {
   return it->second;
 }
 
-TensorFile read_safetensors(const std::string& path) {
-  std::ifstream f(path, std::ios::binary | std::ios::ate);
-  TL_CHECK(f.good(), IOError, path, ": cannot open file");
-  const uint64_t file_size = static_cast<uint64_t>(f.tellg());
-  f.seekg(0);
+namespace {
+// The reader shared by read_safetensors (a file) and read_safetensors_memory (a buffer).
+TensorFile parse_safetensors(const ByteSource& src) {
+  const std::string& path = src.name();
+  const uint64_t file_size = src.size();
   TL_CHECK(file_size >= 8, IOError, path, ": file is ", file_size, " bytes, too short for a safetensors header");
   unsigned char len_bytes[8];
-  f.read(reinterpret_cast<char*>(len_bytes), 8);
+  src.read(0, len_bytes, 8);
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
   TL_CHECK(header_len <= kMaxHeaderBytes, IOError, path, ": header length ", header_len,
@@ -82,7 +83,7 @@ TensorFile read_safetensors(const std::string& path) {
   TL_CHECK(header_len <= file_size - 8, IOError, path, ": header length ", header_len, " runs past the end of the ",
            file_size, "-byte file (truncated?)");
   std::string header(header_len, '\0');
-  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  src.read(8, header.data(), header_len);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(header);
@@ -149,9 +150,7 @@ TensorFile read_safetensors(const std::string& path) {
 
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype, Device::CPU);
-    f.seekg(static_cast<std::streamoff>(8 + header_len + e.begin));
-    f.read(static_cast<char*>(t.data()), static_cast<std::streamsize>(e.end - e.begin));
-    TL_CHECK(f.good(), IOError, path, ": read of tensor '", e.name, "' failed");
+    src.read(8 + header_len + e.begin, t.data(), e.end - e.begin);
     out.names.push_back(e.name);
     out.tensors[e.name] = t;
   }
@@ -166,6 +165,13 @@ TensorFile read_safetensors(const std::string& path) {
   out.names.clear();
   for (const Entry* e : by_offset) out.names.push_back(e->name);
   return out;
+}
+}  // namespace
+
+TensorFile read_safetensors(const std::string& path) { return parse_safetensors(ByteSource::file(path)); }
+
+TensorFile read_safetensors_memory(const void* data, size_t size, const std::string& name) {
+  return parse_safetensors(ByteSource::memory(data, size, name));
 }
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,

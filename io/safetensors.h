@@ -21,6 +21,8 @@ struct TensorFile {
 };
 
 TensorFile read_safetensors(const std::string& path);
+// The same reader over a file already in memory (`size` bytes at `data`); `name` stands for the file in errors.
+TensorFile read_safetensors_memory(const void* data, size_t size, const std::string& name);
 // Writes atomically: a temporary file beside `path`, fsync, rename. CPU or CUDA tensors; NHWC is stored as NCHW.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

@@ -10,16 +10,9 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "kernels/pool_geom.h"
 
 namespace tl::kernels {
-
-// Geometry of a 2-D pooling: input (N, C, H, W), output (N, C, OH, OW), window, stride, left/top padding.
-// Windows follow PyTorch: window (oh, ow) covers rows [oh*sh - ph, oh*sh - ph + kh) clipped to the input;
-// for the average its divisor is the window clipped to [-ph, H + ph) (count_include_pad) or to [0, H).
-struct PoolGeom {
-  int64_t N, C, H, W, OH, OW;
-  int kh, kw, sh, sw, ph, pw;
-};
 
 // y = max over each window (first maximum wins; NaN propagates).
 void max_pool2d_forward(const void* x, void* y, DType dtype, const PoolGeom& g, bool nhwc, cudaStream_t stream);

@@ -2,7 +2,9 @@
 #include "layers/activation.h"
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/activation.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -24,7 +26,9 @@ Tensor relu_forward(const Tensor& x) {
   check_defined(x, "relu");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::relu_forward(x.data(), y.data(), x.dtype(), x.numel(), cuda::stream());
+#endif
   } else {
     check_cpu_float(x, "relu");
     if (x.dtype() == DType::F32) relu_forward_cpu(x.data_as<float>(), y.data_as<float>(), x.numel());
@@ -39,7 +43,9 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool accumulat
   TL_CHECK(y.layout() == dy.layout(), ShapeError, "relu_backward: layouts differ: ", y.str(), " vs ", dy.str());
   prepare_grad(dx, y, accumulate, "relu_backward");
   if (y.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::relu_backward(y.data(), dy.data(), dx.data(), y.dtype(), y.numel(), accumulate, cuda::stream());
+#endif
   } else if (y.dtype() == DType::F32) {
     relu_backward_cpu(y.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), y.numel(), accumulate);
   } else {

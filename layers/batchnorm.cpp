@@ -6,7 +6,9 @@
 #include <cmath>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/batchnorm.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -19,10 +21,12 @@ struct Dims {
   int64_t m() const { return n * hw; }  // values per channel
 };
 Dims dims_of(const Tensor& x) { return {x.size(0), x.size(1), x.size(2) * x.size(3)}; }
+#if TL_WITH_CUDA
 kernels::BnDims kdims(const Tensor& x) {
   Dims d = dims_of(x);
   return {d.n, d.c, d.hw, x.layout() == Layout::NHWC};
 }
+#endif  // TL_WITH_CUDA
 
 void check_input(const Tensor& x, const char* op) {
   check_defined(x, op);
@@ -56,15 +60,6 @@ void prepare_channel_grad(Tensor& g, int64_t c, DType dtype, Device device, bool
   } else if (!g.defined() || g.shape() != Shape{c} || g.dtype() != dtype || g.device() != device || !g.is_unique()) {
     g = Tensor::empty({c}, dtype, device);
   }
-}
-
-// cuDNN's BN kernels are used below PyTorch's batch-size limits (above them PyTorch also falls back).
-bool use_cudnn(const Tensor& x, bool training) {
-  if (x.dtype() == DType::BF16) return false;  // PyTorch keeps bfloat16 off cuDNN BN as well
-  if (x.size(0) > (training ? 880801 : 65535)) return false;
-  for (int d = 0; d < 4; ++d)
-    if (x.size(d) > INT_MAX) return false;
-  return true;
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -174,7 +169,17 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
   }
 }
 
+#if TL_WITH_CUDA
 // ---------------------------------------------------------------- cuDNN helpers
+
+// cuDNN's BN kernels are used below PyTorch's batch-size limits (above them PyTorch also falls back).
+bool use_cudnn(const Tensor& x, bool training) {
+  if (x.dtype() == DType::BF16) return false;  // PyTorch keeps bfloat16 off cuDNN BN as well
+  if (x.size(0) > (training ? 880801 : 65535)) return false;
+  for (int d = 0; d < 4; ++d)
+    if (x.size(d) > INT_MAX) return false;
+  return true;
+}
 
 struct TensorDesc {
   cudnnTensorDescriptor_t d = nullptr;
@@ -322,6 +327,7 @@ void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
       eps, mean.data(), invstd.data()));
 }
 
+#endif  // TL_WITH_CUDA
 }  // namespace
 
 // ---------------------------------------------------------------- public API
@@ -361,7 +367,9 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
   save_mean = Tensor::empty({C}, pdt, x.device());
   save_invstd = Tensor::empty({C}, pdt, x.device());
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     forward_train_cuda(x, gamma, beta, y, save_mean, save_invstd, buffers, factor, opt.eps);
+#endif
   } else if (x.dtype() == DType::F32) {
     forward_train_cpu<float>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
                              factor, opt.eps);
@@ -383,7 +391,9 @@ Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor
   TL_CHECK(eps > 0, ValueError, op, ": eps must be > 0, got ", eps);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     forward_eval_cuda(x, gamma, beta, y, buffers, eps);
+#endif
   } else if (x.dtype() == DType::F32) {
     forward_eval_cpu<float>(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
   } else {
@@ -400,7 +410,9 @@ Tensor batchnorm_invstd(const Tensor& running_var, double eps) {
   Tensor out = Tensor::empty(running_var.shape(), running_var.dtype(), running_var.device());
   const int64_t c = running_var.numel();
   if (running_var.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::bn_invstd(running_var.data(), out.data(), running_var.dtype(), c, eps, cuda::stream());
+#endif
   } else if (running_var.dtype() == DType::F32) {
     const float* v = running_var.data_as<float>();
     for (int64_t i = 0; i < c; ++i)
@@ -448,7 +460,9 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamm
   if (!grads.dx && !grads.dgamma && !grads.dbeta) return;
 
   if (dy.is_cuda()) {
+#if TL_WITH_CUDA
     backward_cuda(x, dy, gamma, mean, invstd, training, eps, grads);
+#endif
   } else if (dy.dtype() == DType::F32) {
     backward_cpu<float>(x, dy, gamma, mean, invstd, training, grads);
   } else {

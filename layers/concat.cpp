@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/concat.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -42,9 +44,11 @@ void copy_blocks(const Tensor& src, int64_t src_ld, int64_t src_off, const Tenso
                  int64_t dst_off, int64_t rows, int64_t cols, bool accumulate) {
   if (rows * cols == 0) return;
   if (src.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::strided_copy(src.data(), src_ld, src_off, dst.data(), dst_ld, dst_off, rows, cols, src.dtype(),
                           accumulate, cuda::stream());
     return;
+#endif
   }
   if (!accumulate) {
     const size_t es = dtype_size(src.dtype());

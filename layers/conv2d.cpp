@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/conv2d.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -212,6 +214,7 @@ void backward_bias_cpu(const T* dy, T* db, int64_t n_img, int64_t k_ch, int64_t 
 }
 
 // ---------------------------------------------------------------------------------------------------------
+#if TL_WITH_CUDA
 // CUDA: cuDNN legacy convolution API.
 
 constexpr size_t kMaxWorkspace = size_t(1) << 30;  // never pick an algorithm that needs more scratch
@@ -416,6 +419,7 @@ void backward_filter_cuda(const Tensor& dy, const Tensor& x, Tensor& dw, const G
                                              ws, a.workspace, beta.for_dtype(x.dtype()), d.w(), dw.data()));
 }
 
+#endif  // TL_WITH_CUDA
 // The kernel size R (or S) whose output size is `out`, or -1 when none or several fit.
 int64_t infer_kernel(int64_t in, int64_t out, int64_t pad, int64_t dil, int64_t stride) {
   int64_t found = -1;
@@ -447,6 +451,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
              "] for w ", shape_str(w.shape()));
   }
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     Tensor y = Tensor::empty(out_shape(g), x.dtype(), Device::CUDA, x.layout());
     if (g.n == 0) return y;
     forward_cuda(x, as_layout(w, x.layout()), y, g);
@@ -454,6 +459,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
       kernels::conv_bias_add(y.data(), bias.data(), y.dtype(), g.n, g.k, g.out_plane(), y.layout() == Layout::NHWC,
                              cuda::stream());
     return y;
+#endif
   }
   check_cpu_float(x, "conv2d");
   const Tensor xc = as_layout(x, Layout::NCHW), wc = as_layout(w, Layout::NCHW);
@@ -479,8 +485,10 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
   write_grad(dx, x_shape, dy.dtype(), dy.device(), compute_layout, dy.layout(), accumulate, "conv2d_backward_data",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
+#if TL_WITH_CUDA
                  if (g.n > 0) backward_data_cuda(dy, as_layout(w, compute_layout), out, g, add);
                  return;
+#endif
                }
                const Tensor dyc = as_layout(dy, Layout::NCHW), wc = as_layout(w, Layout::NCHW);
                if (dy.dtype() == DType::F32)
@@ -502,9 +510,11 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
   write_grad(dw, w_shape, x.dtype(), x.device(), compute_layout, x.layout(), accumulate, "conv2d_backward_weight",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
+#if TL_WITH_CUDA
                  if (g.n > 0) backward_filter_cuda(as_layout(dy, compute_layout), x, out, g, add);
                  else if (!add) out.zero_();
                  return;
+#endif
                }
                const Tensor dyc = as_layout(dy, Layout::NCHW), xc = as_layout(x, Layout::NCHW);
                if (x.dtype() == DType::F32)
@@ -538,10 +548,12 @@ void conv2d_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
   write_grad(db, Shape{k}, dy.dtype(), dy.device(), Layout::NCHW, Layout::NCHW, accumulate, "conv2d_backward_bias",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
+#if TL_WITH_CUDA
                  void* scratch = cuda::workspace(kernels::conv_bias_grad_scratch_bytes(dy.dtype(), n, k, plane));
                  kernels::conv_bias_grad(dy.data(), out.data(), dy.dtype(), n, k, plane,
                                          dy.layout() == Layout::NHWC, add, scratch, cuda::stream());
                  return;
+#endif
                }
                const Tensor dyc = as_layout(dy, Layout::NCHW);
                if (dy.dtype() == DType::F32)

@@ -2,7 +2,9 @@
 #include "layers/dropout.h"
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/dropout.h"
+#endif
 #include "kernels/random_hash.h"
 #include "layers/layer_util.h"
 
@@ -36,10 +38,12 @@ void apply(const Tensor& src, Tensor& dst, double p, uint64_t seed, uint64_t off
   const uint64_t threshold = rng::drop_threshold(p);
   const double scale = keep_scale(p);
   if (src.is_cuda()) {
+#if TL_WITH_CUDA
     const bool nhwc = src.ndim() == 4 && src.layout() == Layout::NHWC;
     kernels::dropout_apply(src.data(), dst.data(), src.dtype(), src.numel(), nhwc, nhwc ? src.size(1) : 1,
                            nhwc ? src.size(2) : 1, nhwc ? src.size(3) : 1, seed, offset, threshold, scale, accumulate,
                            cuda::stream());
+#endif
   } else if (src.dtype() == DType::F32) {
     dropout_cpu(src.data_as<float>(), dst.data_as<float>(), src, seed, offset, threshold, static_cast<float>(scale),
                 accumulate);

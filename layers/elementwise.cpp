@@ -2,7 +2,9 @@
 #include "layers/elementwise.h"
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/tensor_kernels.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -13,7 +15,9 @@ Tensor add_forward(const Tensor& a, const Tensor& b) {
   TL_CHECK(a.ndim() != 4 || a.layout() == b.layout(), ShapeError, "add: layouts differ: ", a.str(), " vs ", b.str());
   Tensor y = Tensor::empty(a.shape(), a.dtype(), a.device(), a.layout());
   if (a.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::add(a.data(), b.data(), y.data(), a.dtype(), a.numel(), 1.0, cuda::stream());
+#endif
   } else {
     check_cpu_float(a, "add");
     if (a.dtype() == DType::F32) {

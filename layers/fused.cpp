@@ -6,7 +6,9 @@
 #include <cmath>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/fused.h"
+#endif
 #include "layers/activation.h"
 #include "layers/elementwise.h"
 #include "layers/layer_util.h"
@@ -110,8 +112,10 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
   Tensor w_out = Tensor::empty(w.shape(), w.is_cuda() ? input_dtype : p, w.device(), w.layout());
   Tensor b_out = Tensor::empty({k}, p, w.device());
   if (w.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::fold_conv_bn(w.data(), bias.defined() ? bias.data() : nullptr, gamma.data(), beta.data(), mean.data(),
                           var.data(), bn.eps, w_out.data(), b_out.data(), input_dtype, k, inner, cuda::stream());
+#endif
   } else if (p == DType::F32) {
     TL_CHECK(input_dtype == DType::F32, DTypeError, "folded_conv_bn: the CPU path supports float32 and float64");
     fold_cpu(w.data_as<float>(), bias.defined() ? bias.data_as<float>() : nullptr, gamma.data_as<float>(),
@@ -155,11 +159,13 @@ Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable
     if (r.layout() != xv.layout()) r = r.to_layout(xv.layout());  // y takes x's layout
   }
   if (xv.is_cuda()) {
+#if TL_WITH_CUDA
     Tensor y = conv2d_forward(xv, f.weight, Tensor(), conv.options);
     const int64_t n = y.size(0), k = y.size(1), hw = y.size(2) * y.size(3);
     kernels::bias_add_act(y.data(), f.bias.data(), r.defined() ? r.data() : nullptr, relu, y.dtype(), n, k, hw,
                           y.layout() == Layout::NHWC, cuda::stream());
     return Variable(y);
+#endif
   }
   Tensor y = conv2d_forward(xv, f.weight, f.bias, conv.options);
   if (r.defined() || relu) {

@@ -4,7 +4,9 @@
 #include <cblas.h>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/linear.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -28,8 +30,10 @@ void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& A, int64_t lda, const Tensor& B,
           int64_t ldb, double beta, Tensor& C, int64_t ldc) {
   if (C.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::gemm_rowmajor(cuda::cublas(), trans_a, trans_b, M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(),
                            ldc, C.dtype(), cuda::allow_tf32_matmul());
+#endif
   } else {
     gemm_cpu(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
   }
@@ -78,7 +82,9 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
     check_same_dtype_device(bias, x, "linear bias/x");
     // y = broadcast(bias), then the GEMM adds x w^T into it.
     if (x.is_cuda()) {
+#if TL_WITH_CUDA
       kernels::bias_broadcast(bias.data(), y.data(), y.dtype(), N, out, cuda::stream());
+#endif
     } else if (x.dtype() == DType::F32) {
       const float* b = bias.data_as<float>();
       float* py = y.data_as<float>();
@@ -140,8 +146,10 @@ void linear_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
   const int64_t N = dy.size(0), out = dy.size(1);
   prepare_grad_as(db, {out}, dy, accumulate, "linear_backward_bias");
   if (dy.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::bias_grad(dy.data(), db.data(), dy.dtype(), N, out, accumulate, cuda::stream());
     return;
+#endif
   }
   auto run = [&](auto tag) {
     using T = decltype(tag);

@@ -5,7 +5,9 @@
 #include <limits>
 
 #include "core/device.h"
+#if TL_WITH_CUDA
 #include "kernels/loss.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -90,7 +92,8 @@ template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_as<T>() : nullptr;
 }
-const void* void_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
+// A kernel argument (only the CUDA branches pass raw pointers).
+[[maybe_unused]] const void* void_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 
 // ---- CPU reference (double accumulation) ----
 template <typename T>
@@ -205,9 +208,15 @@ Tensor log_softmax_forward(const Tensor& x) {
   check_scores(x, "log_softmax");
   const int64_t N = x.size(0), C = x.size(1);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (x.is_cuda()) kernels::log_softmax_forward(x.data(), y.data(), x.dtype(), N, C, cuda::stream());
-  else if (x.dtype() == DType::F32) log_softmax_cpu(x.data_as<float>(), y.data_as<float>(), N, C);
-  else log_softmax_cpu(x.data_as<double>(), y.data_as<double>(), N, C);
+  if (x.is_cuda()) {
+#if TL_WITH_CUDA
+    kernels::log_softmax_forward(x.data(), y.data(), x.dtype(), N, C, cuda::stream());
+#endif
+  } else if (x.dtype() == DType::F32) {
+    log_softmax_cpu(x.data_as<float>(), y.data_as<float>(), N, C);
+  } else {
+    log_softmax_cpu(x.data_as<double>(), y.data_as<double>(), N, C);
+  }
   return y;
 }
 
@@ -218,7 +227,9 @@ void log_softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool ac
   prepare_grad_spec(dx, y.shape(), y.dtype(), y.device(), accumulate, "log_softmax_backward");
   const int64_t N = y.size(0), C = y.size(1);
   if (y.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::log_softmax_backward(y.data(), dy.data(), dx.data(), y.dtype(), N, C, accumulate, cuda::stream());
+#endif
   } else if (y.dtype() == DType::F32) {
     log_softmax_backward_cpu(y.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), N, C, accumulate);
   } else {
@@ -238,8 +249,10 @@ Tensor nll_loss_forward(const Tensor& logp, const Tensor& target, const Tensor& 
   const DType ld = loss_dtype(logp.dtype());
   Tensor loss = Tensor::empty({1}, ld, logp.device()), stats = Tensor::empty({2}, ld, logp.device());
   if (logp.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::nll_forward(logp.data(), target.data_as<int32_t>(), void_or_null(w), loss.data(), stats.data(),
                          logp.dtype(), N, C, ignore_index, cuda::stream());
+#endif
   } else if (ld == DType::F32) {
     nll_forward_cpu(logp.data_as<float>(), target.data_as<int32_t>(), ptr_or_null<float>(w), loss.data_as<float>(),
                     stats.data_as<float>(), N, C, ignore_index);
@@ -267,8 +280,10 @@ void nll_loss_backward(const Tensor& dloss, const Tensor& target, const Tensor& 
   validate_targets_cpu(target, C, ignore_index, op);
   prepare_grad_spec(dlogp, {N, C}, dtype, dev, accumulate, op);
   if (dev == Device::CUDA) {
+#if TL_WITH_CUDA
     kernels::nll_backward(g.data(), target.data_as<int32_t>(), void_or_null(wd), stats.data(), dlogp.data(), dtype, N,
                           C, ignore_index, accumulate, cuda::stream());
+#endif
   } else if (dtype == DType::F32) {
     nll_backward_cpu(g.data_as<float>(), target.data_as<int32_t>(), ptr_or_null<float>(wd), stats.data_as<float>(),
                      dlogp.data_as<float>(), N, C, ignore_index, accumulate);
@@ -293,10 +308,12 @@ Tensor cross_entropy_forward(const Tensor& logits, const Tensor& target, const C
   const Device dev = logits.device();
   Tensor loss = Tensor::empty({1}, ld, dev), stats = Tensor::empty({2}, ld, dev), lse = Tensor::empty({N}, ld, dev);
   if (logits.is_cuda()) {
+#if TL_WITH_CUDA
     Tensor scratch = Tensor::empty({2 * N + 1}, ld, dev);  // per-row numerators and denominators
     kernels::cross_entropy_forward(logits.data(), target.data_as<int32_t>(), void_or_null(w), lse.data(),
                                    scratch.data(), loss.data(), stats.data(), logits.dtype(), N, C, opt.ignore_index,
                                    opt.label_smoothing, cuda::stream());
+#endif
   } else if (ld == DType::F32) {
     cross_entropy_cpu(logits.data_as<float>(), target.data_as<int32_t>(), ptr_or_null<float>(w), lse.data_as<float>(),
                       loss.data_as<float>(), stats.data_as<float>(), N, C, opt.ignore_index, opt.label_smoothing);
@@ -328,9 +345,11 @@ void cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Ten
   validate_targets_cpu(target, C, opt.ignore_index, op);
   prepare_grad_spec(dlogits, logits.shape(), logits.dtype(), dev, accumulate, op);
   if (logits.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::cross_entropy_backward(g.data(), logits.data(), target.data_as<int32_t>(), void_or_null(w), lse.data(),
                                     stats.data(), dlogits.data(), logits.dtype(), N, C, opt.ignore_index,
                                     opt.label_smoothing, accumulate, cuda::stream());
+#endif
   } else if (ld == DType::F32) {
     cross_entropy_backward_cpu(g.data_as<float>(), logits.data_as<float>(), target.data_as<int32_t>(),
                                ptr_or_null<float>(w), lse.data_as<float>(), stats.data_as<float>(),

@@ -7,7 +7,10 @@
 #include <limits>
 
 #include "core/device.h"
+#include "kernels/pool_geom.h"
+#if TL_WITH_CUDA
 #include "kernels/pooling.h"
+#endif
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -86,6 +89,7 @@ void prepare_grad_shaped(Tensor& g, const Shape& shape, DType dtype, Device devi
   }
 }
 
+#if TL_WITH_CUDA
 // ---------------------------------------------------------------- cuDNN plumbing
 
 cudnnDataType_t cudnn_dtype(DType t, const char* op) {
@@ -170,6 +174,7 @@ bool cudnn_pool_forward(cudnnPoolingMode_t mode, const Pool2dOptions& o, const T
                    "cudnnPoolingForward");
 }
 
+#endif  // TL_WITH_CUDA
 // ---------------------------------------------------------------- CPU reference
 
 struct Strides {
@@ -311,9 +316,11 @@ Tensor max_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
   const kernels::PoolGeom g = geom_of(x.shape(), ys, o);
   if (y.numel() == 0) return y;
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     if (!cudnn_can_run(x.shape(), ys, o) || !cudnn_pool_forward(CUDNN_POOLING_MAX_DETERMINISTIC, o, x, y)) {
       kernels::max_pool2d_forward(x.data(), y.data(), x.dtype(), g, x.layout() == Layout::NHWC, cuda::stream());
     }
+#endif
   } else if (x.dtype() == DType::F32) {
     max_forward_cpu(x.data_as<float>(), y.data_as<float>(), g, x.layout());
   } else {
@@ -333,6 +340,7 @@ void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy_in, 
   const kernels::PoolGeom g = geom_of(x.shape(), ys, o);
   if (x.numel() == 0) return;
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     bool done = false;
     if (cudnn_can_run(x.shape(), ys, o) && y.defined()) {  // cuDNN needs the forward output y
       check_same_shape(y, dy, "max_pool2d_backward");
@@ -351,6 +359,7 @@ void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy_in, 
       kernels::max_pool2d_backward(x.data(), dy.data(), dx.data(), x.dtype(), g, x.layout() == Layout::NHWC,
                                    accumulate, cuda::stream());
     }
+#endif
   } else if (x.dtype() == DType::F32) {
     max_backward_cpu(x.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), g, x.layout(), accumulate);
   } else {
@@ -378,12 +387,14 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
   const kernels::PoolGeom g = geom_of(x.shape(), ys, o);
   if (y.numel() == 0) return y;
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     const cudnnPoolingMode_t mode = o.count_include_pad ? CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING
                                                         : CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING;
     if (!cudnn_can_run(x.shape(), ys, o) || !cudnn_pool_forward(mode, o, x, y)) {
       kernels::avg_pool2d_forward(x.data(), y.data(), x.dtype(), g, o.count_include_pad, x.layout() == Layout::NHWC,
                                   cuda::stream());
     }
+#endif
   } else if (x.dtype() == DType::F32) {
     avg_forward_cpu(x.data_as<float>(), y.data_as<float>(), g, o.count_include_pad, x.layout());
   } else {
@@ -400,8 +411,10 @@ void avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dOpt
   const kernels::PoolGeom g = geom_of(x_shape, ys, o);
   if (dx.numel() == 0) return;
   if (dy.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::avg_pool2d_backward(dy.data(), dx.data(), dy.dtype(), g, o.count_include_pad,
                                  dy.layout() == Layout::NHWC, accumulate, cuda::stream());
+#endif
   } else if (dy.dtype() == DType::F32) {
     avg_backward_cpu(dy.data_as<float>(), dx.data_as<float>(), g, o.count_include_pad, dy.layout(), accumulate);
   } else {
@@ -436,8 +449,10 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w
   if (y.numel() == 0) return y;
   const kernels::PoolGeom g{ys[0], ys[1], x.size(2), x.size(3), out_h, out_w, 1, 1, 1, 1, 0, 0};
   if (x.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::adaptive_avg_pool2d_forward(x.data(), y.data(), x.dtype(), g.N, g.C, g.H, g.W, g.OH, g.OW,
                                          x.layout() == Layout::NHWC, cuda::stream());
+#endif
   } else if (x.dtype() == DType::F32) {
     adaptive_cpu(x.data_as<float>(), y.data_as<float>(), g, x.layout(), false, false);
   } else {
@@ -455,8 +470,10 @@ void adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, Tensor
   if (dx.numel() == 0) return;
   const kernels::PoolGeom g{ys[0], ys[1], x_shape[2], x_shape[3], ys[2], ys[3], 1, 1, 1, 1, 0, 0};
   if (dy.is_cuda()) {
+#if TL_WITH_CUDA
     kernels::adaptive_avg_pool2d_backward(dy.data(), dx.data(), dy.dtype(), g.N, g.C, g.H, g.W, g.OH, g.OW,
                                           dy.layout() == Layout::NHWC, accumulate, cuda::stream());
+#endif
   } else if (dy.dtype() == DType::F32) {
     adaptive_cpu(dy.data_as<float>(), dx.data_as<float>(), g, dy.layout(), true, accumulate);
   } else {

@@ -133,7 +133,8 @@ TEST(AvgPool, GradcheckFloat64) {
 TEST(AdaptiveAvgPool, GradcheckFloat64) {
   for (auto [h, w, oh, ow] : std::vector<std::array<int64_t, 4>>{{5, 6, 1, 1}, {10, 9, 7, 7}, {5, 4, 3, 2}, {3, 4, 5, 7}}) {
     SCOPED_TRACE(shape_str({h, w, oh, ow}));
-    expect_gradcheck([&](const std::vector<Variable>& v) { return adaptive_avg_pool2d(v[0], oh, ow); },
+    const int64_t out_h = oh, out_w = ow;  // C++17 lambdas cannot capture structured bindings (clang refuses)
+    expect_gradcheck([&](const std::vector<Variable>& v) { return adaptive_avg_pool2d(v[0], out_h, out_w); },
                      {Tensor::randn({1, 2, h, w}, 13, DType::F64)}, {true});
   }
 }
@@ -263,7 +264,8 @@ TEST(PoolingCuda, MatchesCpu) {
         expect_close(y_gpu, y_cpu, tol, std::string(c.name) + " cuda y");
         expect_close(dx_gpu, dx_cpu, tol, std::string(c.name) + " cuda dx");
         if (c.max) {
-          expect_grad_contract([&](Tensor& g, bool acc) { max_pool2d_backward(xg, y_gpu, gyg, c.o, g, acc); }, xg,
+          const Tensor y_out = y_gpu;  // a structured binding cannot be captured in C++17
+          expect_grad_contract([&](Tensor& g, bool acc) { max_pool2d_backward(xg, y_out, gyg, c.o, g, acc); }, xg,
                                std::string(c.name) + " cuda dx contract");
           Tensor dx_own;  // without y: our own kernel recomputes the argmax (also where cuDNN would run)
           max_pool2d_backward(xg, Tensor(), gyg, c.o, dx_own, false);

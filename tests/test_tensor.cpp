@@ -60,6 +60,21 @@ TEST(Tensor, CpuMemoryIsCounted) {
   EXPECT_EQ(memory_stats(Device::CPU).current_bytes, before);
 }
 
+// available() and unavailable_reason() agree with the build: a CPU-only build (TL_WITH_CUDA == 0) says so and
+// refuses CUDA tensors with that reason; a CUDA build without a device says that no device is visible.
+TEST(Device, UnavailableReasonMatchesTheBuild) {
+  const std::string reason = cuda::unavailable_reason();
+  if (cuda::available()) {
+    EXPECT_TRUE(TL_WITH_CUDA);
+    EXPECT_EQ(reason, "");
+    return;
+  }
+  EXPECT_TRUE(contains(reason, TL_WITH_CUDA ? "no CUDA device is visible" : "TL_CUDA=OFF")) << reason;
+  const std::string err = error_of([] { Tensor::empty({2}, DType::F32, Device::CUDA); });
+  EXPECT_TRUE(contains(err, reason)) << err;
+  EXPECT_THROW(Tensor::zeros({2}).to(Device::CUDA), Error);
+}
+
 TEST(TensorCuda, RoundTripAllDtypesAndLayouts) {
   TL_REQUIRE_CUDA();
   Tensor x = Tensor::randn({2, 3, 4, 5}, 3);

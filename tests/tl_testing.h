@@ -75,7 +75,8 @@ class NoTF32 {
 
 }  // namespace tl::testing
 
-#define TL_REQUIRE_CUDA()                                                     \
-  do {                                                                        \
-    if (!::tl::cuda::available()) GTEST_SKIP() << "no CUDA device present";   \
+// Skips a CUDA test when CUDA cannot run: a CPU-only build (TL_WITH_CUDA == 0) or no visible device.
+#define TL_REQUIRE_CUDA()                                                                \
+  do {                                                                                   \
+    if (!::tl::cuda::available()) GTEST_SKIP() << ::tl::cuda::unavailable_reason();      \
   } while (0)

@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(cmake ninja-build g++ libstb-dev libgtest-dev pybind11-dev python3-dev python3-numpy python3-torch
       python3-torchvision libopenblas-dev nlohmann-json3-dev libcli11-dev libzip-dev libjpeg62-turbo-dev
-      zlib1g-dev)
+      zlib1g-dev clang libclang-rt-14-dev)  # clang + libFuzzer/sanitizer runtimes: tools/fuzz.sh, tools/sanitize.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -12,4 +12,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-[ -x /usr/local/cuda/bin/nvcc ] || { echo "CUDA toolkit not found at /usr/local/cuda (nvcc): install CUDA 13 with cuDNN 9" >&2; exit 1; }
+# The CUDA toolkit is needed for the CUDA build only; -DTL_CUDA=OFF (and tools/fuzz.sh, tools/sanitize.sh) build the
+# CPU-only engine without it. TL_CPU_ONLY=1 skips this check.
+[ "${TL_CPU_ONLY:-0}" = 1 ] || [ -x /usr/local/cuda/bin/nvcc ] || {
+  echo "CUDA toolkit not found at /usr/local/cuda (nvcc): install CUDA 13 with cuDNN 9, or set TL_CPU_ONLY=1 and" \
+       "configure with -DTL_CUDA=OFF for the CPU-only engine" >&2
+  exit 1
+}

@@ -25,11 +25,15 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 std::string device_description(Device dev) {
   if (dev == Device::CPU) return "cpu";
+#if TL_WITH_CUDA
   int index = 0;
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDevice(&index));
   CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
   return std::string("cuda: ") + prop.name;
+#else
+  throw CudaError(cuda::unavailable_reason());
+#endif
 }
 
 double median_of(std::vector<double> v) {
@@ -38,6 +42,7 @@ double median_of(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+#if TL_WITH_CUDA
 // CUDA events around each timed step, read once at the end.
 class StepEvents {
  public:
@@ -71,6 +76,7 @@ class StepEvents {
  private:
   std::vector<cudaEvent_t> start_, end_;
 };
+#endif  // TL_WITH_CUDA
 
 }  // namespace
 
@@ -157,6 +163,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
   for (int i = 1; i < o.warmup; ++i) step();
 
   if (dev == Device::CUDA) {
+#if TL_WITH_CUDA
     StepEvents events(o.steps);
     for (int i = 0; i < o.steps; ++i) {
       events.begin(i);
@@ -167,6 +174,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
     size_t free_b = 0, total_b = 0;
     cuda::memory_info(&free_b, &total_b);
     r.device_used_bytes = total_b - free_b;
+#endif
   } else {
     for (int i = 0; i < o.steps; ++i) {
       const Clock::time_point t0 = Clock::now();

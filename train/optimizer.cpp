@@ -9,7 +9,10 @@
 #include <set>
 
 #include "core/device.h"
+#include "kernels/optim_coefficients.h"
+#if TL_WITH_CUDA
 #include "kernels/optimizer.h"
+#endif
 
 namespace tl::train {
 
@@ -148,6 +151,7 @@ void adam_cpu(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const kernels::A
 
 void* data_or_null(const Tensor& t) { return t.defined() ? t.data() : nullptr; }
 
+#if TL_WITH_CUDA
 // ---------------------------------------------------------------------------------------------------------------
 // Host -> device copies of the kernel tables through pinned memory: asynchronous, and safe to call again while a
 // previous copy is queued (it then waits for that copy, which only happens when tables change step after step).
@@ -200,11 +204,14 @@ struct LaunchTables {
   int64_t num_chunks = 0;
   PinnedStaging static_staging, grad_staging;
 };
+#endif  // TL_WITH_CUDA
 }  // namespace
 
 struct Optimizer::CudaCache {
+#if TL_WITH_CUDA
   // Key: group, dtype, then the indices (within the group) of the parameters in the launch.
   std::map<std::vector<int64_t>, LaunchTables> launches;
+#endif
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -343,7 +350,7 @@ void Optimizer::step_group(size_t gi) {
     }
   }
   if (cuda_launches.empty()) return;
-
+#if TL_WITH_CUDA
   if (!cuda_cache_) cuda_cache_ = std::make_unique<CudaCache>();
   if (cuda_cache_->launches.size() > 64) cuda_cache_->launches.clear();  // bound odd partition patterns
   cudaStream_t stream = cuda::stream();
@@ -419,6 +426,7 @@ void Optimizer::step_group(size_t gi) {
     }
     ++cuda_stats_.launches;
   }
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -81,14 +81,21 @@ void save_state_dict(const std::string& path, const StateDict& state) {
   io::write_safetensors(path, tensors, metadata);
 }
 
-StateDict load_state_dict(const std::string& path) {
-  io::TensorFile file = io::read_safetensors(path);
+namespace {
+StateDict from_tensor_file(io::TensorFile file) {
   StateDict out;
   out.tensors = std::move(file.tensors);
   const std::string prefix = kValuePrefix;
   for (const auto& [k, v] : file.metadata)
     if (k.compare(0, prefix.size(), prefix) == 0) out.values[k.substr(prefix.size())] = v;
   return out;
+}
+}  // namespace
+
+StateDict load_state_dict(const std::string& path) { return from_tensor_file(io::read_safetensors(path)); }
+
+StateDict load_state_dict_memory(const void* data, size_t size, const std::string& name) {
+  return from_tensor_file(io::read_safetensors_memory(data, size, name));
 }
 
 }  // namespace tl::train

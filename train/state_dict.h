@@ -38,5 +38,7 @@ struct StateDict {
 void save_state_dict(const std::string& path, const StateDict& state);
 // Throws IOError naming the file when it is missing, truncated or corrupt.
 StateDict load_state_dict(const std::string& path);
+// The same over a file already in memory (`size` bytes at `data`); `name` stands for the file in errors.
+StateDict load_state_dict_memory(const void* data, size_t size, const std::string& name);
 
 }  // namespace tl::train
