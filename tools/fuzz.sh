@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=30
 build=build-asan
-targets="image safetensors npy checkpoint"
+targets="image safetensors npy checkpoint pth"
 jobs=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,10 +40,8 @@ mkdir -p "$fz/seeds/checkpoint"
 # Largest input per target: a few times the largest seed (the readers' size checks are what matters).
 # -timeout=30: one input may decode a 4-megapixel image under ASan (about 1 s); 10 s gave false timeouts on a
 # loaded machine.
-declare -A max_len=([image]=16384 [safetensors]=4096 [npy]=2048 [checkpoint]=16384)
-declare -A seeds=([image]=image [safetensors]=safetensors [npy]=npy [checkpoint]=checkpoint)
-# A .pth target (fuzz_pth over io::read_pth_memory) joins with the .pth reader: its name in `targets`, a max_len
-# and a seed folder here, seeds from tools/fuzz_corpus.py (torch.save of small state dicts).
+declare -A max_len=([image]=16384 [safetensors]=4096 [npy]=2048 [checkpoint]=16384 [pth]=8192)
+declare -A seeds=([image]=image [safetensors]=safetensors [npy]=npy [checkpoint]=checkpoint [pth]=pth)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 failed=()

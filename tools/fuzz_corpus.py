@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of the libFuzzer targets in tests/fuzz (run with /usr/bin/python3: numpy, PIL).
 
-    fuzz_corpus.py OUT_DIR   ->  OUT_DIR/image/*, OUT_DIR/safetensors/*, OUT_DIR/npy/*
+    fuzz_corpus.py OUT_DIR   ->  OUT_DIR/image/*, OUT_DIR/safetensors/*, OUT_DIR/npy/*, OUT_DIR/pth/*
 
 Small, valid files of every kind each reader accepts (and a few it must refuse), so that the fuzzer starts from
 the formats' real structure. The checkpoint seeds come from the checkpoint_seeds tool (real optimizer state).
@@ -112,11 +112,28 @@ def npy_seeds(out):
     write(os.path.join(out, "v2.npy"), buf.getvalue())
 
 
+def pth_seeds(out):
+    """Small state dicts as torch.save writes them: zip and legacy layouts, several dtypes, a view, shared storage,
+    a checkpoint dict with a nested state dict."""
+    import collections
+    import torch
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, generator=g)
+    sd = collections.OrderedDict([("fc.weight", w), ("fc.bias", torch.zeros(3)),
+                                  ("bn.num_batches_tracked", torch.tensor(5)),
+                                  ("half", w.half()), ("double", w.double()[:, 1:]), ("t", w.t()),
+                                  ("shared", w[1])])
+    for name, obj in (("state", sd), ("ckpt", {"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3})):
+        torch.save(obj, os.path.join(out, name + "_zip.pth"))
+        torch.save(obj, os.path.join(out, name + "_legacy.pth"), _use_new_zipfile_serialization=False)
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     root = sys.argv[1]
-    for kind, fn in (("image", image_seeds), ("safetensors", safetensors_seeds), ("npy", npy_seeds)):
+    for kind, fn in (("image", image_seeds), ("safetensors", safetensors_seeds), ("npy", npy_seeds),
+                     ("pth", pth_seeds)):
         d = os.path.join(root, kind)
         os.makedirs(d, exist_ok=True)
         fn(d)
