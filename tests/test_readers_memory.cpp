@@ -154,7 +154,9 @@ TEST(ReadersMemory, JpegWithAnOversizedHuffmanTableIsRefused) {
   };
   ASSERT_EQ(at_end.size(), 276u);
   const std::string err2 = error_of([&] { io::decode_image_memory(at_end, "mem:huffman_end.jpg"); });
-  EXPECT_TRUE(contains(err2, "mem:huffman_end.jpg") && contains(err2, "Huffman table")) << err2;
+  // libjpeg-turbo (when built with it) refuses the file at its own check of the marker length first.
+  const bool stb = std::string(io::jpeg_decoder_name()) == "stb_image";
+  EXPECT_TRUE(contains(err2, "mem:huffman_end.jpg") && (!stb || contains(err2, "Huffman table"))) << err2;
 }
 
 // A 16-bit PGM (maxval > 255): stb_image 2.27 converted its channels with the 8-bit routine and then read twice
