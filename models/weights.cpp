@@ -28,10 +28,12 @@ WeightsFormat sniff(const std::string& path, std::string* what) {
   const size_t n = static_cast<size_t>(std::min<uint64_t>(size, sizeof(head)));
   f.read(reinterpret_cast<char*>(head), static_cast<std::streamsize>(n));
   if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return WeightsFormat::Pth;
-  if (n >= 2 && head[0] == 0x80) return WeightsFormat::Pth;
+  // Safetensors before pickle: a safetensors header length's low byte is 0x80 in 1 file of 256 (a legacy .pth,
+  // 0x80 0x02 0x8a ..., never has '{' at byte 8).
   uint64_t header_len = 0;
   for (int i = 7; i >= 0 && n >= 8; --i) header_len = (header_len << 8) | head[i];
   if (n >= 9 && header_len <= size - 8 && head[8] == '{') return WeightsFormat::Safetensors;
+  if (n >= 2 && head[0] == 0x80 && head[1] >= 2 && head[1] <= 5) return WeightsFormat::Pth;  // pickle PROTO 2..5
   *what = io::describe_content(head, n);
   return WeightsFormat::Unknown;
 }

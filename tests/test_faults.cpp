@@ -29,6 +29,7 @@
 #include "train/state_dict.h"
 #include "train/trainer.h"
 #include "tl_testing.h"
+#include "tl_training.h"
 
 using namespace tl;
 using namespace tl::testing;
@@ -86,21 +87,7 @@ void write_pngs(const std::string& root, const std::vector<std::string>& classes
 }
 
 train::TrainOptions tiny(const std::string& data, const std::string& out) {
-  train::TrainOptions o;
-  o.data = data;
-  o.out = out;
-  o.arch = "resnet18";
-  o.image_size = 16;
-  o.val_transform = "resize";
-  o.augment = false;
-  o.epochs = 1;
-  o.batch_size = 4;
-  o.lr = 0.01;
-  o.schedule = "constant";
-  o.workers = 1;
-  o.device = "cpu";
-  o.quiet = true;
-  return o;
+  return tiny_training(data, out, 16, 1, 4, 1);
 }
 
 std::string cli() { return std::string(TL_CLI); }

@@ -95,6 +95,25 @@ TEST(Pth, DtypesViewsAndSharedStorages) {
   }
 }
 
+// A safetensors file whose header length has 0x80 as its first byte (1 file in 256: here with non-UTF-8 class
+// names, found by the fault tests) is safetensors, not a pickle.
+TEST(Pth, SafetensorsWhoseHeaderLengthStartsWith0x80IsNotTakenForAPickle) {
+  const std::string path = test_dir("pth_sniff_0x80") + ".bin";
+  int tried = 0;
+  for (std::string pad;; pad += "x") {
+    ASSERT_LT(++tried, 600) << "no padding gave a header length with low byte 0x80";
+    io::write_safetensors(path, {{"fc.weight", Tensor::full({2, 3}, 1.5)}}, {{"pad", pad}});
+    std::ifstream f(path, std::ios::binary);
+    const int first = f.get();
+    if (first != 0x80) continue;
+    const io::TensorFile t = models::read_weights_file(path);
+    ASSERT_TRUE(t.has("fc.weight"));
+    EXPECT_EQ(t.at("fc.weight").to_doubles(), std::vector<double>(6, 1.5));
+    break;
+  }
+  std::filesystem::remove(path);
+}
+
 TEST(Pth, ReadWeightsFileNormalisesAndDetects) {
   // torchvision's legacy DenseNet download: legacy layout, "norm.1" names, no num_batches_tracked.
   io::TensorFile d = models::read_weights_file(pth_dir() + "densenet121_legacy.pth");

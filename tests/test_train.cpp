@@ -23,6 +23,7 @@
 #include "train/state_dict.h"
 #include "train/trainer.h"
 #include "tl_testing.h"
+#include "tl_training.h"
 
 using namespace tl;
 using namespace tl::testing;
@@ -48,21 +49,7 @@ std::string make_data(const std::string& dir, int train_per_class = 8, int val_p
   return dir;
 }
 train::TrainOptions tiny(const std::string& data, const std::string& out) {
-  train::TrainOptions o;
-  o.data = data;
-  o.out = out;
-  o.arch = "resnet18";
-  o.image_size = 32;
-  o.val_transform = "resize";
-  o.augment = false;
-  o.epochs = 2;
-  o.batch_size = 8;
-  o.lr = 0.01;
-  o.schedule = "constant";
-  o.workers = 2;
-  o.device = "cpu";
-  o.quiet = true;
-  return o;
+  return tiny_training(data, out, 32, 2, 8, 2);
 }
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   std::ifstream f(path);
