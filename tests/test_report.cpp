@@ -313,6 +313,18 @@ TEST(Report, PredictionGridPng) {
 
 // ---- Progress, logs, files ----
 
+// Class names with bytes the PNG font has no glyph for (non-ASCII, non-UTF-8, control bytes) are drawn as '?':
+// stb_easy_font indexes its glyph table with (byte - 32), which read outside it for such bytes (found by UBSan).
+TEST(Report, PredictionGridDrawsBytesWithoutAGlyphAsQuestionMarks) {
+  const std::string dir = output_dir();
+  auto grid = [&](const std::string& name, const std::string& file) {
+    std::vector<GridItem> items{{solid(64, 64, 90, 90, 90), name, "caf" + name.substr(3), 0.7f}};
+    write_prediction_grid_png(dir + "/" + file, items, 1);
+    return io::decode_image(dir + "/" + file).pixels;
+  };
+  EXPECT_EQ(grid(std::string("caf\xe9\xff\x01"), "glyphless.png"), grid("caf???", "questions.png"));
+}
+
 TEST(Report, ProgressLinesAndBar) {
   double now = 100.0;
   auto clock = [&] { return now; };

@@ -124,10 +124,18 @@ class Canvas {
 
   void disc(float cx, float cy, float radius, Color c) { line(cx, cy, cx, cy, 2 * radius, c); }
 
+  // The bytes stb_easy_font can draw: it has glyphs for ASCII 32..126 only and indexes its table with (c - 32), so
+  // any other byte (a non-ASCII or non-UTF-8 class name) would read outside it (found by UBSan): shown as '?'.
+  static std::vector<char> drawable(const std::string& s) {
+    std::vector<char> str;
+    for (unsigned char ch : s) str.push_back(ch >= 32 && ch <= 126 ? static_cast<char>(ch) : '?');
+    str.push_back('\0');
+    return str;
+  }
+
   // Text with its top-left corner at (x, y); `scale` font units per pixel.
   void text(float x, float y, const std::string& s, Color c, float scale) {
-    std::vector<char> str(s.begin(), s.end());
-    str.push_back('\0');
+    std::vector<char> str = drawable(s);
     std::vector<char> quads(s.size() * 64 * 24 + 64);  // 64 bytes a quad; glyphs have at most ~15 quads
     const int n = stb_easy_font_print(0, 0, str.data(), nullptr, quads.data(), static_cast<int>(quads.size()));
     for (int q = 0; q < n; ++q) {
@@ -138,8 +146,7 @@ class Canvas {
   }
   static float text_width(const std::string& s, float scale) {
     if (s.empty()) return 0;
-    std::vector<char> str(s.begin(), s.end());
-    str.push_back('\0');
+    std::vector<char> str = drawable(s);
     // stb_easy_font_width counts the one-unit gap after the last glyph.
     return (static_cast<float>(stb_easy_font_width(str.data())) - 1) * scale;
   }
