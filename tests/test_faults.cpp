@@ -37,12 +37,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string fresh_dir(const std::string& name) {
-  std::string d = test_dir(name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

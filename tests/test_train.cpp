@@ -30,12 +30,6 @@ using namespace tl::testing;
 namespace fs = std::filesystem;
 
 namespace {
-std::string fresh_dir(const std::string& name) {
-  std::string d = test_dir(name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 std::string make_data(const std::string& dir, int train_per_class = 8, int val_per_class = 4,
                       const std::string& format = "png") {
   io::SyntheticOptions s;

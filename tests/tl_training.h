@@ -1,11 +1,21 @@
 // Shared by the tests that run `tlengine train` jobs (test_train.cpp, test_faults.cpp).
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
+#include "tl_testing.h"
 #include "train/trainer.h"
 
 namespace tl::testing {
+
+// An empty scratch folder under the test directory (removed first if it exists).
+inline std::string fresh_dir(const std::string& name) {
+  const std::string d = test_dir(name);
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d;
+}
 
 // A tiny CPU training job on an ImageFolder: resnet18, no augmentation, Resize((s, s)), constant lr 0.01, quiet;
 // the rest as given.
