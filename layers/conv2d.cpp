@@ -2,17 +2,18 @@
 // and the autograd wrapper (see conv2d.h).
 #include "layers/conv2d.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <map>
 #include <mutex>
 #include <vector>
 
+#include "core/blas.h"
 #include "core/device.h"
+#include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/conv2d.h"
 #endif
+#include "layers/conv2d_dnnl.h"
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -104,19 +105,22 @@ void write_grad(Tensor& grad, const Shape& shape, DType dtype, Device device, La
   else grad.copy_(tmp);
 }
 
+// The oneDNN path overwrites its output: with `add`, it computes into a fresh tensor that is then added.
+template <typename F>
+void fast_cpu_grad(Tensor& out, bool add, F&& compute) {
+  if (!add) {
+    compute(out);
+    return;
+  }
+  Tensor tmp = Tensor::empty(out.shape(), out.dtype(), out.device(), out.layout());
+  compute(tmp);
+  out.add_(tmp);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // CPU reference: per image and group, im2col turns the receptive fields into a (Cg*R*S, Ho*Wo) matrix.
 
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-              1.0f, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
-          int64_t ldb, double beta, double* c, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k,
-              1.0, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
-}
+using cpu::gemm;
 
 // col[(c*R + r)*S + s][oh*Wo + ow] = x[c][oh*sh - ph + r*dh][ow*sw - pw + s*dw] (0 outside), x: (Cg, H, W).
 template <typename T>
@@ -202,15 +206,22 @@ void backward_weight_cpu(const T* dy, const T* x, T* dw, const Geometry& g, bool
 }
 
 template <typename T>
-void backward_bias_cpu(const T* dy, T* db, int64_t n_img, int64_t k_ch, int64_t plane, bool accumulate) {
-  for (int64_t k = 0; k < k_ch; ++k) {
-    T sum = T(0);
-    for (int64_t n = 0; n < n_img; ++n) {
-      const T* p = dy + (n * k_ch + k) * plane;
-      for (int64_t i = 0; i < plane; ++i) sum += p[i];
+void backward_bias_cpu(const T* dy, T* db, int64_t n_img, int64_t k_ch, int64_t plane, bool nhwc, bool accumulate) {
+  // Each channel sums its values in the same order (image, then position) in either layout.
+  parallel_for(k_ch, 4, [&](int64_t k0, int64_t k1) {
+    std::vector<T> sum(static_cast<size_t>(k1 - k0), T(0));
+    if (nhwc) {
+      for (int64_t row = 0; row < n_img * plane; ++row)
+        for (int64_t k = k0; k < k1; ++k) sum[k - k0] += dy[row * k_ch + k];
+    } else {
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t n = 0; n < n_img; ++n) {
+          const T* p = dy + (n * k_ch + k) * plane;
+          for (int64_t i = 0; i < plane; ++i) sum[k - k0] += p[i];
+        }
     }
-    db[k] = accumulate ? db[k] + sum : sum;
-  }
+    for (int64_t k = k0; k < k1; ++k) db[k] = accumulate ? db[k] + sum[k - k0] : sum[k - k0];
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -436,6 +447,8 @@ int64_t infer_kernel(int64_t in, int64_t out, int64_t pad, int64_t dil, int64_t 
 // ---------------------------------------------------------------------------------------------------------
 // Public functions.
 
+Layout conv2d_cpu_float32_layout() { return TL_WITH_DNNL ? Layout::NHWC : Layout::NCHW; }
+
 Shape conv2d_output_shape(const Shape& x_shape, const Shape& w_shape, const Conv2dOptions& o) {
   return out_shape(geometry(x_shape, w_shape, o));
 }
@@ -462,6 +475,11 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
 #endif
   }
   check_cpu_float(x, "conv2d");
+  if (dnnl_conv::takes(x)) {
+    Tensor y = Tensor::empty(out_shape(g), x.dtype(), Device::CPU, x.layout());
+    if (g.n > 0) dnnl_conv::forward(x, w, bias, y, o);
+    return y;
+  }
   const Tensor xc = as_layout(x, Layout::NCHW), wc = as_layout(w, Layout::NCHW);
   Tensor y = Tensor::empty(out_shape(g), x.dtype());
   if (x.dtype() == DType::F32)
@@ -481,7 +499,8 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
   check_dy(dy, g, x_shape, w.shape(), "conv2d_backward_data");
   check_same_dtype_device(dy, w, "conv2d_backward_data (dy, w)");
   if (!dy.is_cuda()) check_cpu_float(dy, "conv2d_backward_data");
-  const Layout compute_layout = dy.is_cuda() ? dy.layout() : Layout::NCHW;
+  const bool fast_cpu = dnnl_conv::takes(dy);
+  const Layout compute_layout = dy.is_cuda() || fast_cpu ? dy.layout() : Layout::NCHW;
   write_grad(dx, x_shape, dy.dtype(), dy.device(), compute_layout, dy.layout(), accumulate, "conv2d_backward_data",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
@@ -489,6 +508,10 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
                  if (g.n > 0) backward_data_cuda(dy, as_layout(w, compute_layout), out, g, add);
                  return;
 #endif
+               }
+               if (fast_cpu) {
+                 if (g.n > 0) fast_cpu_grad(out, add, [&](Tensor& t) { dnnl_conv::backward_data(dy, w, t, o); });
+                 return;
                }
                const Tensor dyc = as_layout(dy, Layout::NCHW), wc = as_layout(w, Layout::NCHW);
                if (dy.dtype() == DType::F32)
@@ -506,7 +529,8 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
   check_dy(dy, g, x.shape(), w_shape, "conv2d_backward_weight");
   check_same_dtype_device(dy, x, "conv2d_backward_weight (dy, x)");
   if (!x.is_cuda()) check_cpu_float(x, "conv2d_backward_weight");
-  const Layout compute_layout = x.is_cuda() ? x.layout() : Layout::NCHW;
+  const bool fast_cpu = dnnl_conv::takes(x);
+  const Layout compute_layout = x.is_cuda() || fast_cpu ? x.layout() : Layout::NCHW;
   write_grad(dw, w_shape, x.dtype(), x.device(), compute_layout, x.layout(), accumulate, "conv2d_backward_weight",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
@@ -515,6 +539,10 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
                  else if (!add) out.zero_();
                  return;
 #endif
+               }
+               if (fast_cpu) {
+                 if (g.n == 0) return add ? void() : void(out.zero_());
+                 return fast_cpu_grad(out, add, [&](Tensor& t) { dnnl_conv::backward_weight(dy, x, t, o); });
                }
                const Tensor dyc = as_layout(dy, Layout::NCHW), xc = as_layout(x, Layout::NCHW);
                if (x.dtype() == DType::F32)
@@ -555,11 +583,11 @@ void conv2d_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
                  return;
 #endif
                }
-               const Tensor dyc = as_layout(dy, Layout::NCHW);
+               const bool nhwc = dy.layout() == Layout::NHWC;
                if (dy.dtype() == DType::F32)
-                 backward_bias_cpu(dyc.data_as<float>(), out.data_as<float>(), n, k, plane, add);
+                 backward_bias_cpu(dy.data_as<float>(), out.data_as<float>(), n, k, plane, nhwc, add);
                else
-                 backward_bias_cpu(dyc.data_as<double>(), out.data_as<double>(), n, k, plane, add);
+                 backward_bias_cpu(dy.data_as<double>(), out.data_as<double>(), n, k, plane, nhwc, add);
              });
 }
 

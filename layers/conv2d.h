@@ -5,7 +5,8 @@
 //   backward  conv2d_backward_data(dy, w, x_shape, dx, ...)     dx = conv_transpose(dy, w)
 //             conv2d_backward_weight(dy, x, dw, ...)            dw = sum over n of dy (*) x
 //             conv2d_backward_bias(dy, db, ...)                 db[k] = sum over n, h, w of dy[:, k]
-//   CPU (float32/float64): im2col per group + OpenBLAS gemm. CUDA (float32, bfloat16, float16 with float
+//   CPU: float32 through oneDNN when built with it (conv2d_dnnl.h), else and for float64 (the reference)
+//   im2col per group + GEMM (core/blas.h). CUDA (float32, bfloat16, float16 with float
 //   accumulation; float64): cuDNN with an algorithm cache; bias kernels in kernels/conv2d.cu.
 //   Layouts: y takes x's layout, dx takes dy's layout. On CUDA, x, w and y are given to cuDNN in one layout
 //   (x's for forward and weight gradient, dy's for data gradient); other tensors are converted to it.
@@ -36,6 +37,10 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dw, const
 void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_shape, Tensor& dw,
                             const Conv2dOptions& o, bool accumulate);
 void conv2d_backward_bias(const Tensor& dy, Tensor& db, bool accumulate);
+
+// The activation layout float32 models run in on the CPU: NHWC when this build has oneDNN (its fastest CPU
+// kernels take NHWC without reorders; see conv2d_dnnl.h), else NCHW (the reference path's own layout).
+Layout conv2d_cpu_float32_layout();
 
 // Records op "conv2d". `bias` may be an undefined Variable().
 Variable conv2d(const Variable& x, const Variable& w, const Variable& bias, const Conv2dOptions& o = {});

@@ -1,8 +1,7 @@
 // Linear layer: CPU reference (OpenBLAS), CUDA dispatch (cuBLAS + kernels/linear.cu) and autograd (see linear.h).
 #include "layers/linear.h"
 
-#include <cblas.h>
-
+#include "core/blas.h"
 #include "core/device.h"
 #if TL_WITH_CUDA
 #include "kernels/linear.h"
@@ -11,20 +10,15 @@
 
 namespace tl {
 namespace {
-// Row-major C (M x N) = op(A) op(B) + beta C on the CPU, float32 or float64.
+// Row-major C (M x N) = op(A) op(B) + beta C on the CPU, float32 or float64 (core/blas.h).
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& A, int64_t lda,
               const Tensor& B, int64_t ldb, double beta, Tensor& C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-  if (C.dtype() == DType::F32) {
-    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
-                A.data_as<float>(), static_cast<int>(lda), B.data_as<float>(), static_cast<int>(ldb),
-                static_cast<float>(beta), C.data_as<float>(), static_cast<int>(ldc));
-  } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0,
-                A.data_as<double>(), static_cast<int>(lda), B.data_as<double>(), static_cast<int>(ldb), beta,
-                C.data_as<double>(), static_cast<int>(ldc));
-  }
+  if (C.dtype() == DType::F32)
+    cpu::gemm(trans_a, trans_b, M, N, K, A.data_as<float>(), lda, B.data_as<float>(), ldb, static_cast<float>(beta),
+              C.data_as<float>(), ldc);
+  else
+    cpu::gemm(trans_a, trans_b, M, N, K, A.data_as<double>(), lda, B.data_as<double>(), ldb, beta,
+              C.data_as<double>(), ldc);
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& A, int64_t lda, const Tensor& B,

@@ -140,6 +140,41 @@ TEST(Conv2d, CpuNhwcMatchesNchw) {
   expect_close(dwh, dw, 1e-6, "nhwc dw");
 }
 
+// The float32 CPU path (oneDNN when built with it) against the float64 reference (im2col + GEMM) on the same
+// values, in both layouts, for every fixture configuration (groups, dilation, stride, asymmetric kernels and
+// padding, bias), and the accumulate half of the gradient contract. The bound is the float32-vs-PyTorch one.
+TEST(Conv2d, Float32CpuPathMatchesFloat64Reference) {
+  auto twice = [](const Tensor& t) { return t.clone().add_(t); };
+  for (const char* name : kConfigs) {
+    for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+      SCOPED_TRACE(std::string(name) + " " + layout_name(layout));
+      FixtureConfig c = load_config(name);
+      const Tensor x = c.x.to_layout(layout), w = c.w.to_layout(layout), gy = c.gy.to_layout(layout);
+      const Tensor x64 = c.x.to(DType::F64), w64 = c.w.to(DType::F64), gy64 = c.gy.to(DType::F64);
+      const Tensor b64 = c.b.defined() ? c.b.to(DType::F64) : Tensor();
+      Tensor y = conv2d_forward(x, w, c.b, c.o);
+      EXPECT_EQ(y.layout(), layout);
+      expect_close(y, conv2d_forward(x64, w64, b64, c.o), kTorchTol, "y");
+      Tensor dx, dx64, dw, dw64, db, db64;
+      conv2d_backward_data(gy, w, c.x.shape(), dx, c.o, false);
+      conv2d_backward_data(gy64, w64, c.x.shape(), dx64, c.o, false);
+      EXPECT_EQ(dx.layout(), layout);
+      expect_close(dx, dx64, kTorchTol, "dx");
+      conv2d_backward_weight(gy, x, c.w.shape(), dw, c.o, false);
+      conv2d_backward_weight(gy64, x64, c.w.shape(), dw64, c.o, false);
+      expect_close(dw, dw64, kTorchTol, "dw");
+      conv2d_backward_bias(gy, db, false);
+      conv2d_backward_bias(gy64, db64, false);
+      expect_close(db, db64, kTorchTol, "db");
+      // accumulate: adds into what is there
+      conv2d_backward_data(gy, w, c.x.shape(), dx, c.o, true);
+      expect_close(dx, twice(dx64), kTorchTol, "dx accumulated");
+      conv2d_backward_weight(gy, x, c.w.shape(), dw, c.o, true);
+      expect_close(dw, twice(dw64), kTorchTol, "dw accumulated");
+    }
+  }
+}
+
 TEST(Conv2d, FrozenWeightRecordsAndSavesOnlyWhatIsNeeded) {
   Tensor xt = Tensor::randn({2, 3, 6, 6}, 1), wt = Tensor::randn({4, 3, 3, 3}, 2), bt = Tensor::randn({4}, 3);
   const Conv2dOptions o = opts(1, 1);

@@ -16,6 +16,7 @@
 #include "layers/loss.h"
 #include "train/freeze.h"
 #include "train/optimizer.h"
+#include "train/trainer.h"
 
 namespace tl::train {
 namespace {
@@ -100,8 +101,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
            "bench: --batch must be >= 1, --image-size >= 16 and --classes >= 2");
   TL_CHECK(o.warmup >= 0 && o.steps >= 1, ValueError, "bench: --warmup must be >= 0 and --steps >= 1");
   const Device dev = parse_device(o.device);
-  const bool bf16 = o.precision == "bf16";
-  TL_CHECK(!bf16 || dev == Device::CUDA, ValueError, "--precision bf16 needs a CUDA device (the CPU runs fp32)");
+  const Precision prec = parse_precision(o.precision, dev);  // activations' dtype and layout, as `train` runs them
   if (dev == Device::CUDA) cuda::set_allow_tf32(/*conv=*/true, /*matmul=*/false);  // PyTorch's defaults
 
   BenchResult r;
@@ -110,7 +110,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
 
   // Model (random weights: speed does not depend on them), freeze plan, optimizer, the fixed batch.
   auto model = models::create_model(o.model, o.classes, o.seed);
-  model->to(dev, bf16 ? Layout::NHWC : Layout::NCHW);
+  model->to(dev, prec.layout);
   model->train();
   const ModeFreeze mf = mode_freeze(*model, o.mode);
   FreezeOptions fo;
@@ -127,7 +127,7 @@ BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
   Optimizer opt(OptimizerKind::SGD, {ParamGroup("all", params, o.lr)}, HyperParams::sgd(o.lr, 0.9));
 
   Tensor images = Tensor::randn({o.batch, 3, o.image_size, o.image_size}, o.seed + 1, DType::F32, dev);
-  if (bf16) images = images.to(dev, DType::BF16, Layout::NHWC);
+  images = images.to(dev, prec.dtype, prec.layout);
   std::mt19937_64 rng(o.seed + 2);
   std::uniform_int_distribution<int64_t> label(0, o.classes - 1);
   std::vector<double> labels_host;

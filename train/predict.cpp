@@ -14,6 +14,7 @@
 #include "io/transforms.h"
 #include "io/utf8.h"
 #include "models/weights.h"
+#include "train/trainer.h"
 
 namespace tl::train {
 namespace fs = std::filesystem;
@@ -72,7 +73,8 @@ int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& lo
   TL_CHECK(o.inputs.empty() != o.npy.empty(), ValueError, "give either image files/folders or --npy, not both");
   const Device dev = parse_device(o.device);
   LoadedModel lm = load_model(o.weights, o.allow_nonfinite_weights);
-  lm.model->to(dev);
+  const Precision prec = parse_precision("fp32", dev);
+  lm.model->to(dev, prec.layout);
   lm.model->eval();
   const int64_t C = static_cast<int64_t>(lm.classes.size());
   const int k = static_cast<int>(std::min<int64_t>(std::max(o.topk, 1), C));
@@ -105,7 +107,7 @@ int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& lo
   NoGradGuard no_grad;
   std::vector<Tensor> all_logits;
   for (const Tensor& x : batches)
-    all_logits.push_back(lm.model->forward(Variable(x.to(dev))).value().to(Device::CPU, DType::F32, Layout::NCHW));
+    all_logits.push_back(lm.model->forward(Variable(x.to(dev, prec.dtype, prec.layout))).value().to(Device::CPU, DType::F32, Layout::NCHW));
 
   json result = json::array();
   if (o.format == "csv") out << "file,rank,class,index,probability\n";

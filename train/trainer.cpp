@@ -13,6 +13,7 @@
 #include "io/files.h"
 #include "io/loader.h"
 #include "io/utf8.h"
+#include "layers/conv2d.h"
 #include "layers/loss.h"
 #include "models/weights.h"
 #include "train/feature_cache.h"
@@ -33,7 +34,7 @@ std::atomic<bool>& stop_requested() {
 }
 
 Precision parse_precision(const std::string& name, Device dev) {
-  if (name == "fp32") return {DType::F32, Layout::NCHW};
+  if (name == "fp32") return {DType::F32, dev == Device::CPU ? conv2d_cpu_float32_layout() : Layout::NCHW};
   if (name == "bf16") {
     TL_CHECK(dev == Device::CUDA, ValueError, "--precision bf16 needs a CUDA device (the CPU runs fp32 or fp64)");
     return {DType::BF16, Layout::NHWC};
@@ -522,7 +523,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
 double run_eval(const EvalOptions& o, std::ostream& log) {
   const Device dev = parse_device(o.device);
   LoadedModel lm = load_model(o.weights, o.allow_nonfinite_weights);
-  lm.model->to(dev);
+  const Precision prec = parse_precision("fp32", dev);
+  lm.model->to(dev, prec.layout);
   // The folder: <data>/<split> when it exists, else <data> itself as an ImageFolder.
   const std::string dir = fs::is_directory(fs::path(o.data) / o.split) ? (fs::path(o.data) / o.split).string() : o.data;
   io::ImageFolder folder = io::scan_image_folder(dir);
@@ -535,7 +537,7 @@ double run_eval(const EvalOptions& o, std::ostream& log) {
   io::DataLoader loader(folder.samples, val_compose(o.val_transform, o.image_size), lo);
   ClassificationMetrics m(static_cast<int>(lm.classes.size()));
   Progress p("eval", 1, 1, loader.batches_per_epoch(), log);
-  evaluate(*lm.model, loader, dev, Precision{}, CrossEntropyOptions{}, m, &p);
+  evaluate(*lm.model, loader, dev, prec, CrossEntropyOptions{}, m, &p);
   log << dir << ": " << m.count() << " images, loss " << m.mean_loss() << ", top-1 " << 100 * m.top1_accuracy()
       << "%, top-" << m.top_k() << " " << 100 * m.top_k_accuracy() << "%\n"
       << m.table(lm.classes) << "\n";

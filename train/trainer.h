@@ -85,7 +85,8 @@ std::atomic<bool>& stop_requested();
 
 TrainResult run_training(const TrainOptions& options, std::ostream& log);
 
-// The numeric format of a run's activations: "fp32" (float32 NCHW), "bf16" (CUDA: bfloat16 NHWC, float32
+// The numeric format of a run's activations: "fp32" (float32; NCHW on CUDA, on the CPU the layout its fast
+// convolutions take, conv2d_cpu_float32_layout()), "bf16" (CUDA: bfloat16 NHWC, float32
 // parameters), "fp64" (CPU: the whole model in float64, a reference run). Throws ValueError for other names or a
 // format the device does not run.
 struct Precision {
