@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 
 #include "core/device.h"
@@ -25,6 +26,55 @@ void count_alloc(Device d, size_t bytes) {
   while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {}
   c.count.fetch_add(1);
 }
+
+// Host blocks of 1 MiB and more are kept for reuse when freed (keyed by their rounded size): a training step
+// allocates the same activation sizes every step, and a fresh large malloc is an mmap whose pages the kernel
+// must fault in and zero again each time. At most kHostCacheBytes stay cached; what does not fit is freed.
+// Not under AddressSanitizer (reuse would hide use-after-free).
+#if defined(__SANITIZE_ADDRESS__)
+#define TL_HOST_CACHE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TL_HOST_CACHE 0
+#endif
+#endif
+#ifndef TL_HOST_CACHE
+#define TL_HOST_CACHE 1
+#endif
+constexpr size_t kHostCacheMin = size_t(1) << 20;
+constexpr size_t kHostCacheBytes = size_t(4) << 30;
+
+class HostCache {
+ public:
+  void* take(size_t rounded) {
+    if (!TL_HOST_CACHE || rounded < kHostCacheMin) return nullptr;
+    std::lock_guard<std::mutex> lock(m_);
+    auto it = free_.find(rounded);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    cached_ -= rounded;
+    return p;
+  }
+  bool give(void* p, size_t rounded) {
+    if (!TL_HOST_CACHE || rounded < kHostCacheMin) return false;
+    std::lock_guard<std::mutex> lock(m_);
+    if (cached_ + rounded > kHostCacheBytes) return false;
+    free_.emplace(rounded, p);
+    cached_ += rounded;
+    return true;
+  }
+
+ private:
+  std::mutex m_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: storages may be freed during static destruction
+  return *c;
+}
+size_t host_rounded(size_t request) { return (request + 63) / 64 * 64; }
 
 #if TL_WITH_CUDA
 void configure_pool_once() {
@@ -61,8 +111,9 @@ void* cuda_alloc(size_t bytes, size_t request) {
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   size_t request = bytes == 0 ? 1 : bytes;
   if (device == Device::CPU) {
-    size_t rounded = (request + 63) / 64 * 64;
-    ptr_ = std::aligned_alloc(64, rounded);
+    const size_t rounded = host_rounded(request);
+    ptr_ = host_cache().take(rounded);
+    if (!ptr_) ptr_ = std::aligned_alloc(64, rounded);
     if (!ptr_) throw OutOfMemoryError(detail::concat("host allocation of ", bytes, " bytes failed"), bytes);
   } else {
     TL_CHECK(cuda::available(), Error, "a CUDA tensor was requested but ", cuda::unavailable_reason());
@@ -76,7 +127,7 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 Storage::~Storage() {
   if (!ptr_) return;
   if (device_ == Device::CPU) {
-    std::free(ptr_);
+    if (!host_cache().give(ptr_, host_rounded(bytes_ == 0 ? 1 : bytes_))) std::free(ptr_);
   } else {
 #if TL_WITH_CUDA
     cudaFreeAsync(ptr_, cuda::stream());  // no throw from a destructor

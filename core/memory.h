@@ -1,4 +1,5 @@
-// Memory: the storage behind tensors. CPU memory is 64-byte aligned host memory; CUDA memory comes
+// Memory: the storage behind tensors. CPU memory is 64-byte aligned host memory (blocks of 1 MiB and more are
+// cached for reuse when freed, up to 4 GiB, so a training step does not fault in fresh pages); CUDA memory comes
 // from CUDA's stream-ordered pool (cudaMallocAsync/cudaFreeAsync on cuda::stream()), whose release
 // threshold is raised so freed blocks stay cached: no cudaMalloc/cudaFree per op.
 #pragma once

@@ -2,6 +2,7 @@
 #include "layers/activation.h"
 
 #include "core/device.h"
+#include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/activation.h"
 #endif
@@ -9,16 +10,22 @@
 
 namespace tl {
 namespace {
+constexpr int64_t kGrain = 1 << 14;  // elements per thread at least
+
 template <typename T>
 void relu_forward_cpu(const T* x, T* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+  });
 }
 template <typename T>
 void relu_backward_cpu(const T* y, const T* dy, T* dx, int64_t n, bool accumulate) {
-  for (int64_t i = 0; i < n; ++i) {
-    T g = y[i] > T(0) ? dy[i] : T(0);
-    dx[i] = accumulate ? dx[i] + g : g;
-  }
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T g = y[i] > T(0) ? dy[i] : T(0);
+      dx[i] = accumulate ? dx[i] + g : g;
+    }
+  });
 }
 }  // namespace
 

@@ -3,9 +3,12 @@
 #include "layers/batchnorm.h"
 
 #include <climits>
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/device.h"
+#include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/batchnorm.h"
 #endif
@@ -167,6 +170,205 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
         }
     }
   }
+}
+
+// ---------------------------------------------------------------- CPU fast path (float32)
+// The same formulas as the reference above, on the process's thread pool (core/parallel.h), in passes that
+// read memory in order: NHWC as rows of C channels, NCHW plane by plane. Per-channel sums are taken over fixed
+// blocks (kRowBlock rows, or one plane) and the blocks' partial sums added in block order in double, so results
+// do not depend on the thread count. The reference stays the float64 path; tests compare the two.
+
+constexpr int64_t kRowBlock = 128;
+
+// Two per-channel sums (e.g. sum x and sum (x - mu)^2, or sum dy and sum dy (x - mu)).
+struct ChannelSums {
+  std::vector<double> a, b;  // the two sums per channel
+};
+
+// NHWC: rows of C values. fn(row_ptr_offset, acc_a, acc_b) adds one row's terms into float accumulators.
+template <typename RowFn>
+ChannelSums nhwc_sums(int64_t rows, int64_t C, RowFn&& fn) {
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  std::vector<double> pa(static_cast<size_t>(blocks * C)), pb(static_cast<size_t>(blocks * C));
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> fa(static_cast<size_t>(C)), fb(static_cast<size_t>(C));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      std::fill(fa.begin(), fa.end(), 0.f);
+      std::fill(fb.begin(), fb.end(), 0.f);
+      const int64_t r1 = std::min(rows, (blk + 1) * kRowBlock);
+      for (int64_t r = blk * kRowBlock; r < r1; ++r) fn(r * C, fa.data(), fb.data());
+      for (int64_t c = 0; c < C; ++c) pa[blk * C + c] = fa[c], pb[blk * C + c] = fb[c];
+    }
+  });
+  ChannelSums s{std::vector<double>(static_cast<size_t>(C)), std::vector<double>(static_cast<size_t>(C))};
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t c = 0; c < C; ++c) s.a[c] += pa[blk * C + c], s.b[c] += pb[blk * C + c];
+  return s;
+}
+
+// NCHW: planes (n, c) of HW values. fn(plane_offset, c, &a, &b) returns one plane's sums in double.
+template <typename PlaneFn>
+ChannelSums nchw_sums(int64_t N, int64_t C, PlaneFn&& fn) {
+  std::vector<double> pa(static_cast<size_t>(N * C)), pb(static_cast<size_t>(N * C));
+  parallel_for(N * C, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) fn(p, p % C, &pa[p], &pb[p]);
+  });
+  ChannelSums s{std::vector<double>(static_cast<size_t>(C)), std::vector<double>(static_cast<size_t>(C))};
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) s.a[c] += pa[n * C + c], s.b[c] += pb[n * C + c];
+  return s;
+}
+
+// out = x * A[c] + B[c] (+ dy * G[c] when dy) (+ out when accumulate), x and out in one layout.
+void affine_pass(const Dims& d, bool nhwc, const float* x, const float* dy, const std::vector<float>& A,
+                 const std::vector<float>& B, const std::vector<float>& G, float* out, bool accumulate) {
+  const int64_t C = d.c;
+  if (nhwc) {
+    parallel_for(d.m(), 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t o = r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          float v = x[o + c] * A[c] + B[c];
+          if (dy) v += dy[o + c] * G[c];
+          out[o + c] = accumulate ? out[o + c] + v : v;
+        }
+      }
+    });
+  } else {
+    parallel_for(d.n * C, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C, o = p * d.hw;
+        const float a = A[c], b = B[c], g = G.empty() ? 0.f : G[c];
+        for (int64_t s = 0; s < d.hw; ++s) {
+          float v = x[o + s] * a + b;
+          if (dy) v += dy[o + s] * g;
+          out[o + s] = accumulate ? out[o + s] + v : v;
+        }
+      }
+    });
+  }
+}
+
+// Per-channel sum of x and of (x - mu)^2 (mu given), in x's layout.
+ChannelSums sums_x(const Dims& d, bool nhwc, const float* x, const std::vector<float>* mu) {
+  if (nhwc) {
+    return nhwc_sums(d.m(), d.c, [&](int64_t o, float* a, float* b) {
+      if (!mu) {
+        for (int64_t c = 0; c < d.c; ++c) a[c] += x[o + c];
+      } else {
+        for (int64_t c = 0; c < d.c; ++c) {
+          const float v = x[o + c] - (*mu)[c];
+          b[c] += v * v;
+        }
+      }
+    });
+  }
+  return nchw_sums(d.n, d.c, [&](int64_t p, int64_t c, double* a, double* b) {
+    const float* xp = x + p * d.hw;
+    double sa = 0, sb = 0;
+    if (!mu) {
+      for (int64_t s = 0; s < d.hw; ++s) sa += xp[s];
+    } else {
+      const double m = (*mu)[c];
+      for (int64_t s = 0; s < d.hw; ++s) sb += (xp[s] - m) * (xp[s] - m);
+    }
+    *a = sa, *b = sb;
+  });
+}
+
+void forward_train_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
+                        Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps) {
+  const Dims d = dims_of(x);
+  const bool nhwc = x.layout() == Layout::NHWC;  // y has x's layout
+  const float* xp = x.data_as<float>();
+  const double m = static_cast<double>(d.m());
+  std::vector<float> mu(static_cast<size_t>(d.c));
+  const ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
+  for (int64_t c = 0; c < d.c; ++c) mu[c] = static_cast<float>(s1.a[c] / m);
+  const ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
+  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c));
+  const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
+  float *sm = save_mean.data_as<float>(), *si = save_invstd.data_as<float>();
+  float *rm = running_mean.data_as<float>(), *rv = running_var.data_as<float>();
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double var = s2.b[c] / m, invstd = 1.0 / std::sqrt(var + eps);
+    A[c] = static_cast<float>(invstd * g[c]);
+    B[c] = static_cast<float>(b[c] - mu[c] * invstd * g[c]);
+    sm[c] = mu[c];
+    si[c] = static_cast<float>(invstd);
+    rm[c] = static_cast<float>((1.0 - factor) * rm[c] + factor * mu[c]);
+    rv[c] = static_cast<float>((1.0 - factor) * rv[c] + factor * var * m / (m - 1.0));
+  }
+  affine_pass(d, nhwc, xp, nullptr, A, B, {}, y.data_as<float>(), false);
+}
+
+void forward_eval_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, const Tensor& running_mean,
+                       const Tensor& running_var, double eps) {
+  const Dims d = dims_of(x);
+  const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
+  const float *rm = running_mean.data_as<float>(), *rv = running_var.data_as<float>();
+  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c));
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double scale = g[c] / std::sqrt(static_cast<double>(rv[c]) + eps);
+    A[c] = static_cast<float>(scale);
+    B[c] = static_cast<float>(b[c] - rm[c] * scale);
+  }
+  affine_pass(d, x.layout() == Layout::NHWC, x.data_as<float>(), nullptr, A, B, {}, y.data_as<float>(), false);
+}
+
+// x (when defined) and dy share one layout, and dx (when requested) has it too (batchnorm_backward converts).
+void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                   bool training, const BatchNormGrads& gr) {
+  const Dims d = dims_of(dy);
+  const bool nhwc = dy.layout() == Layout::NHWC;
+  const bool need_xhat = gr.dgamma || (gr.dx && training);
+  const float* xp = need_xhat ? x.data_as<float>() : nullptr;
+  const float* dyp = dy.data_as<float>();
+  std::vector<float> mu(static_cast<size_t>(d.c), 0.f);
+  if (need_xhat)
+    for (int64_t c = 0; c < d.c; ++c) mu[c] = mean.data_as<float>()[c];
+  ChannelSums s;  // a: sum dy, b: sum dy * (x - mu)
+  if (nhwc) {
+    s = nhwc_sums(d.m(), d.c, [&](int64_t o, float* a, float* b) {
+      for (int64_t c = 0; c < d.c; ++c) a[c] += dyp[o + c];
+      if (need_xhat)
+        for (int64_t c = 0; c < d.c; ++c) b[c] += dyp[o + c] * (xp[o + c] - mu[c]);
+    });
+  } else {
+    s = nchw_sums(d.n, d.c, [&](int64_t p, int64_t c, double* a, double* b) {
+      const float* g = dyp + p * d.hw;
+      double sa = 0, sb = 0;
+      for (int64_t i = 0; i < d.hw; ++i) sa += g[i];
+      if (need_xhat) {
+        const float* xx = xp + p * d.hw;
+        for (int64_t i = 0; i < d.hw; ++i) sb += static_cast<double>(g[i]) * (xx[i] - mu[c]);
+      }
+      *a = sa, *b = sb;
+    });
+  }
+  const double m = static_cast<double>(d.m());
+  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c)), G(static_cast<size_t>(d.c));
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double inv = (need_xhat || gr.dx) ? invstd.data_as<float>()[c] : 0.0;
+    const double dgamma = s.b[c] * inv, sum_dy = s.a[c];
+    if (gr.dgamma) {
+      float& o = gr.dgamma->data_as<float>()[c];
+      o = static_cast<float>(gr.dgamma_accumulate ? o + dgamma : dgamma);
+    }
+    if (gr.dbeta) {
+      float& o = gr.dbeta->data_as<float>()[c];
+      o = static_cast<float>(gr.dbeta_accumulate ? o + sum_dy : sum_dy);
+    }
+    if (!gr.dx) continue;
+    // dx = k (dy - sum_dy / m - xhat dgamma / m), xhat = (x - mu) inv  ->  dx = G dy + A x + B
+    const double k = gamma.data_as<float>()[c] * inv;
+    G[c] = static_cast<float>(k);
+    const double a = training ? -k * inv * dgamma / m : 0.0;
+    A[c] = static_cast<float>(a);
+    B[c] = static_cast<float>(training ? -k * sum_dy / m - a * mu[c] : 0.0);
+  }
+  if (gr.dx)
+    affine_pass(d, nhwc, training ? xp : dyp, dyp, A, B, G, gr.dx->data_as<float>(), gr.dx_accumulate);
 }
 
 #if TL_WITH_CUDA
@@ -371,8 +573,8 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
     forward_train_cuda(x, gamma, beta, y, save_mean, save_invstd, buffers, factor, opt.eps);
 #endif
   } else if (x.dtype() == DType::F32) {
-    forward_train_cpu<float>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
-                             factor, opt.eps);
+    forward_train_fast(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var, factor,
+                       opt.eps);
   } else {
     forward_train_cpu<double>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
                               factor, opt.eps);
@@ -395,7 +597,7 @@ Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor
     forward_eval_cuda(x, gamma, beta, y, buffers, eps);
 #endif
   } else if (x.dtype() == DType::F32) {
-    forward_eval_cpu<float>(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
+    forward_eval_fast(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
   } else {
     forward_eval_cpu<double>(x, gamma, beta, y, buffers.running_mean, buffers.running_var, eps);
   }
@@ -464,7 +666,7 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamm
     backward_cuda(x, dy, gamma, mean, invstd, training, eps, grads);
 #endif
   } else if (dy.dtype() == DType::F32) {
-    backward_cpu<float>(x, dy, gamma, mean, invstd, training, grads);
+    backward_fast(x, dy, gamma, mean, invstd, training, grads);
   } else {
     backward_cpu<double>(x, dy, gamma, mean, invstd, training, grads);
   }

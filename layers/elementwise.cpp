@@ -2,12 +2,21 @@
 #include "layers/elementwise.h"
 
 #include "core/device.h"
+#include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/tensor_kernels.h"
 #endif
 #include "layers/layer_util.h"
 
 namespace tl {
+namespace {
+template <typename T>
+void add_cpu(const T* a, const T* b, T* y, int64_t n) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = a[i] + b[i];
+  });
+}
+}  // namespace
 
 Tensor add_forward(const Tensor& a, const Tensor& b) {
   check_same_shape(a, b, "add");
@@ -20,15 +29,8 @@ Tensor add_forward(const Tensor& a, const Tensor& b) {
 #endif
   } else {
     check_cpu_float(a, "add");
-    if (a.dtype() == DType::F32) {
-      const float *pa = a.data_as<float>(), *pb = b.data_as<float>();
-      float* py = y.data_as<float>();
-      for (int64_t i = 0; i < a.numel(); ++i) py[i] = pa[i] + pb[i];
-    } else {
-      const double *pa = a.data_as<double>(), *pb = b.data_as<double>();
-      double* py = y.data_as<double>();
-      for (int64_t i = 0; i < a.numel(); ++i) py[i] = pa[i] + pb[i];
-    }
+    if (a.dtype() == DType::F32) add_cpu(a.data_as<float>(), b.data_as<float>(), y.data_as<float>(), a.numel());
+    else add_cpu(a.data_as<double>(), b.data_as<double>(), y.data_as<double>(), a.numel());
   }
   return y;
 }

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/device.h"
+#include "core/parallel.h"
 #include "kernels/pool_geom.h"
 #if TL_WITH_CUDA
 #include "kernels/pooling.h"
@@ -217,14 +218,26 @@ int64_t window_argmax(const T* plane, const Strides& s, const Window& win) {
   return arg;
 }
 
-// Calls fn(x_plane_offset, y_plane_offset, oh, ow, y_offset_in_plane) over all outputs.
+// Calls fn(x_plane_offset, y_offset, oh, ow) over all outputs, images in parallel (an output reads and, in the
+// backward passes, writes only its own image), in memory order within an image (channels innermost for NHWC).
 template <typename Fn>
 void for_each_output(const kernels::PoolGeom& g, const Strides& xs, const Strides& ys, Fn fn) {
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = 0; c < g.C; ++c)
-      for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow)
-          fn(n * xs.n + c * xs.c, n * ys.n + c * ys.c + oh * ys.h + ow * ys.w, oh, ow);
+  const bool channels_inner = ys.c == 1;
+  parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      if (channels_inner) {
+        for (int64_t oh = 0; oh < g.OH; ++oh)
+          for (int64_t ow = 0; ow < g.OW; ++ow)
+            for (int64_t c = 0; c < g.C; ++c)
+              fn(n * xs.n + c * xs.c, n * ys.n + c * ys.c + oh * ys.h + ow * ys.w, oh, ow);
+      } else {
+        for (int64_t c = 0; c < g.C; ++c)
+          for (int64_t oh = 0; oh < g.OH; ++oh)
+            for (int64_t ow = 0; ow < g.OW; ++ow)
+              fn(n * xs.n + c * xs.c, n * ys.n + c * ys.c + oh * ys.h + ow * ys.w, oh, ow);
+      }
+    }
+  });
 }
 
 template <typename T>

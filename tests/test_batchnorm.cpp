@@ -1,6 +1,9 @@
 // BatchNorm2d: float64 gradient checks (train and eval), gradient contract, PyTorch parity over two training
 // steps (momentum 0.1, 0.3, None) and eval, frozen behaviour and saved bytes, bad arguments, CUDA vs CPU.
 #include "layers/batchnorm.h"
+
+#include <tuple>
+
 #include "tl_testing.h"
 
 using namespace tl;
@@ -300,6 +303,54 @@ TrainResult train_two_steps(const Tensor& x1, const Tensor& x2, const Tensor& dy
   return r;
 }
 }  // namespace
+
+// The float32 CPU path (blocked, multi-threaded passes) against the float64 reference on the same values, in
+// both layouts, with enough rows for several blocks and a partial last one; train and eval; accumulation.
+TEST(BatchNorm, Float32CpuPathMatchesFloat64Reference) {
+  const Shape shape{3, 6, 13, 11};
+  const Tensor gamma = Tensor::uniform({6}, 0.5, 1.5, 1), beta = Tensor::randn({6}, 2);
+  const Tensor x1 = Tensor::randn(shape, 3), x2 = Tensor::uniform(shape, -1.0, 3.0, 4), dy = Tensor::randn(shape, 5);
+  BatchNormOptions opt;
+  opt.momentum = 0.3;
+  const TrainResult ref = train_two_steps(x1.to(DType::F64), x2.to(DType::F64), dy.to(DType::F64),
+                                          gamma.to(DType::F64), beta.to(DType::F64), opt);
+  for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+    SCOPED_TRACE(layout_name(layout));
+    const Tensor x2l = x2.to_layout(layout), dyl = dy.to_layout(layout);
+    const TrainResult r = train_two_steps(x1.to_layout(layout), x2l, dyl, gamma, beta, opt);
+    EXPECT_EQ(r.y.layout(), layout);
+    expect_close(r.y, ref.y, kTorchTol, "y");
+    for (auto [a, b, what] : {std::tuple{r.save_mean, ref.save_mean, "save_mean"},
+                              std::tuple{r.save_invstd, ref.save_invstd, "save_invstd"},
+                              std::tuple{r.running_mean, ref.running_mean, "running_mean"},
+                              std::tuple{r.running_var, ref.running_var, "running_var"},
+                              std::tuple{r.g.dx, ref.g.dx, "dx"}, std::tuple{r.g.dgamma, ref.g.dgamma, "dgamma"},
+                              std::tuple{r.g.dbeta, ref.g.dbeta, "dbeta"}})
+      expect_close(a, b, kTorchTol, what);
+    // Eval mode, forward and backward (dx = gamma * invstd * dy).
+    BatchNormBuffers buf = batchnorm_buffers(6);
+    buf.running_mean = Tensor::uniform({6}, -0.5, 0.5, 11);
+    buf.running_var = Tensor::uniform({6}, 0.5, 2.0, 12);
+    BatchNormBuffers buf64{buf.running_mean.to(DType::F64), buf.running_var.to(DType::F64), 0};
+    expect_close(batchnorm_forward_eval(x2l, gamma, beta, buf, 1e-5),
+                 batchnorm_forward_eval(x2.to(DType::F64), gamma.to(DType::F64), beta.to(DType::F64), buf64, 1e-5),
+                 kTorchTol, "eval y");
+    const Tensor inv = batchnorm_invstd(buf.running_var, 1e-5);
+    const Grads e = all_grads(x2l, dyl, gamma, buf.running_mean, inv, false);
+    const Grads e64 = all_grads(x2.to(DType::F64), dy.to(DType::F64), gamma.to(DType::F64),
+                                buf64.running_mean, inv.to(DType::F64), false);
+    expect_close(e.dx, e64.dx, kTorchTol, "eval dx");
+    expect_close(e.dgamma, e64.dgamma, kTorchTol, "eval dgamma");
+    // Accumulation adds the same gradient again.
+    Grads acc = r.g;
+    BatchNormGrads g;
+    g.dx = &acc.dx, g.dx_accumulate = true;
+    g.dgamma = &acc.dgamma, g.dgamma_accumulate = true;
+    batchnorm_backward(x2l, dyl, gamma, r.save_mean, r.save_invstd, true, 1e-5, g);
+    expect_close(acc.dx, ref.g.dx.clone().add_(ref.g.dx), kTorchTol, "dx accumulated");
+    expect_close(acc.dgamma, ref.g.dgamma.clone().add_(ref.g.dgamma), kTorchTol, "dgamma accumulated");
+  }
+}
 
 TEST(BatchNormCuda, TrainMatchesCpu) {
   TL_REQUIRE_CUDA();

@@ -309,7 +309,9 @@ TEST(Pth, TrainFromPthAndSameLogitsAsConvertedBin) {
   io::write_npy(d + "/x.npy", x);
   ASSERT_EQ(run_command(std::string(TL_CLI) + " predict --weights " + pth_dir() + "resnet18_legacy.pth --npy " + d +
                             "/x.npy --logits " + d + "/logits.npy --device cpu", &log), 0) << log;
-  expect_close(io::read_npy(d + "/logits.npy"), a, 1e-6, "predict logits from the .pth");
+  // predict runs float32 CPU models in conv2d_cpu_float32_layout() (NHWC with oneDNN), this forward in NCHW: other
+  // kernels, another summation order, so the float32 bound.
+  expect_close(io::read_npy(d + "/logits.npy"), a, kTorchTol, "predict logits from the .pth");
   // eval reads it; a .pth carries no class names, so a folder of other classes is refused for that reason only.
   EXPECT_NE(run_command(std::string(TL_CLI) + " eval --weights " + init + " --data " + d +
                             "/data --split val --image-size 32 --device cpu", &log), 0);

@@ -5,8 +5,9 @@ usage: finetune_parity.py weights DATA OUTDIR               writes OUTDIR/init.p
        finetune_parity.py train DATA OUTDIR MODE EPOCHS LR WD DTYPE
                                                             trains from init.pth, writes OUTDIR/torch_MODE_DTYPE.json
 MODE: full (every layer trains) or head (feature extraction: only fc trains, frozen batch norm still uses batch
-statistics in train(), as in PyTorch). DTYPE: fp32 (PyTorch's default) or fp64 (model and inputs in float64: the
-trajectory without float32 rounding, the tight reference). Recipe: ImageFolder, Resize((32, 32)), ToTensor,
+statistics in train(), as in PyTorch). DTYPE: fp32 (PyTorch's default), fp32_nhwc (float32 with channels_last
+model and inputs: oneDNN's NHWC kernels, as tlengine runs float32 on the CPU) or fp64 (model and inputs in float64:
+the trajectory without float32 rounding, the tight reference). Recipe: ImageFolder, Resize((32, 32)), ToTensor,
 Normalize(ImageNet), no augmentation, no shuffling, batch 8, SGD(LR, momentum 0.9, weight_decay WD),
 CrossEntropyLoss, train() then eval() each epoch.
 """
@@ -38,7 +39,12 @@ def main():
     which, epochs, lr, wd, dtype = sys.argv[4], int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7]), sys.argv[8]
     if dtype == "fp64":
         m.double()
-    cast = (lambda x: x.double()) if dtype == "fp64" else (lambda x: x)
+        cast = lambda x: x.double()  # noqa: E731
+    elif dtype == "fp32_nhwc":
+        m.to(memory_format=torch.channels_last)
+        cast = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    else:
+        cast = lambda x: x  # noqa: E731
     params = list(m.parameters())
     if which == "head":
         for name, p in m.named_parameters():
