@@ -12,7 +12,9 @@ reset_peak_memory_stats once model, optimizer and batch exist. --compile: torch.
 mode="reduce-overhead") (Inductor + CUDA graphs; the optimizer step stays eager); compile time = wall time of
 the first 5 steps (reported for eager runs too, as first5_s; needs --warmup >= 5). The first step always runs
 untimed (with --warmup 0 too), as in `tlengine bench`. Runs on the CPU as well (for tests, PyTorch 1.13,
-which has no torch.compile: --compile then fails with a clear message).
+which has no torch.compile: --compile then fails with a clear message). --threads N calls
+torch.set_num_threads(N) (PyTorch 1.13 may default to 1 thread on a small machine; give it the thread count
+tlengine gets through OMP_NUM_THREADS); the thread count used is recorded as "threads".
 
   python3 tools/bench_pytorch.py --model resnet50 --mode head --precision bf16 --batch 64 --json out.json
 """
@@ -73,8 +75,11 @@ def main():
     p.add_argument("--compile", action="store_true", help='torch.compile(model, mode="reduce-overhead")')
     p.add_argument("--count-flops", action="store_true",
                    help="also count one step's FLOPs with torch.utils.flop_counter (PyTorch >= 2.1, eager only)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads(N); 0: PyTorch's default")
     p.add_argument("--json", help="write the result here")
     a = p.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     if a.warmup < 0 or a.steps < 1 or a.batch < 1:
         raise SystemExit("bench_pytorch.py: --warmup must be >= 0, --steps and --batch >= 1")
 
@@ -123,7 +128,7 @@ def main():
     result = {"engine": "pytorch-compile" if a.compile else "pytorch-eager", "model": a.model, "mode": a.mode,
               "precision": a.precision, "batch": a.batch, "image_size": a.image_size, "classes": a.classes,
               "warmup": a.warmup, "steps": a.steps, "torch": torch.__version__, "torchvision": torchvision.__version__,
-              "device": f"cuda: {torch.cuda.get_device_name()}" if cuda else "cpu",
+              "device": f"cuda: {torch.cuda.get_device_name()}" if cuda else "cpu", "threads": torch.get_num_threads(),
               "trainable_params": sum(x.numel() for x in params),
               "total_params": sum(x.numel() for x in model.parameters())}
 

@@ -7,7 +7,10 @@ into one results JSON and a markdown side-by-side table.
 Ratios: "img/s vs eager" = tlengine img/s / PyTorch eager img/s (above 1: tlengine is faster); "vs compiled" the
 same against torch.compile; "memory vs eager" = tlengine peak / PyTorch peak (below 1: tlengine is leaner).
 Peak memory is tlengine's allocator peak and torch.cuda.max_memory_allocated, both reset once the model,
-optimizer and batch exist.
+optimizer and batch exist. On the CPU (tools/bench_all.sh with DEVICE=cpu) PyTorch reports no peak memory, so
+its peak and "memory vs eager" columns show "–"; the thread count of each run ("threads" in bench_pytorch.py's
+JSON, or --meta threads=N for all runs) is shown with the device. --meta KEY=VALUE adds machine facts (cpu,
+threads, ...) to the results JSON.
 """
 import argparse
 import datetime
@@ -55,7 +58,12 @@ def gb(value):
     return None if value is None else value / 1e9
 
 
-def markdown(configs, title):
+def device_label(run, meta):
+    threads = run.get("threads", meta.get("threads"))
+    return run["device"] + (f" ({threads} threads)" if threads and run["device"] == "cpu" else "")
+
+
+def markdown(configs, title, meta):
     lines = [f"# {title}", "",
              "| model | mode | prec | tlengine ms | img/s | peak GB | TFLOP/s | eager ms | img/s | peak GB "
              "| compiled ms | img/s | compile s | img/s vs eager | img/s vs compiled | memory vs eager |",
@@ -76,8 +84,9 @@ def markdown(configs, title):
                  num(ratio(tl_ips, comp_ips), 2) + ("x" if ratio(tl_ips, comp_ips) else ""),
                  num(ratio(tl_peak, eager_peak), 2)]
         lines.append("| " + " | ".join(cells) + " |")
-    devices = sorted({run["device"] for c in configs for e in ENGINES.values() if (run := c.get(e))})
-    lines += ["", "Devices: " + ", ".join(devices) if devices else "Devices: none", ""]
+    devices = sorted({device_label(run, meta) for c in configs for e in ENGINES.values() if (run := c.get(e))})
+    lines += ["", "Devices: " + ", ".join(devices) if devices else "Devices: none"]
+    lines += [f"{k}: {v}" for k, v in meta.items()] + [""]
     return "\n".join(lines)
 
 
@@ -87,14 +96,22 @@ def main():
     p.add_argument("--out", required=True, help="merged results JSON")
     p.add_argument("--markdown", help="markdown table")
     p.add_argument("--title", default=f"Training-step benchmark, {datetime.date.today().isoformat()}")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="a machine fact for the results JSON and the table (repeatable)")
     a = p.parse_args()
+    meta = {}
+    for item in a.meta:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"bench_table.py: --meta {item!r}: expected KEY=VALUE")
+        meta[key] = value
     configs = load_runs(a.runs)
     if not configs:
         raise SystemExit("bench_table.py: no valid run files")
     with open(a.out, "w") as f:
-        json.dump({"date": datetime.date.today().isoformat(), "configs": configs}, f, indent=1)
+        json.dump({"date": datetime.date.today().isoformat(), **meta, "configs": configs}, f, indent=1)
         f.write("\n")
-    table = markdown(configs, a.title)
+    table = markdown(configs, a.title, meta)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(table)

@@ -8,6 +8,18 @@ the model with a new head for the class count; CrossEntropyLoss, SGD(lr 1e-3, mo
 a train and a val phase per epoch; the best val accuracy's weights saved to <out>/best.pth when they improve;
 at the end <out>/last.pth (model, optimizer and scheduler state: the final checkpoint) and <out>/summary.json.
 
+Variants (for tools/time_to_result_cpu.sh):
+  --feature-extract  the tutorial's "ConvNet as fixed feature extractor": every parameter requires_grad=False
+                     except the new head's; the optimizer gets the head's parameters only; model.train() in the
+                     train phase as in the tutorial, so the frozen backbone's batch norm uses batch statistics
+                     and updates its running statistics;
+  --freeze-bn        batch norm layers whose parameters are all frozen stay in eval() mode (running statistics)
+                     in the train phase too, as tlengine's --freeze-bn (not the tutorial's behaviour);
+  --no-augment       train on the val transform (Resize(size*256/224) + CenterCrop(size)), as tlengine's
+                     --no-augment (its train transform is then its val transform, --val-transform crop);
+  --threads N        torch.set_num_threads(N) (PyTorch 1.13 may default to 1 thread on a small machine);
+                     0: PyTorch's default.
+
   python3 tools/pytorch_recipe.py --data DIR --arch resnet18 --epochs 25 --out runs/pytorch [--weights x.pth]
 """
 import argparse
@@ -36,14 +48,24 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", default="runs/pytorch")
+    p.add_argument("--feature-extract", action="store_true",
+                   help="only the new head trains (the tutorial's fixed feature extractor)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="frozen batch norm layers stay in eval mode in the train phase (as tlengine --freeze-bn)")
+    p.add_argument("--no-augment", action="store_true", help="train on the val transform (as tlengine --no-augment)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads(N); 0: PyTorch's default")
     a = p.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
     size = a.image_size
+    val_transform = transforms.Compose([transforms.Resize(size * 256 // 224), transforms.CenterCrop(size),
+                                        transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     data_transforms = {
-        "train": transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                     transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
-        "val": transforms.Compose([transforms.Resize(size * 256 // 224), transforms.CenterCrop(size),
-                                   transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
+        "train": val_transform if a.no_augment else transforms.Compose([
+            transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), transforms.Normalize(MEAN, STD)]),
+        "val": val_transform,
     }
     image_datasets = {x: datasets.ImageFolder(os.path.join(a.data, x), data_transforms[x]) for x in ["train", "val"]}
     dataloaders = {x: torch.utils.data.DataLoader(image_datasets[x], batch_size=a.batch_size, shuffle=True,
@@ -60,9 +82,19 @@ def main():
         model.classifier = nn.Linear(model.classifier.in_features, len(classes))
     else:
         raise SystemExit(f"pytorch_recipe.py: --arch {a.arch}: only ResNet and DenseNet")
+    head = model.fc if a.arch.startswith("resnet") else model.classifier
+    if a.feature_extract:  # the tutorial: freeze everything, then the new head (created after) trains
+        for param in model.parameters():
+            param.requires_grad = False
+        for param in head.parameters():
+            param.requires_grad = True
+    # Batch norm layers with no trainable parameter: kept in eval mode in the train phase with --freeze-bn.
+    frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and not any(q.requires_grad for q in m.parameters())] if a.freeze_bn else []
     model = model.to(device)
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
+    optimizer = torch.optim.SGD(head.parameters() if a.feature_extract else model.parameters(), lr=a.lr,
+                                momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)
     os.makedirs(a.out, exist_ok=True)
     best_path = os.path.join(a.out, "best.pth")
@@ -71,6 +103,8 @@ def main():
     for epoch in range(a.epochs):
         for phase in ["train", "val"]:
             model.train() if phase == "train" else model.eval()
+            for m in frozen_bn:
+                m.eval()
             running_loss, running_corrects = 0.0, 0
             for inputs, labels in dataloaders[phase]:
                 inputs, labels = inputs.to(device), labels.to(device)
@@ -100,7 +134,11 @@ def main():
     model.load_state_dict(torch.load(best_path))
     summary = {"engine": "pytorch", "arch": a.arch, "epochs": a.epochs, "batch_size": a.batch_size,
                "workers": a.workers, "device": str(device), "best_val_acc": best_acc, "best_epoch": best_epoch,
-               "start_to_final_checkpoint_s": seconds, "torch": torch.__version__}
+               "start_to_final_checkpoint_s": seconds, "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "feature_extract": a.feature_extract,
+               "frozen_bn": "eval (running statistics)" if a.freeze_bn else "train (batch statistics)",
+               "frozen_bn_layers_in_eval": len(frozen_bn), "no_augment": a.no_augment,
+               "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad)}
     with open(os.path.join(a.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")

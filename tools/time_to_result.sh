@@ -9,7 +9,8 @@
 # The time of each is from launching the process to the final checkpoint being written (tlengine:
 # <out>/last.ckpt after the last epoch; PyTorch: <out>/last.pth), read from the file's modification time;
 # the total wall time (tlengine adds a final report on the best weights after that) is reported too.
-# Result: bench/time_to_result-<date>.json (or RESULT).
+# Result: bench/time_to_result-<date>.json (or RESULT). On the CPU, tools/time_to_result_cpu.sh runs the
+# feature-extraction and full fine-tuning jobs with the same thread count on both sides.
 #
 # Settings (environment): TLENGINE (build/tlengine), PYTHON (python3 with PyTorch), DEVICE (cuda), EPOCHS (25),
 #   BATCH (4), WORKERS (4), DATA (bench/ttr-data), OUT (bench/ttr-runs), WEIGHTS_PTH (torchvision resnet18 .pth:
