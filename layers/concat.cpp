@@ -1,9 +1,11 @@
 // Concatenation: CPU reference, CUDA dispatch and autograd (see concat.h).
 #include "layers/concat.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/device.h"
+#include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/concat.h"
 #endif
@@ -50,18 +52,23 @@ void copy_blocks(const Tensor& src, int64_t src_ld, int64_t src_off, const Tenso
     return;
 #endif
   }
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / cols);  // rows per thread at least
   if (!accumulate) {
     const size_t es = dtype_size(src.dtype());
     const char* s = static_cast<const char*>(src.data());
     char* d = static_cast<char*>(dst.data());
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(d + (r * dst_ld + dst_off) * es, s + (r * src_ld + src_off) * es, static_cast<size_t>(cols) * es);
+    parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        std::memcpy(d + (r * dst_ld + dst_off) * es, s + (r * src_ld + src_off) * es, static_cast<size_t>(cols) * es);
+    });
     return;
   }
   check_cpu_float(src, "concat_backward");
   auto add = [&](auto* s, auto* d) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < cols; ++j) d[r * dst_ld + dst_off + j] += s[r * src_ld + src_off + j];
+    parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j = 0; j < cols; ++j) d[r * dst_ld + dst_off + j] += s[r * src_ld + src_off + j];
+    });
   };
   if (src.dtype() == DType::F32) add(src.data_as<float>(), dst.data_as<float>());
   else add(src.data_as<double>(), dst.data_as<double>());

@@ -4,6 +4,7 @@
 //   tlengine eval --weights W --data DIR  metrics of a weights file on a folder
 //   tlengine predict --weights W IMAGES   top-k classes per image (JSON/CSV), or logits (.npy)
 //   tlengine bench --model M --mode X     time training steps (ms, img/s, peak memory, TFLOP/s), JSON out
+//   tlengine bench-loader --data DIR      time the data pipeline alone (images/s), JSON out
 //   tlengine make-data --out DIR          a synthetic ImageFolder of fixed-size JPEGs (time-to-result job)
 #include <chrono>
 #include <csignal>
@@ -147,6 +148,19 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--seed", bo.seed)->capture_default_str();
   bench_cmd->add_option("--json", bench_json, "also write the result (with every step's time) as JSON");
 
+  train::LoaderBenchOptions lbo;
+  std::string loader_json;
+  auto* loader_cmd = app.add_subcommand("bench-loader", "time the data pipeline alone (decode + RandomResizedCrop + "
+                                                        "flip + normalise): images/s");
+  loader_cmd->add_option("--data", lbo.data, "ImageFolder root (its train/ when present)")->required();
+  loader_cmd->add_option("--image-size", lbo.image_size)->capture_default_str();
+  loader_cmd->add_option("--batch-size", lbo.batch_size)->capture_default_str();
+  loader_cmd->add_option("--workers", lbo.workers, "image decoding threads")->capture_default_str();
+  loader_cmd->add_option("--epochs", lbo.epochs)->capture_default_str();
+  loader_cmd->add_option("--cache-images", lbo.cache_images, "off | auto | <GB>, as for train")->capture_default_str();
+  loader_cmd->add_option("--seed", lbo.seed)->capture_default_str();
+  loader_cmd->add_option("--json", loader_json, "also write the result as JSON");
+
   train::MakeDataOptions mo;
   auto* data_cmd = app.add_subcommand("make-data", "write a synthetic ImageFolder (train/ and val/) of JPEGs");
   data_cmd->add_option("--out", mo.out, "root folder")->required();
@@ -186,6 +200,12 @@ int main(int argc, char** argv) {
     }
     if (*ex_cmd) {
       train::run_example(xo, std::cerr);
+      return 0;
+    }
+    if (*loader_cmd) {
+      const std::string text = train::run_loader_bench(lbo, std::cerr).dump(2) + "\n";
+      std::cout << text;
+      if (!loader_json.empty()) io::write_file_atomic(loader_json, text.data(), text.size());
       return 0;
     }
     if (*bench_cmd) {

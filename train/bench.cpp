@@ -12,6 +12,9 @@
 #include "core/error.h"
 #include "core/memory.h"
 #include "io/image.h"
+#include "io/transforms.h"
+#include "io/loader.h"
+#include "io/dataset.h"
 #include "io/synthetic.h"
 #include "layers/loss.h"
 #include "train/freeze.h"
@@ -266,6 +269,49 @@ int64_t make_image_folder(const MakeDataOptions& o) {
     }
   }
   return written;
+}
+
+nlohmann::json run_loader_bench(const LoaderBenchOptions& o, std::ostream& log) {
+  TL_CHECK(o.epochs >= 1 && o.batch_size >= 1 && o.workers >= 1 && o.image_size >= 16, ValueError,
+           "bench-loader: --epochs, --batch-size and --workers must be >= 1 and --image-size >= 16");
+  namespace fs = std::filesystem;
+  const fs::path train_dir = fs::path(o.data) / "train";
+  const std::string root = fs::is_directory(train_dir) ? train_dir.string() : o.data;
+  io::ImageFolder folder = io::scan_image_folder(root);
+  io::LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.shuffle = true;
+  lo.num_workers = o.workers;
+  lo.seed = o.seed;
+  lo.pinned = false;
+  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
+  io::DataLoader loader(folder.samples, io::train_transform(o.image_size), lo);
+  std::vector<double> epoch_s;
+  double checksum = 0;
+  for (int e = 0; e < o.epochs; ++e) {
+    const Clock::time_point t0 = Clock::now();
+    int64_t count = 0;
+    loader.start_epoch(e);
+    while (const io::Batch* b = loader.next()) {
+      count += b->size;
+      checksum += b->images[0];  // touch the batch
+    }
+    epoch_s.push_back(seconds_since(t0));
+    TL_CHECK(count == loader.num_samples(), Error, "bench-loader: epoch ", e + 1, " gave ", count, " of ",
+             loader.num_samples(), " images");
+  }
+  const double n = static_cast<double>(loader.num_samples()), total = std::accumulate(epoch_s.begin(), epoch_s.end(), 0.0);
+  nlohmann::json r = {{"engine", "tlengine"}, {"data", root}, {"images", loader.num_samples()},
+                      {"image_size", o.image_size}, {"batch_size", o.batch_size}, {"workers", o.workers},
+                      {"epochs", o.epochs}, {"cache_images", o.cache_images}, {"decoder", io::jpeg_decoder_name()},
+                      {"transform", "decode + RandomResizedCrop(" + std::to_string(o.image_size) +
+                                        ") + RandomHorizontalFlip + normalise"},
+                      {"epoch_s", epoch_s}, {"images_per_s", n * o.epochs / total}, {"checksum", checksum}};
+  r["images_per_s_after_first"] =
+      o.epochs > 1 ? nlohmann::json(n * (o.epochs - 1) / (total - epoch_s[0])) : nlohmann::json(nullptr);
+  log << "bench-loader: " << loader.num_samples() << " images, " << o.workers << " workers, " << o.image_size
+      << " px: " << r["images_per_s"].get<double>() << " img/s\n";
+  return r;
 }
 
 }  // namespace tl::train

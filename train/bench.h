@@ -96,4 +96,20 @@ struct MakeDataOptions {
 // Returns the number of images written.
 int64_t make_image_folder(const MakeDataOptions& options);
 
+// `tlengine bench-loader`: the data pipeline alone, as torchvision's DataLoader measures it (tools/bench_loader.py):
+// the train split of an ImageFolder (<data>/train, else <data>), decode + RandomResizedCrop(size) +
+// RandomHorizontalFlip + normalise into float32 batches, shuffled, `workers` decoding threads, `epochs` epochs,
+// each timed from start_epoch to its last batch. images/s = images * epochs / total time; also after the first
+// epoch (the decoded-image cache, --cache-images, serves the later ones).
+struct LoaderBenchOptions {
+  std::string data;
+  int image_size = 224;
+  int64_t batch_size = 32;
+  int workers = 4;
+  int epochs = 3;
+  std::string cache_images = "off";  // as train --cache-images
+  uint64_t seed = 0;
+};
+nlohmann::json run_loader_bench(const LoaderBenchOptions& o, std::ostream& log);
+
 }  // namespace tl::train
