@@ -192,6 +192,24 @@ TEST(Bench, CliWritesJsonAndMakeDataWritesJpegs) {
   }
   EXPECT_EQ(count, 2 * 3 + 2 * 1);
   EXPECT_TRUE(std::filesystem::is_directory(data + "/val/" + io::synthetic_class_name(1)));
+
+  // bench-loader over the train split: every image of every epoch, with and without the decoded-image cache.
+  for (const std::string cache : {"off", "auto"}) {
+    ASSERT_EQ(testing::run_command(std::string(TL_CLI) + " bench-loader --data " + data + " --image-size 24 " +
+                                   "--batch-size 4 --workers 2 --epochs 2 --cache-images " + cache + " --json " + d +
+                                   "/loader.json 2>&1", &out),
+              0)
+        << out;
+    std::ifstream lf(d + "/loader.json");
+    const json l = json::parse(lf);
+    EXPECT_EQ(l.at("images"), 6);
+    EXPECT_EQ(l.at("epoch_s").size(), 2u);
+    EXPECT_GT(l.at("images_per_s").get<double>(), 0);
+    EXPECT_GT(l.at("images_per_s_after_first").get<double>(), 0);
+    EXPECT_EQ(l.at("cache_images"), cache);
+  }
+  EXPECT_NE(testing::run_command(std::string(TL_CLI) + " bench-loader --data " + d + "/nowhere 2>&1", &out), 0);
+  EXPECT_NE(out.find("nowhere"), std::string::npos) << out;
 }
 
 TEST(Bench, PytorchScriptRunsOnTheCpu) {

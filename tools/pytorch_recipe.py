@@ -54,7 +54,10 @@ def main():
                    help="frozen batch norm layers stay in eval mode in the train phase (as tlengine --freeze-bn)")
     p.add_argument("--no-augment", action="store_true", help="train on the val transform (as tlengine --no-augment)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads(N); 0: PyTorch's default")
+    p.add_argument("--seed", type=int, default=None, help="torch.manual_seed(N) (shuffling, crops, the new head)")
     a = p.parse_args()
+    if a.seed is not None:
+        torch.manual_seed(a.seed)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
