@@ -9,11 +9,15 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
 #include "io/image.h"
+#include "io/transforms.h"
+#include "io/loader.h"
+#include "io/dataset.h"
 #include "io/npy.h"
 #include "io/synthetic.h"
 #include "layers/conv2d.h"
@@ -449,6 +453,73 @@ TEST(Train, FeatureCacheGivesTheSameRunAsTheBackboneEveryEpoch) {
   }
 }
 
+// --cache-views K with augmentation: view v holds the backbone's features of the loader's epoch-v images (its crops
+// and flips), each epoch draws one view per image (all views used), and a run with it says it approximates.
+TEST(Train, FeatureCacheViewsHoldEachEpochsAugmentedImages) {
+  const std::string d = fresh_dir("train_feature_cache_views");
+  const std::string data = make_data(d + "/data");
+  auto model = models::create_model("resnet18", 4, 0);
+  model->to_dtype(DType::F64);
+  train::FreezeOptions f;
+  f.freeze = "backbone";
+  f.freeze_bn = true;
+  train::apply_freeze(*model, f);
+  io::ImageFolder folder = io::scan_image_folder(data + "/train");
+  io::LoaderOptions lo;
+  lo.batch_size = 3;
+  lo.shuffle = true;
+  lo.num_workers = 2;
+  io::DataLoader loader(folder.samples, io::train_transform(32), lo);
+  std::ostringstream log;
+  train::FeatureCache cache(*model, loader, Device::CPU, DType::F64, Layout::NCHW, "views", true, log, 2);
+  EXPECT_EQ(cache.views(), 2);
+  // What the backbone gives for each epoch's images, per sample (float64: exact up to summation order).
+  std::map<std::pair<int64_t, int64_t>, std::vector<double>> expected;  // (view, sample) -> features
+  {
+    NoGradGuard no_grad;
+    for (int64_t v = 0; v < 2; ++v) {
+      loader.start_epoch(v);
+      while (const io::Batch* b = loader.next()) {
+        const std::vector<double> f =
+            model->features(Variable(b->images_to(Device::CPU).to(DType::F64))).value().to_doubles();
+        const int64_t dim = static_cast<int64_t>(f.size()) / b->size;
+        for (int64_t r = 0; r < b->size; ++r)
+          expected[{v, b->samples[r]}] = std::vector<double>(f.begin() + r * dim, f.begin() + (r + 1) * dim);
+      }
+    }
+  }
+  std::set<int64_t> views_used;
+  for (int64_t e = 0; e < 4; ++e) {
+    const std::vector<int64_t> order = loader.epoch_order(e);
+    for (int64_t b = 0; b < cache.batches_per_epoch(); ++b) {
+      const train::FeatureCache::Batch fb = cache.batch(e, b);
+      const std::vector<double> got = fb.features.to_doubles();
+      for (int64_t r = 0; r < fb.size; ++r) {
+        const int64_t id = order[static_cast<size_t>(b * 3 + r)];
+        const int64_t v = cache.view_of(e, id);
+        views_used.insert(v);
+        const std::vector<double>& want = expected.at({v, id});
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_NEAR(got[r * want.size() + i], want[i], 1e-9 * (1 + std::fabs(want[i]))) << "epoch " << e << " sample " << id;
+      }
+    }
+  }
+  EXPECT_EQ(views_used.size(), 2u) << "every view is drawn";
+  // The crops differ between views (otherwise the test above proves nothing).
+  EXPECT_NE(expected.at({0, 0}), expected.at({1, 0}));
+
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.freeze.freeze = "backbone";
+  o.freeze.freeze_bn = true;
+  o.augment = true;
+  o.cache_views = 2;
+  std::ostringstream out;
+  train::run_training(o, out);
+  EXPECT_NE(out.str().find("feature cache: on with 2 augmented views"), std::string::npos) << out.str();
+  EXPECT_NE(out.str().find("APPROXIMATES fresh augmentation"), std::string::npos) << out.str();
+  EXPECT_EQ(read_jsonl(o.out + "/metrics.jsonl").size(), 2u);
+}
+
 // Mid-epoch stop and --resume with the cache: the same weights as one cached run.
 TEST(Train, FeatureCacheResumesExactly) {
   const std::string d = fresh_dir("train_feature_cache_resume");
@@ -476,28 +547,32 @@ TEST(Train, FeatureCachePlanSaysWhyItIsOff) {
   train::FreezeOptions f;
   f.freeze = "backbone";
   train::FreezePlan p = train::apply_freeze(*m, f);
-  train::FeatureCachePlan c = train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30);
+  train::FeatureCachePlan c = train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30);
   EXPECT_FALSE(c.use);
   EXPECT_NE(c.reason.find("--freeze-bn"), std::string::npos) << c.reason;
   f.freeze_bn = true;
   p = train::apply_freeze(*m, f);
-  EXPECT_TRUE(train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30).use);
-  c = train::plan_feature_cache(*m, p, false, true, 1 << 20, 1 << 30);
+  EXPECT_TRUE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).use);
+  c = train::plan_feature_cache(*m, p, false, true, 0, 1 << 20, 1 << 30);
   EXPECT_FALSE(c.use);
   EXPECT_NE(c.reason.find("--no-augment"), std::string::npos) << c.reason;
-  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, false, 1 << 20, 1 << 30).use);
-  c = train::plan_feature_cache(*m, p, true, true, 2LL << 30, 1 << 30);
+  EXPECT_NE(c.reason.find("--cache-views"), std::string::npos) << c.reason;
+  c = train::plan_feature_cache(*m, p, false, true, 3, 1 << 20, 1 << 30);
+  EXPECT_TRUE(c.use);
+  EXPECT_NE(c.reason.find("APPROXIMATES"), std::string::npos) << c.reason;
+  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, false, 0, 1 << 20, 1 << 30).use);
+  c = train::plan_feature_cache(*m, p, true, true, 0, 2LL << 30, 1 << 30);
   EXPECT_FALSE(c.use);
   EXPECT_NE(c.reason.find("budget"), std::string::npos) << c.reason;
   f.freeze = "until=layer3";
   p = train::apply_freeze(*m, f);
-  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 1 << 20, 1 << 30).use);
+  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).use);
   auto vgg = models::create_model("vgg16", 3, 0);  // dropout below classifier.6
   f.freeze = "backbone";
   p = train::apply_freeze(*vgg, f);
-  c = train::plan_feature_cache(*vgg, p, true, true, 1 << 20, 1 << 30);
+  c = train::plan_feature_cache(*vgg, p, true, true, 0, 1 << 20, 1 << 30);
   EXPECT_FALSE(c.use);
   EXPECT_NE(c.reason.find("dropout"), std::string::npos) << c.reason;
   vgg->set_dropout(0);
-  EXPECT_TRUE(train::plan_feature_cache(*vgg, p, true, true, 1 << 20, 1 << 30).use);
+  EXPECT_TRUE(train::plan_feature_cache(*vgg, p, true, true, 0, 1 << 20, 1 << 30).use);
 }

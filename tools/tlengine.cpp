@@ -81,6 +81,12 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
              "run the frozen backbone every epoch instead of once per image (the feature cache is on where it is "
              "exact: only the head trains, --freeze-bn, --no-augment)");
   c.add_option("--cache-budget", o.cache_budget_gb, "GB of RAM for cached features")->capture_default_str();
+  c.add_option("--cache-views", o.cache_views,
+               "with augmentation, cache K augmented views per image and train each epoch on one of them per image: "
+               "an APPROXIMATION of fresh augmentation (K crops and flips per image, not new ones every epoch), "
+               "for feature extraction with --freeze-bn (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   c.add_flag("--resume", o.resume, "continue from <out>/last.ckpt");
   c.add_option("--seed", o.seed)->capture_default_str();
   c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");

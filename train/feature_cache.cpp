@@ -11,7 +11,7 @@
 namespace tl::train {
 
 FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
-                                    bool requested, int64_t bytes_needed, int64_t budget_bytes) {
+                                    bool requested, int views, int64_t bytes_needed, int64_t budget_bytes) {
   const std::string head = model.head_name() + ".";
   const bool only_head = !plan.first_trainable.empty() && plan.first_trainable.rfind(head, 0) == 0;
   if (!only_head) return {false, "feature cache: off (layers below the head train, so their output changes every step)"};
@@ -25,13 +25,21 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
             "the backbone's forward pass is most of a feature-extraction step)"};
   if (model.stochastic_features())
     return {false, "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
-  if (!deterministic_transform)
+  if (!deterministic_transform && views <= 0)
     return {false,
             "feature cache: off (random crops and flips change every image every epoch; --no-augment trains on the "
-            "val transform, the feature-extractor recipe for small data close to ImageNet, and enables the cache)"};
+            "val transform, the feature-extractor recipe for small data close to ImageNet, and enables the cache; "
+            "--cache-views K caches K augmented views per image instead, an approximation of fresh augmentation)"};
   if (bytes_needed > budget_bytes)
     return {false, detail::concat("feature cache: off (it would need ", bytes_needed >> 20, " MiB, over the ",
                                   budget_bytes >> 20, " MiB budget)")};
+  if (!deterministic_transform)
+    return {true, detail::concat("feature cache: on with ", views, " augmented views per image (--cache-views): the "
+                                 "backbone runs ", views, " times per train image, and each epoch trains on one of "
+                                 "the stored views per image, drawn at random. This APPROXIMATES fresh augmentation "
+                                 "(the model sees ", views, " crops and flips per image, not new ones every epoch); ",
+                                 std::round(static_cast<double>(bytes_needed) / (1 << 20) * 10) / 10,
+                                 " MiB in RAM")};
   return {true, detail::concat("feature cache: on (everything below ", model.head_name(),
                                " is frozen, uses running statistics and sees a deterministic transform): the backbone "
                                "runs once per image, ",
@@ -40,33 +48,47 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
 }
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
-                           const std::string& what, bool quiet, std::ostream& log)
-    : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32) {
+                           const std::string& what, bool quiet, std::ostream& log, int views)
+    : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32), views_(views) {
+  TL_CHECK(views >= 1, ValueError, "feature cache: views must be >= 1, got ", views);
   const int64_t n = loader.num_samples();
   dim_ = model.head_in_features();
-  rows_ = Tensor::zeros({n, dim_}, dtype_);
-  valid_.assign(static_cast<size_t>(n), 0);
+  rows_ = Tensor::zeros({views * n, dim_}, dtype_);
+  std::vector<int> seen(static_cast<size_t>(n), 0);  // views in which the sample was decoded
   const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
   NoGradGuard no_grad;
   model.train();  // the mode of the uncached run's forward (frozen batch norm runs on running statistics either way)
-  Progress progress(what, 1, 1, loader.batches_per_epoch(), log);
-  loader.start_epoch(0);
+  Progress progress(what, 1, 1, views * loader.batches_per_epoch(), log);
   int64_t done = 0;
-  while (const io::Batch* b = loader.next()) {
-    Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
-    Tensor host = f.to(Device::CPU, dtype_, Layout::NCHW);
-    TL_CHECK(host.ndim() == 2 && host.size(1) == dim_, ShapeError, "feature cache: features of shape ",
-             shape_str(host.shape()), ", expected (", b->size, ", ", dim_, ")");
-    for (int64_t r = 0; r < b->size; ++r) {
-      const int64_t id = b->samples[r];
-      std::memcpy(static_cast<char*>(rows_.data()) + static_cast<size_t>(id) * row_bytes,
-                  static_cast<const char*>(host.data()) + static_cast<size_t>(r) * row_bytes, row_bytes);
-      valid_[static_cast<size_t>(id)] = 1;
+  for (int v = 0; v < views; ++v) {
+    loader.start_epoch(v);  // view v = epoch v's transform draws
+    while (const io::Batch* b = loader.next()) {
+      Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
+      Tensor host = f.to(Device::CPU, dtype_, Layout::NCHW);
+      TL_CHECK(host.ndim() == 2 && host.size(1) == dim_, ShapeError, "feature cache: features of shape ",
+               shape_str(host.shape()), ", expected (", b->size, ", ", dim_, ")");
+      for (int64_t r = 0; r < b->size; ++r) {
+        const int64_t id = b->samples[r];
+        std::memcpy(static_cast<char*>(rows_.data()) + static_cast<size_t>(v * n + id) * row_bytes,
+                    static_cast<const char*>(host.data()) + static_cast<size_t>(r) * row_bytes, row_bytes);
+        seen[static_cast<size_t>(id)] += 1;
+      }
+      if (!quiet) progress.update(++done, b->size, NAN, NAN);
     }
-    if (!quiet) progress.update(++done, b->size, NAN, NAN);
+    if (v == 0) skipped_report_ = loader.skipped_report();
   }
   if (!quiet) progress.finish();
-  skipped_report_ = loader.skipped_report();
+  valid_.assign(static_cast<size_t>(n), 0);
+  for (int64_t id = 0; id < n; ++id) valid_[static_cast<size_t>(id)] = seen[static_cast<size_t>(id)] == views;
+}
+
+int64_t FeatureCache::view_of(int64_t epoch, int64_t sample) const {
+  if (views_ == 1) return 0;
+  uint64_t z = static_cast<uint64_t>(epoch) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(sample) + 0x632BE59BD9B4E019ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;  // splitmix64's finaliser
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return static_cast<int64_t>(z % static_cast<uint64_t>(views_));
 }
 
 FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
@@ -88,8 +110,9 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
   Tensor labels = Tensor::empty({out.size}, DType::I32);
   for (int64_t r = 0; r < out.size; ++r) {
     const int64_t id = ids[static_cast<size_t>(r)];
+    const int64_t row = view_of(epoch, id) * loader_.num_samples() + id;
     std::memcpy(static_cast<char*>(f.data()) + static_cast<size_t>(r) * row_bytes,
-                static_cast<const char*>(rows_.data()) + static_cast<size_t>(id) * row_bytes, row_bytes);
+                static_cast<const char*>(rows_.data()) + static_cast<size_t>(row) * row_bytes, row_bytes);
     const int32_t label = static_cast<int32_t>(loader_.samples()[static_cast<size_t>(id)].label);
     labels.data_as<int32_t>()[r] = label;
     out.labels_host.push_back(label);

@@ -24,17 +24,21 @@ struct FeatureCachePlan {
   std::string reason;
 };
 // `deterministic_transform`: the train transform has no random crop or flip. `requested`: not --no-cache.
-// `bytes_needed` of feature storage against `budget_bytes`.
+// `views` (--cache-views K, 0: off): with a random train transform, cache K augmented views per image (an
+// approximation of fresh augmentation, said so in the reason). `bytes_needed` of feature storage (all views)
+// against `budget_bytes`.
 FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
-                                    bool requested, int64_t bytes_needed, int64_t budget_bytes);
+                                    bool requested, int views, int64_t bytes_needed, int64_t budget_bytes);
 
 // The features of every sample of one loader (the rows of skipped images marked missing), and batches of them in
 // the loader's own epoch order.
 class FeatureCache {
  public:
-  // Runs model.features() (no tape) over all samples of `loader` once, with a progress line on `log`.
+  // Runs model.features() (no tape) over all samples of `loader` once per view, with a progress line on `log`.
+  // View v holds the images as the loader gives them in epoch v (with a random transform: epoch v's crops and
+  // flips). views = 1 for a deterministic transform.
   FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
-               const std::string& what, bool quiet, std::ostream& log);
+               const std::string& what, bool quiet, std::ostream& log, int views = 1);
 
   struct Batch {
     Tensor features;  // (size, D) on the run's device, in the run's dtype
@@ -43,8 +47,12 @@ class FeatureCache {
     int64_t size = 0;
   };
   // Batch `b` of `epoch` as the loader would give it (skipped images left out), or size 0 when all its images were
-  // skipped.
+  // skipped. Each image's features come from view view_of(epoch, sample).
   Batch batch(int64_t epoch, int64_t b);
+  // The view an epoch draws for a sample: a seeded hash of (epoch, sample), uniform over the views, so that an
+  // epoch mixes views across images and a resumed run draws the same ones.
+  int64_t view_of(int64_t epoch, int64_t sample) const;
+  int views() const { return views_; }
   int64_t batches_per_epoch() const { return loader_.batches_per_epoch(); }
   int64_t dim() const { return dim_; }
   // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built.
@@ -54,9 +62,10 @@ class FeatureCache {
   const io::DataLoader& loader_;
   Device dev_;
   DType dtype_;
+  int views_ = 1;
   int64_t dim_ = 0;
-  Tensor rows_;                 // (num_samples, dim_) on the CPU: float64 in fp64 runs, else float32
-  std::vector<uint8_t> valid_;  // per sample
+  Tensor rows_;                 // (views * num_samples, dim_) on the CPU, view-major: float64 in fp64 runs, else float32
+  std::vector<uint8_t> valid_;  // per sample (an image skipped in any view is left out)
   std::string skipped_report_;
   int64_t order_epoch_ = -1;  // the epoch whose order order_ holds
   std::vector<int64_t> order_;

@@ -208,14 +208,16 @@ struct FeatureCaches {
 };
 FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, models::Model& model, const FreezePlan& plan,
                                    Device dev, Precision prec, std::ostream& log) {
-  const int64_t rows = data.train->num_samples() + data.val->num_samples();
+  const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
+  const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
   const int64_t bytes = rows * model.head_in_features() * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
-  const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, bytes,
+  const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, views, bytes,
                                                  static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
   log << fc.reason << "\n";
   FeatureCaches c;
   if (!fc.use) return c;
-  c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log);
+  c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
+                                           views);
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
   if (data.val->num_samples() > 0) {
     c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log);

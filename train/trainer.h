@@ -57,6 +57,9 @@ struct TrainOptions {
   // --freeze-bn, no augmentation); false: run the backbone every epoch (--no-cache).
   bool feature_cache = true;
   double cache_budget_gb = 4.0;  // RAM for cached features
+  // With augmentation: cache this many augmented views per train image and train each epoch on one drawn per image
+  // (an approximation of fresh augmentation; --cache-views). 0: no cache with augmentation.
+  int cache_views = 0;
   bool resume = false;
   uint64_t seed = 0;
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
