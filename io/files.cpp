@@ -2,6 +2,7 @@
 #include "io/files.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -56,6 +57,31 @@ bool write_all(int fd, const void* data, size_t size, size_t* written) {
 }
 
 }  // namespace
+
+MappedScratch::MappedScratch(const std::string& path, size_t bytes) : size_(bytes) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    throw IOError(detail::concat(path, ": cannot create the scratch file (", std::strerror(errno), ")"));
+  const int err = bytes ? ::posix_fallocate(fd, 0, static_cast<off_t>(bytes)) : 0;
+  if (err != 0) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    throw IOError(detail::concat(path, ": cannot reserve ", human_bytes(static_cast<long long>(bytes)),
+                                 " for the scratch file (", std::strerror(err), "; ",
+                                 human_bytes(free_bytes(path)), " free there)"));
+  }
+  void* p = bytes ? ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : nullptr;
+  const int map_errno = errno;
+  ::close(fd);
+  ::unlink(path.c_str());  // the mapping keeps the space; no name is left behind
+  if (p == MAP_FAILED)
+    throw IOError(detail::concat(path, ": cannot map the scratch file (", std::strerror(map_errno), ")"));
+  data_ = p;
+}
+
+MappedScratch::~MappedScratch() {
+  if (data_) ::munmap(data_, size_);
+}
 
 long long free_bytes(const std::string& path) {
   struct statvfs st {};

@@ -32,4 +32,21 @@ std::string human_bytes(long long bytes);
 // in the message, e.g. "--out".
 void ensure_writable_folder(const std::string& dir, const std::string& what);
 
+// Scratch memory backed by a file: `bytes` reserved on disk at `path` (posix_fallocate, so a full disk is an IOError
+// naming the file, the bytes and the free space now, never a SIGBUS later), mapped shared read-write, and the name
+// unlinked at once: the space lives as long as the object and nothing is left behind, even after kill -9.
+class MappedScratch {
+ public:
+  MappedScratch(const std::string& path, size_t bytes);
+  ~MappedScratch();
+  MappedScratch(const MappedScratch&) = delete;
+  MappedScratch& operator=(const MappedScratch&) = delete;
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 }  // namespace tl::io

@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "io/files.h"
 #include "io/image.h"
 #include "io/transforms.h"
 #include "io/loader.h"
@@ -520,6 +521,33 @@ TEST(Train, FeatureCacheViewsHoldEachEpochsAugmentedImages) {
   EXPECT_EQ(read_jsonl(o.out + "/metrics.jsonl").size(), 2u);
 }
 
+// Over the RAM budget the features go to a memory-mapped scratch file under --out: the same run as in RAM, and no
+// file left behind. A scratch file that cannot be created is an IOError naming it.
+TEST(Train, FeatureCacheSpillsToAMappedFileOverTheBudget) {
+  const std::string d = fresh_dir("train_feature_cache_spill");
+  const std::string data = make_data(d + "/data");
+  std::map<bool, std::vector<nlohmann::json>> lines;
+  for (bool spill : {false, true}) {
+    train::TrainOptions o = tiny(data, d + (spill ? "/spill" : "/ram"));
+    o.freeze.freeze = "backbone";
+    o.freeze.freeze_bn = true;
+    o.precision = "fp64";
+    o.cache_budget_gb = spill ? 0.0 : 4.0;
+    std::ostringstream out;
+    train::run_training(o, out);
+    EXPECT_EQ(out.str().find("memory-mapped scratch file") != std::string::npos, spill) << out.str();
+    lines[spill] = read_jsonl(o.out + "/metrics.jsonl");
+    for (const auto& e : fs::directory_iterator(o.out))
+      EXPECT_EQ(e.path().filename().string().find(".feature_cache"), std::string::npos) << e.path();
+  }
+  ASSERT_EQ(lines[true].size(), lines[false].size());
+  for (size_t e = 0; e < lines[true].size(); ++e)
+    for (const char* phase : {"train", "val"})
+      EXPECT_EQ(lines[true][e][phase]["loss"], lines[false][e][phase]["loss"]) << phase << " epoch " << e + 1;
+  const std::string err = error_of([&] { io::MappedScratch s(d + "/no/such/folder/x.tmp", 4096); });
+  EXPECT_TRUE(contains(err, "no/such/folder/x.tmp")) << err;
+}
+
 // Mid-epoch stop and --resume with the cache: the same weights as one cached run.
 TEST(Train, FeatureCacheResumesExactly) {
   const std::string d = fresh_dir("train_feature_cache_resume");
@@ -562,8 +590,11 @@ TEST(Train, FeatureCachePlanSaysWhyItIsOff) {
   EXPECT_NE(c.reason.find("APPROXIMATES"), std::string::npos) << c.reason;
   EXPECT_FALSE(train::plan_feature_cache(*m, p, true, false, 0, 1 << 20, 1 << 30).use);
   c = train::plan_feature_cache(*m, p, true, true, 0, 2LL << 30, 1 << 30);
-  EXPECT_FALSE(c.use);
+  EXPECT_TRUE(c.use);  // over the RAM budget: spilled to a mapped file
+  EXPECT_TRUE(c.spill);
+  EXPECT_NE(c.reason.find("memory-mapped scratch file"), std::string::npos) << c.reason;
   EXPECT_NE(c.reason.find("budget"), std::string::npos) << c.reason;
+  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).spill);
   f.freeze = "until=layer3";
   p = train::apply_freeze(*m, f);
   EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).use);

@@ -14,46 +14,56 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
                                     bool requested, int views, int64_t bytes_needed, int64_t budget_bytes) {
   const std::string head = model.head_name() + ".";
   const bool only_head = !plan.first_trainable.empty() && plan.first_trainable.rfind(head, 0) == 0;
-  if (!only_head) return {false, "feature cache: off (layers below the head train, so their output changes every step)"};
-  if (!requested) return {false, "feature cache: off (--no-cache)"};
+  if (!only_head)
+    return {false, false, "feature cache: off (layers below the head train, so their output changes every step)"};
+  if (!requested) return {false, false, "feature cache: off (--no-cache)"};
   if (!plan.freeze_bn)
-    return {false,
+    return {false, false,
             "feature cache: off: the frozen batch norm layers use batch statistics (PyTorch's train() semantics), so "
             "the backbone's output depends on the other images of the batch. Add --freeze-bn (frozen batch norm on "
             "its running statistics, as Keras does) and --no-augment to run the backbone once per image instead of "
             "once per epoch: every epoch after the first then costs about as much as training the head alone ("
             "the backbone's forward pass is most of a feature-extraction step)"};
   if (model.stochastic_features())
-    return {false, "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
+    return {false, false,
+            "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
   if (!deterministic_transform && views <= 0)
-    return {false,
+    return {false, false,
             "feature cache: off (random crops and flips change every image every epoch; --no-augment trains on the "
             "val transform, the feature-extractor recipe for small data close to ImageNet, and enables the cache; "
             "--cache-views K caches K augmented views per image instead, an approximation of fresh augmentation)"};
-  if (bytes_needed > budget_bytes)
-    return {false, detail::concat("feature cache: off (it would need ", bytes_needed >> 20, " MiB, over the ",
-                                  budget_bytes >> 20, " MiB budget)")};
+  const double mib = std::round(static_cast<double>(bytes_needed) / (1 << 20) * 10) / 10;
+  const bool spill = bytes_needed > budget_bytes;
+  const std::string where =
+      spill ? detail::concat(mib, " MiB in a memory-mapped scratch file under --out (over the ", budget_bytes >> 20,
+                             " MiB RAM budget, --cache-budget)")
+            : detail::concat(mib, " MiB in RAM");
   if (!deterministic_transform)
-    return {true, detail::concat("feature cache: on with ", views, " augmented views per image (--cache-views): the "
-                                 "backbone runs ", views, " times per train image, and each epoch trains on one of "
-                                 "the stored views per image, drawn at random. This APPROXIMATES fresh augmentation "
-                                 "(the model sees ", views, " crops and flips per image, not new ones every epoch); ",
-                                 std::round(static_cast<double>(bytes_needed) / (1 << 20) * 10) / 10,
-                                 " MiB in RAM")};
-  return {true, detail::concat("feature cache: on (everything below ", model.head_name(),
-                               " is frozen, uses running statistics and sees a deterministic transform): the backbone "
-                               "runs once per image, ",
-                               std::round(static_cast<double>(bytes_needed) / (1 << 20) * 10) / 10,
-                               " MiB in RAM; --no-cache to run it every epoch")};
+    return {true, spill, detail::concat("feature cache: on with ", views, " augmented views per image (--cache-views): "
+                                        "the backbone runs ", views, " times per train image, and each epoch trains on "
+                                        "one of the stored views per image, drawn at random. This APPROXIMATES fresh "
+                                        "augmentation (the model sees ", views, " crops and flips per image, not new "
+                                        "ones every epoch); ", where)};
+  return {true, spill, detail::concat("feature cache: on (everything below ", model.head_name(),
+                                      " is frozen, uses running statistics and sees a deterministic transform): the "
+                                      "backbone runs once per image, ", where, "; --no-cache to run it every epoch")};
 }
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
-                           const std::string& what, bool quiet, std::ostream& log, int views)
+                           const std::string& what, bool quiet, std::ostream& log, int views,
+                           const std::string& spill_path)
     : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32), views_(views) {
   TL_CHECK(views >= 1, ValueError, "feature cache: views must be >= 1, got ", views);
   const int64_t n = loader.num_samples();
   dim_ = model.head_in_features();
-  rows_ = Tensor::zeros({views * n, dim_}, dtype_);
+  const size_t total = static_cast<size_t>(views * n * dim_) * dtype_size(dtype_);
+  if (spill_path.empty()) {
+    rows_ = Tensor::zeros({views * n, dim_}, dtype_);
+    base_ = static_cast<char*>(rows_.data());
+  } else {
+    spill_ = std::make_unique<io::MappedScratch>(spill_path, total);  // zero-filled by the filesystem
+    base_ = static_cast<char*>(spill_->data());
+  }
   std::vector<int> seen(static_cast<size_t>(n), 0);  // views in which the sample was decoded
   const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
   NoGradGuard no_grad;
@@ -69,7 +79,7 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
                shape_str(host.shape()), ", expected (", b->size, ", ", dim_, ")");
       for (int64_t r = 0; r < b->size; ++r) {
         const int64_t id = b->samples[r];
-        std::memcpy(static_cast<char*>(rows_.data()) + static_cast<size_t>(v * n + id) * row_bytes,
+        std::memcpy(base_ + static_cast<size_t>(v * n + id) * row_bytes,
                     static_cast<const char*>(host.data()) + static_cast<size_t>(r) * row_bytes, row_bytes);
         seen[static_cast<size_t>(id)] += 1;
       }
@@ -112,7 +122,7 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
     const int64_t id = ids[static_cast<size_t>(r)];
     const int64_t row = view_of(epoch, id) * loader_.num_samples() + id;
     std::memcpy(static_cast<char*>(f.data()) + static_cast<size_t>(r) * row_bytes,
-                static_cast<const char*>(rows_.data()) + static_cast<size_t>(row) * row_bytes, row_bytes);
+                base_ + static_cast<size_t>(row) * row_bytes, row_bytes);
     const int32_t label = static_cast<int32_t>(loader_.samples()[static_cast<size_t>(id)].label);
     labels.data_as<int32_t>()[r] = label;
     out.labels_host.push_back(label);

@@ -8,10 +8,12 @@
 #pragma once
 #include <cstdint>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/files.h"
 #include "io/loader.h"
 #include "models/model.h"
 #include "train/freeze.h"
@@ -21,6 +23,7 @@ namespace tl::train {
 // Whether the cache applies to a run, and the sentence the printed plan shows for it.
 struct FeatureCachePlan {
   bool use = false;
+  bool spill = false;  // over the RAM budget: the features live in a memory-mapped scratch file under --out
   std::string reason;
 };
 // `deterministic_transform`: the train transform has no random crop or flip. `requested`: not --no-cache.
@@ -37,8 +40,10 @@ class FeatureCache {
   // Runs model.features() (no tape) over all samples of `loader` once per view, with a progress line on `log`.
   // View v holds the images as the loader gives them in epoch v (with a random transform: epoch v's crops and
   // flips). views = 1 for a deterministic transform.
+  // `spill_path` non-empty: the rows live in a memory-mapped scratch file there (io::MappedScratch), not in RAM.
   FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
-               const std::string& what, bool quiet, std::ostream& log, int views = 1);
+               const std::string& what, bool quiet, std::ostream& log, int views = 1,
+               const std::string& spill_path = "");
 
   struct Batch {
     Tensor features;  // (size, D) on the run's device, in the run's dtype
@@ -64,7 +69,11 @@ class FeatureCache {
   DType dtype_;
   int views_ = 1;
   int64_t dim_ = 0;
-  Tensor rows_;                 // (views * num_samples, dim_) on the CPU, view-major: float64 in fp64 runs, else float32
+  // (views * num_samples, dim_), view-major: float64 in fp64 runs, else float32; in RAM (rows_) or in the mapped
+  // scratch file (spill_); base_ points at the first row either way.
+  Tensor rows_;
+  std::unique_ptr<io::MappedScratch> spill_;
+  char* base_ = nullptr;
   std::vector<uint8_t> valid_;  // per sample (an image skipped in any view is left out)
   std::string skipped_report_;
   int64_t order_epoch_ = -1;  // the epoch whose order order_ holds

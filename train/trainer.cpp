@@ -216,11 +216,14 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   log << fc.reason << "\n";
   FeatureCaches c;
   if (!fc.use) return c;
+  // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
+  auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
-                                           views);
+                                           views, spill(".feature_cache_train.tmp"));
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
   if (data.val->num_samples() > 0) {
-    c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log);
+    c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
+                                           spill(".feature_cache_val.tmp"));
     if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
   }
   return c;
