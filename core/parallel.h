@@ -5,9 +5,10 @@
 // (--workers): they run between steps, or overlap a step when prefetching, so keep workers + threads near the
 // core count on small machines (README, "Threads").
 //
-// Builds without OpenMP (a compiler without it) run parallel_for serially; results never depend on the
-// thread count: parallel_for hands out disjoint index ranges, and every reduction in tlengine is either per
-// index or combines per-range partial results in a fixed order.
+// Builds without OpenMP (a compiler without it) run parallel_for serially. tlengine's own loops give the same
+// results for any thread count: parallel_for hands out disjoint index ranges, and their reductions combine
+// fixed-size blocks in a fixed order (never one partial per thread). oneDNN's kernels may split reductions by
+// thread count.
 #pragma once
 #include <cstdint>
 
