@@ -108,6 +108,18 @@ if [ -n "$WEIGHTS_PTH" ]; then
   pt_weights=(--weights "$WEIGHTS_PTH")
 fi
 
+# timed JOB ENGINE CKPT COMMAND...: runs COMMAND (output to OUT/JOB-ENGINE.log, the command line to stderr) and
+# prints "seconds-to-OUT/JOB-ENGINE/CKPT total-seconds".
+timed() {
+  local job=$1 engine=$2 ckpt=$3 t0 t1
+  shift 3
+  echo "== $job: $engine: $(quote "$@")" >&2
+  t0=$(now)
+  "$@" > "$OUT/$job-$engine.log" 2>&1 || { tail -n 20 "$OUT/$job-$engine.log" >&2; return 1; }
+  t1=$(now)
+  echo "$(elapsed "$t0" "$(mtime "$OUT/$job-$engine/$ckpt")") $(elapsed "$t0" "$t1")"
+}
+
 # pair JOB "TLENGINE ARGS..." -- "PYTORCH ARGS...": runs both, one after the other, writes OUT/JOB.json.
 pair() {
   local job=$1 tl=() pt=() seen=0 t0 t1
@@ -120,21 +132,10 @@ pair() {
   local pt_cmd=("$PYTHON" tools/pytorch_recipe.py --data "$DATA" --arch resnet18 "${pt_weights[@]}"
                 --image-size "$SIZE" --workers "$WORKERS" --device cpu --threads "$THREADS"
                 --out "$OUT/$job-pytorch" "${pt[@]}")
-  echo "== $job: tlengine: $(quote "${tl_cmd[@]}")"
-  t0=$(now)
-  "${tl_cmd[@]}" > "$OUT/$job-tlengine.log" 2>&1 || { tail -n 20 "$OUT/$job-tlengine.log" >&2; return 1; }
-  t1=$(now)
-  local tl_ckpt tl_total
-  tl_ckpt=$(elapsed "$t0" "$(mtime "$OUT/$job-tlengine/last.ckpt")")
-  tl_total=$(elapsed "$t0" "$t1")
+  local tl_ckpt tl_total pt_ckpt pt_total
+  read -r tl_ckpt tl_total < <(timed "$job" tlengine last.ckpt "${tl_cmd[@]}") || return 1
   grep -E '^(feature cache|best val accuracy)' "$OUT/$job-tlengine.log" || true
-  echo "== $job: pytorch: $(quote "${pt_cmd[@]}")"
-  t0=$(now)
-  "${pt_cmd[@]}" > "$OUT/$job-pytorch.log" 2>&1 || { tail -n 20 "$OUT/$job-pytorch.log" >&2; return 1; }
-  t1=$(now)
-  local pt_ckpt pt_total
-  pt_ckpt=$(elapsed "$t0" "$(mtime "$OUT/$job-pytorch/last.pth")")
-  pt_total=$(elapsed "$t0" "$t1")
+  read -r pt_ckpt pt_total < <(timed "$job" pytorch last.pth "${pt_cmd[@]}") || return 1
   tail -n 1 "$OUT/$job-pytorch.log"
   python3 - "$OUT" "$job" "$tl_ckpt" "$tl_total" "$pt_ckpt" "$pt_total" "$(quote "${tl_cmd[@]}")" \
     "$(quote "${pt_cmd[@]}")" <<'EOF'
