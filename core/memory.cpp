@@ -56,6 +56,15 @@ class HostCache {
     cached_ -= rounded;
     return p;
   }
+  // Frees every cached block (before reporting that the host is out of memory); returns the bytes freed.
+  size_t release_all() {
+    std::lock_guard<std::mutex> lock(m_);
+    for (auto& [bytes, p] : free_) std::free(p);
+    free_.clear();
+    const size_t freed = cached_;
+    cached_ = 0;
+    return freed;
+  }
   bool give(void* p, size_t rounded) {
     if (!TL_HOST_CACHE || rounded < kHostCacheMin) return false;
     std::lock_guard<std::mutex> lock(m_);
@@ -114,7 +123,12 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
     const size_t rounded = host_rounded(request);
     ptr_ = host_cache().take(rounded);
     if (!ptr_) ptr_ = std::aligned_alloc(64, rounded);
-    if (!ptr_) throw OutOfMemoryError(detail::concat("host allocation of ", bytes, " bytes failed"), bytes);
+    if (!ptr_ && host_cache().release_all() > 0) ptr_ = std::aligned_alloc(64, rounded);  // cached blocks first
+    if (!ptr_)
+      throw OutOfMemoryError(detail::concat("host out of memory: an allocation of ", bytes, " bytes (",
+                                            bytes >> 20, " MiB) failed; use a smaller --batch-size, or lower "
+                                            "--cache-images / --cache-budget"),
+                             bytes);
   } else {
     TL_CHECK(cuda::available(), Error, "a CUDA tensor was requested but ", cuda::unavailable_reason());
 #if TL_WITH_CUDA

@@ -90,6 +90,27 @@ bool can_unshare_mounts() { return run_command("unshare -m true") == 0; }
 
 }  // namespace
 
+// ---- 0. Host out of memory ---------------------------------------------------------------------------------------
+
+// A step that does not fit the process's memory (ulimit -v) ends with exit code 2, says the host ran out of memory
+// and which batch size to try, instead of crashing.
+TEST(Faults, HostOutOfMemoryGivesAClearMessageAndExitCode) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves more address space than the limit allows";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  GTEST_SKIP() << "AddressSanitizer reserves more address space than the limit allows";
+#endif
+#endif
+  std::string out;
+  const int rc = run_command("bash -c 'ulimit -v 3000000; CUDA_VISIBLE_DEVICES= " + cli() +
+                                 " bench --model resnet50 --mode full --batch 256 --warmup 0 --steps 1 --device cpu' 2>&1",
+                             &out);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_TRUE(contains(out, "host out of memory")) << out;
+  EXPECT_TRUE(contains(out, "try --batch 128")) << out;
+}
+
 // ---- 1. Disk full / file-size limit during an atomic write -------------------------------------------------------
 
 TEST(Faults, AtomicWriteHittingTheFileSizeLimitKeepsTheOldFile) {

@@ -243,9 +243,9 @@ int main(int argc, char** argv) {
     const bool bench = bench_cmd->parsed();
     const int64_t batch = bench ? bo.batch : to.batch_size;
     const char* flag = bench ? "--batch" : "--batch-size";
-    std::cerr << "tlengine: out of memory with " << flag << " " << batch << " (" << free_b / (1 << 20)
-              << " MiB free of " << total_b / (1 << 20) << " MiB): try " << flag << " " << std::max<int64_t>(1, batch / 2)
-              << "\n  (" << e.what() << ")\n";
+    std::cerr << "tlengine: out of memory with " << flag << " " << batch;
+    if (total_b > 0) std::cerr << " (GPU: " << free_b / (1 << 20) << " MiB free of " << total_b / (1 << 20) << " MiB)";
+    std::cerr << ": try " << flag << " " << std::max<int64_t>(1, batch / 2) << "\n  (" << e.what() << ")\n";
     return 2;
   } catch (const train::DivergedError& e) {
     std::cerr << "tlengine: training stopped: " << e.what() << "\n";
