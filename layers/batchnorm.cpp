@@ -71,6 +71,19 @@ inline int64_t offset(bool nhwc, const Dims& d, int64_t n, int64_t c, int64_t s)
   return nhwc ? (n * d.hw + s) * d.c + c : (n * d.c + c) * d.hw + s;
 }
 
+// Writes channel c's dgamma and dbeta (when requested) following their accumulate flags.
+template <typename T>
+void write_channel_grads(const BatchNormGrads& gr, int64_t c, double dgamma, double dbeta) {
+  if (gr.dgamma) {
+    T& o = gr.dgamma->data_as<T>()[c];
+    o = static_cast<T>(gr.dgamma_accumulate ? o + dgamma : dgamma);
+  }
+  if (gr.dbeta) {
+    T& o = gr.dbeta->data_as<T>()[c];
+    o = static_cast<T>(gr.dbeta_accumulate ? o + dbeta : dbeta);
+  }
+}
+
 template <typename T>
 void forward_train_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
                        Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps) {
@@ -144,14 +157,7 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
         if (need_xhat) sum_dy_xmu += g * (xp[offset(nx, d, n, c, s)] - mu);
       }
     const double dgamma = sum_dy_xmu * inv;
-    if (gr.dgamma) {
-      T& o = gr.dgamma->data_as<T>()[c];
-      o = static_cast<T>(gr.dgamma_accumulate ? o + dgamma : dgamma);
-    }
-    if (gr.dbeta) {
-      T& o = gr.dbeta->data_as<T>()[c];
-      o = static_cast<T>(gr.dbeta_accumulate ? o + sum_dy : sum_dy);
-    }
+    write_channel_grads<T>(gr, c, dgamma, sum_dy);
     if (gr.dx) {
       T* dxp = gr.dx->data_as<T>();
       const double k = gp[c] * inv;
@@ -185,16 +191,17 @@ struct ChannelSums {
   std::vector<double> a, b;  // the two sums per channel
 };
 
-// NHWC: rows of C values. fn(row_ptr_offset, acc_a, acc_b) adds one row's terms into float accumulators.
+// NHWC: rows of C values. fn(row_offset, acc_a, acc_b) adds one row's terms into double accumulators (double, as
+// the NCHW planes: a channel whose mean is large against its spread needs it for the mean).
 template <typename RowFn>
 ChannelSums nhwc_sums(int64_t rows, int64_t C, RowFn&& fn) {
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   std::vector<double> pa(static_cast<size_t>(blocks * C)), pb(static_cast<size_t>(blocks * C));
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> fa(static_cast<size_t>(C)), fb(static_cast<size_t>(C));
+    std::vector<double> fa(static_cast<size_t>(C)), fb(static_cast<size_t>(C));
     for (int64_t blk = b0; blk < b1; ++blk) {
-      std::fill(fa.begin(), fa.end(), 0.f);
-      std::fill(fb.begin(), fb.end(), 0.f);
+      std::fill(fa.begin(), fa.end(), 0.0);
+      std::fill(fb.begin(), fb.end(), 0.0);
       const int64_t r1 = std::min(rows, (blk + 1) * kRowBlock);
       for (int64_t r = blk * kRowBlock; r < r1; ++r) fn(r * C, fa.data(), fb.data());
       for (int64_t c = 0; c < C; ++c) pa[blk * C + c] = fa[c], pb[blk * C + c] = fb[c];
@@ -219,16 +226,26 @@ ChannelSums nchw_sums(int64_t N, int64_t C, PlaneFn&& fn) {
   return s;
 }
 
-// out = x * A[c] + B[c] (+ dy * G[c] when dy) (+ out when accumulate), x and out in one layout.
-void affine_pass(const Dims& d, bool nhwc, const float* x, const float* dy, const std::vector<float>& A,
-                 const std::vector<float>& B, const std::vector<float>& G, float* out, bool accumulate) {
+// Per-channel coefficients of affine_pass.
+struct Affine {
+  std::vector<float> M, A, B, G;  // G empty: no dy term
+  explicit Affine(int64_t c, bool with_dy)
+      : M(static_cast<size_t>(c)), A(static_cast<size_t>(c)), B(static_cast<size_t>(c)),
+        G(with_dy ? static_cast<size_t>(c) : 0) {}
+};
+// out = (x - M[c]) * A[c] + B[c] (+ dy * G[c] when dy) (+ out when accumulate), x and out in one layout. x is
+// centred before scaling (as the reference does), so a channel whose mean is large against its spread keeps its
+// precision.
+void affine_pass(const Dims& d, bool nhwc, const float* x, const float* dy, const Affine& f, float* out,
+                 bool accumulate) {
   const int64_t C = d.c;
+  const float *M = f.M.data(), *A = f.A.data(), *B = f.B.data(), *G = f.G.data();
   if (nhwc) {
     parallel_for(d.m(), 256, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t o = r * C;
         for (int64_t c = 0; c < C; ++c) {
-          float v = x[o + c] * A[c] + B[c];
+          float v = (x[o + c] - M[c]) * A[c] + B[c];
           if (dy) v += dy[o + c] * G[c];
           out[o + c] = accumulate ? out[o + c] + v : v;
         }
@@ -238,9 +255,9 @@ void affine_pass(const Dims& d, bool nhwc, const float* x, const float* dy, cons
     parallel_for(d.n * C, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C, o = p * d.hw;
-        const float a = A[c], b = B[c], g = G.empty() ? 0.f : G[c];
+        const float m = M[c], a = A[c], b = B[c], g = dy ? G[c] : 0.f;
         for (int64_t s = 0; s < d.hw; ++s) {
-          float v = x[o + s] * a + b;
+          float v = (x[o + s] - m) * a + b;
           if (dy) v += dy[o + s] * g;
           out[o + s] = accumulate ? out[o + s] + v : v;
         }
@@ -252,12 +269,12 @@ void affine_pass(const Dims& d, bool nhwc, const float* x, const float* dy, cons
 // Per-channel sum of x and of (x - mu)^2 (mu given), in x's layout.
 ChannelSums sums_x(const Dims& d, bool nhwc, const float* x, const std::vector<float>* mu) {
   if (nhwc) {
-    return nhwc_sums(d.m(), d.c, [&](int64_t o, float* a, float* b) {
+    return nhwc_sums(d.m(), d.c, [&](int64_t o, double* a, double* b) {
       if (!mu) {
         for (int64_t c = 0; c < d.c; ++c) a[c] += x[o + c];
       } else {
         for (int64_t c = 0; c < d.c; ++c) {
-          const float v = x[o + c] - (*mu)[c];
+          const double v = static_cast<double>(x[o + c]) - (*mu)[c];
           b[c] += v * v;
         }
       }
@@ -286,20 +303,21 @@ void forward_train_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta
   const ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
   for (int64_t c = 0; c < d.c; ++c) mu[c] = static_cast<float>(s1.a[c] / m);
   const ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
-  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c));
+  Affine f(d.c, false);
   const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
   float *sm = save_mean.data_as<float>(), *si = save_invstd.data_as<float>();
   float *rm = running_mean.data_as<float>(), *rv = running_var.data_as<float>();
   for (int64_t c = 0; c < d.c; ++c) {
     const double var = s2.b[c] / m, invstd = 1.0 / std::sqrt(var + eps);
-    A[c] = static_cast<float>(invstd * g[c]);
-    B[c] = static_cast<float>(b[c] - mu[c] * invstd * g[c]);
+    f.M[c] = mu[c];
+    f.A[c] = static_cast<float>(invstd * g[c]);
+    f.B[c] = b[c];
     sm[c] = mu[c];
     si[c] = static_cast<float>(invstd);
     rm[c] = static_cast<float>((1.0 - factor) * rm[c] + factor * mu[c]);
     rv[c] = static_cast<float>((1.0 - factor) * rv[c] + factor * var * m / (m - 1.0));
   }
-  affine_pass(d, nhwc, xp, nullptr, A, B, {}, y.data_as<float>(), false);
+  affine_pass(d, nhwc, xp, nullptr, f, y.data_as<float>(), false);
 }
 
 void forward_eval_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, const Tensor& running_mean,
@@ -307,13 +325,13 @@ void forward_eval_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   const Dims d = dims_of(x);
   const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
   const float *rm = running_mean.data_as<float>(), *rv = running_var.data_as<float>();
-  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c));
+  Affine f(d.c, false);
   for (int64_t c = 0; c < d.c; ++c) {
-    const double scale = g[c] / std::sqrt(static_cast<double>(rv[c]) + eps);
-    A[c] = static_cast<float>(scale);
-    B[c] = static_cast<float>(b[c] - rm[c] * scale);
+    f.M[c] = rm[c];
+    f.A[c] = static_cast<float>(g[c] / std::sqrt(static_cast<double>(rv[c]) + eps));
+    f.B[c] = b[c];
   }
-  affine_pass(d, x.layout() == Layout::NHWC, x.data_as<float>(), nullptr, A, B, {}, y.data_as<float>(), false);
+  affine_pass(d, x.layout() == Layout::NHWC, x.data_as<float>(), nullptr, f, y.data_as<float>(), false);
 }
 
 // x (when defined) and dy share one layout, and dx (when requested) has it too (batchnorm_backward converts).
@@ -329,10 +347,10 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
     for (int64_t c = 0; c < d.c; ++c) mu[c] = mean.data_as<float>()[c];
   ChannelSums s;  // a: sum dy, b: sum dy * (x - mu)
   if (nhwc) {
-    s = nhwc_sums(d.m(), d.c, [&](int64_t o, float* a, float* b) {
+    s = nhwc_sums(d.m(), d.c, [&](int64_t o, double* a, double* b) {
       for (int64_t c = 0; c < d.c; ++c) a[c] += dyp[o + c];
       if (need_xhat)
-        for (int64_t c = 0; c < d.c; ++c) b[c] += dyp[o + c] * (xp[o + c] - mu[c]);
+        for (int64_t c = 0; c < d.c; ++c) b[c] += static_cast<double>(dyp[o + c]) * (xp[o + c] - mu[c]);
     });
   } else {
     s = nchw_sums(d.n, d.c, [&](int64_t p, int64_t c, double* a, double* b) {
@@ -347,28 +365,20 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
     });
   }
   const double m = static_cast<double>(d.m());
-  std::vector<float> A(static_cast<size_t>(d.c)), B(static_cast<size_t>(d.c)), G(static_cast<size_t>(d.c));
+  Affine f(d.c, true);
   for (int64_t c = 0; c < d.c; ++c) {
     const double inv = (need_xhat || gr.dx) ? invstd.data_as<float>()[c] : 0.0;
     const double dgamma = s.b[c] * inv, sum_dy = s.a[c];
-    if (gr.dgamma) {
-      float& o = gr.dgamma->data_as<float>()[c];
-      o = static_cast<float>(gr.dgamma_accumulate ? o + dgamma : dgamma);
-    }
-    if (gr.dbeta) {
-      float& o = gr.dbeta->data_as<float>()[c];
-      o = static_cast<float>(gr.dbeta_accumulate ? o + sum_dy : sum_dy);
-    }
+    write_channel_grads<float>(gr, c, dgamma, sum_dy);
     if (!gr.dx) continue;
-    // dx = k (dy - sum_dy / m - xhat dgamma / m), xhat = (x - mu) inv  ->  dx = G dy + A x + B
+    // dx = k (dy - sum_dy / m - xhat dgamma / m), xhat = (x - mu) inv  ->  dx = G dy + A (x - mu) + B
     const double k = gamma.data_as<float>()[c] * inv;
-    G[c] = static_cast<float>(k);
-    const double a = training ? -k * inv * dgamma / m : 0.0;
-    A[c] = static_cast<float>(a);
-    B[c] = static_cast<float>(training ? -k * sum_dy / m - a * mu[c] : 0.0);
+    f.G[c] = static_cast<float>(k);
+    f.M[c] = mu[c];
+    f.A[c] = static_cast<float>(training ? -k * inv * dgamma / m : 0.0);
+    f.B[c] = static_cast<float>(training ? -k * sum_dy / m : 0.0);
   }
-  if (gr.dx)
-    affine_pass(d, nhwc, training ? xp : dyp, dyp, A, B, G, gr.dx->data_as<float>(), gr.dx_accumulate);
+  if (gr.dx) affine_pass(d, nhwc, training ? xp : dyp, dyp, f, gr.dx->data_as<float>(), gr.dx_accumulate);
 }
 
 #if TL_WITH_CUDA

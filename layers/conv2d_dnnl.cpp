@@ -64,6 +64,16 @@ memory as_wanted(const memory& m, const memory::desc& want) {
   return out;
 }
 
+// Where a primitive writes an output the caller owns: the user's memory when the primitive takes its layout, else a
+// scratch memory in the primitive's layout that deliver() reorders into the user's.
+memory output_for(const memory& user, const memory::desc& want) {
+  return user.get_desc() == want ? user : memory(want, engine());
+}
+void deliver(memory& out, memory& user) {
+  if (out.get_data_handle() != user.get_data_handle()) dnnl::reorder(out, user).execute(stream(), out, user);
+  stream().wait();
+}
+
 struct Problem {
   memory::desc x, w_any, y;
   memory::dims strides, dilates, pad_l, pad_r;
@@ -111,12 +121,10 @@ void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& 
   memory wm = as_wanted(wrap(weight_desc(w, o.groups), w), pd.weights_desc());
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, as_wanted(xm, pd.src_desc())}, {DNNL_ARG_WEIGHTS, wm}};
   if (bias.defined()) args[DNNL_ARG_BIAS] = wrap(pd.bias_desc(), bias);
-  const bool direct = pd.dst_desc() == p.y;
-  memory out = direct ? ym : memory(pd.dst_desc(), engine());
+  memory out = output_for(ym, pd.dst_desc());
   args[DNNL_ARG_DST] = out;
   dnnl::convolution_forward(pd).execute(stream(), args);
-  if (!direct) dnnl::reorder(out, ym).execute(stream(), out, ym);
-  stream().wait();
+  deliver(out, ym);
 }
 
 void backward_data_impl(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dOptions& o) {
@@ -127,14 +135,12 @@ void backward_data_impl(const Tensor& dy, const Tensor& w, Tensor& dx, const Con
                                           p.dilates, p.pad_l, p.pad_r);
   const dnnl::convolution_backward_data::primitive_desc pd(d, engine(), hint);
   memory dxm = wrap(p.x, dx);
-  const bool direct = pd.diff_src_desc() == p.x;
-  memory out = direct ? dxm : memory(pd.diff_src_desc(), engine());
+  memory out = output_for(dxm, pd.diff_src_desc());
   dnnl::convolution_backward_data(pd).execute(
       stream(), {{DNNL_ARG_DIFF_DST, as_wanted(wrap(p.y, dy), pd.diff_dst_desc())},
                  {DNNL_ARG_WEIGHTS, as_wanted(wrap(weight_desc(w, o.groups), w), pd.weights_desc())},
                  {DNNL_ARG_DIFF_SRC, out}});
-  if (!direct) dnnl::reorder(out, dxm).execute(stream(), out, dxm);
-  stream().wait();
+  deliver(out, dxm);
 }
 
 void backward_weight_impl(const Tensor& dy, const Tensor& x, Tensor& dw, const Conv2dOptions& o) {
@@ -145,14 +151,12 @@ void backward_weight_impl(const Tensor& dy, const Tensor& x, Tensor& dw, const C
                                              p.dilates, p.pad_l, p.pad_r);
   const dnnl::convolution_backward_weights::primitive_desc pd(d, engine(), hint);
   memory dwm = wrap(weight_desc(dw, o.groups), dw);
-  const bool direct = pd.diff_weights_desc() == dwm.get_desc();
-  memory out = direct ? dwm : memory(pd.diff_weights_desc(), engine());
+  memory out = output_for(dwm, pd.diff_weights_desc());
   dnnl::convolution_backward_weights(pd).execute(
       stream(), {{DNNL_ARG_DIFF_DST, as_wanted(wrap(p.y, dy), pd.diff_dst_desc())},
                  {DNNL_ARG_SRC, as_wanted(wrap(p.x, x), pd.src_desc())},
                  {DNNL_ARG_DIFF_WEIGHTS, out}});
-  if (!direct) dnnl::reorder(out, dwm).execute(stream(), out, dwm);
-  stream().wait();
+  deliver(out, dwm);
 }
 }  // namespace
 
