@@ -14,6 +14,7 @@
 #include "kernels/conv2d.h"
 #endif
 #include "layers/conv2d_dnnl.h"
+#include "layers/mac_counter.h"
 #include "layers/layer_util.h"
 
 namespace tl {
@@ -594,6 +595,8 @@ void conv2d_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
 Variable conv2d(const Variable& x, const Variable& w, const Variable& bias, const Conv2dOptions& o) {
   const Tensor b = bias.defined() ? bias.value() : Tensor();
   Tensor y = conv2d_forward(x.value(), w.value(), b, o);
+  record_macs(w.value(), static_cast<double>(w.value().numel()) * y.size(2) * y.size(3), needs_grad(x),
+              needs_grad(w));
   if (!should_record({&x, &w, &bias})) return Variable(y);
   // Save x only for the weight gradient and w only for the data gradient.
   const Tensor x_saved = needs_grad(w) ? x.value() : Tensor();

@@ -12,6 +12,7 @@
 #include "layers/activation.h"
 #include "layers/elementwise.h"
 #include "layers/layer_util.h"
+#include "layers/mac_counter.h"
 
 namespace tl {
 namespace {
@@ -150,6 +151,8 @@ Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable
   ++t_counts.folded;
   const Tensor& xv = x.value();
   const nn::BatchNorm2d::FoldedConv& f = folded_conv_bn(conv, bn, xv.dtype(), xv.layout());
+  const Shape out = conv2d_output_shape(xv.shape(), f.weight.shape(), conv.options);
+  record_macs(conv.weight.value(), static_cast<double>(f.weight.numel()) * out[2] * out[3], false, false);
   Tensor r;
   if (residual) {
     r = residual->value();

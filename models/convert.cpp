@@ -4,6 +4,8 @@
 #include <regex>
 #include <set>
 
+#include "models/registry.h"
+
 namespace tl::models {
 
 std::string normalize_key(const std::string& key) {
@@ -28,76 +30,34 @@ std::vector<std::pair<std::string, Tensor>> normalize_state(const std::vector<st
   return out;
 }
 
-namespace {
-int count_children(const std::map<std::string, Shape>& s, const std::string& prefix) {
-  std::set<std::string> ids;
-  for (const auto& [k, shape] : s) {
-    if (k.rfind(prefix, 0) != 0) continue;
-    std::string rest = k.substr(prefix.size());
-    ids.insert(rest.substr(0, rest.find('.')));
-  }
-  return static_cast<int>(ids.size());
-}
-const Shape* find(const std::map<std::string, Shape>& s, const std::string& k) {
-  auto it = s.find(k);
-  return it == s.end() ? nullptr : &it->second;
-}
-}  // namespace
-
 DetectedArch detect_arch(const std::map<std::string, Shape>& s) {
-  if (const Shape* fc = find(s, "fc.weight"); fc && find(s, "conv1.weight")) {
-    std::vector<int> blocks;
-    for (int i = 1; i <= 4; ++i) blocks.push_back(count_children(s, "layer" + std::to_string(i) + "."));
-    const bool bottleneck = find(s, "layer1.0.conv3.weight") != nullptr;
-    const int64_t classes = fc->size() == 2 ? (*fc)[0] : 0;
-    auto is = [&](std::vector<int> v) { return blocks == v; };
-    if (!bottleneck && is({2, 2, 2, 2})) return {"resnet18", classes};
-    if (!bottleneck && is({3, 4, 6, 3})) return {"resnet34", classes};
-    if (bottleneck && is({3, 4, 6, 3})) {
-      const Shape* c2 = find(s, "layer1.0.conv2.weight");
-      if (c2 && c2->size() == 4 && (*c2)[0] == 128 && (*c2)[1] == 4) return {"resnext50_32x4d", classes};
-      if (c2 && c2->size() == 4 && (*c2)[0] == 128 && (*c2)[1] == 128) return {"wide_resnet50_2", classes};
-      return {"resnet50", classes};
-    }
-    if (bottleneck && is({3, 4, 23, 3})) return {"resnet101", classes};
-    if (bottleneck && is({3, 8, 36, 3})) return {"resnet152", classes};
-    throw ValueError(detail::concat("a ResNet-like state dict with blocks per stage ", blocks[0], ",", blocks[1], ",",
-                                    blocks[2], ",", blocks[3], (bottleneck ? " (bottleneck)" : " (basic)"),
-                                    " matches no supported architecture"));
+  std::vector<const ArchSpec*> hits;
+  for (const ArchSpec& spec : arch_specs())
+    if (spec.matches && spec.matches(s)) hits.push_back(&spec);
+  if (hits.size() == 1) {
+    const Shape* head = shape_at(s, hits[0]->head_weight);
+    return {hits[0]->name, head && !head->empty() ? (*head)[0] : 0};
   }
-  if (find(s, "features.conv0.weight") && find(s, "classifier.weight")) {
-    std::vector<int> blocks;
-    for (int i = 1; i <= 4; ++i)
-      blocks.push_back(count_children(s, "features.denseblock" + std::to_string(i) + "."));
-    const int64_t init = (*find(s, "features.conv0.weight"))[0];
-    const int64_t classes = (*find(s, "classifier.weight"))[0];
-    auto is = [&](std::vector<int> v, int64_t i0) { return blocks == v && init == i0; };
-    if (is({6, 12, 24, 16}, 64)) return {"densenet121", classes};
-    if (is({6, 12, 36, 24}, 96)) return {"densenet161", classes};
-    if (is({6, 12, 32, 32}, 64)) return {"densenet169", classes};
-    if (is({6, 12, 48, 32}, 64)) return {"densenet201", classes};
-    throw ValueError(detail::concat("a DenseNet-like state dict with layers per block ", blocks[0], ",", blocks[1],
-                                    ",", blocks[2], ",", blocks[3], " and ", init,
-                                    " initial features matches no supported architecture"));
+  if (hits.size() > 1) {  // two specs claim one file: a defect in their `matches`
+    std::string names;
+    for (const ArchSpec* h : hits) names += (names.empty() ? "" : ", ") + h->name;
+    throw ValueError("the keys fit several architectures (" + names + "); pass --arch to name it");
   }
-  if (find(s, "features.0.weight") && find(s, "classifier.6.weight")) {
-    const int convs = [&] {
-      int n = 0;
-      for (const auto& [k, shape] : s)
-        if (k.rfind("features.", 0) == 0 && shape.size() == 4 && k.size() > 7 &&
-            k.compare(k.size() - 7, 7, ".weight") == 0)
-          ++n;
-      return n;
-    }();
-    const bool bn = find(s, "features.1.running_mean") != nullptr;
-    const int64_t classes = (*find(s, "classifier.6.weight"))[0];
-    if (convs == 13) return {bn ? "vgg16_bn" : "vgg16", classes};
-    throw ValueError(detail::concat("a VGG-like state dict with ", convs, " convolutions matches no supported "
-                                    "architecture (vgg16, vgg16_bn have 13)"));
+  std::string family, members;
+  for (const ArchSpec& spec : arch_specs()) {
+    if (spec.probe.empty() || !shape_at(s, spec.probe)) continue;
+    if (family.empty()) family = spec.family;
+    if (spec.family == family) members += (members.empty() ? "" : ", ") + spec.name;
   }
-  throw ValueError("the keys match no supported architecture (expected torchvision names such as 'conv1.weight' "
-                   "and 'fc.weight' for ResNet, 'features.denseblock1...' for DenseNet, 'features.0.weight' and "
-                   "'classifier.6.weight' for VGG); pass --arch to name it");
+  if (!family.empty())
+    throw ValueError("a " + family + "-like state dict whose layers and shapes match none of " + members +
+                     "; pass --arch to name it");
+  std::string probes;
+  for (const ArchSpec& spec : arch_specs())
+    if (!spec.probe.empty() && probes.find("'" + spec.probe + "'") == std::string::npos)
+      probes += (probes.empty() ? "'" : ", '") + spec.probe + "' (" + spec.family + ")";
+  throw ValueError("the keys match no supported architecture (expected torchvision names such as " + probes +
+                   "); pass --arch to name it");
 }
 
 }  // namespace tl::models

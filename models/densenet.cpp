@@ -9,7 +9,7 @@
 #include "layers/concat.h"
 #include "layers/elementwise.h"
 #include "layers/pooling.h"
-#include "models/model.h"
+#include "models/registry.h"
 
 namespace tl::models {
 namespace {
@@ -106,7 +106,11 @@ class DenseNet : public Model {
   }
   Variable head(const Variable& f) override { return (*classifier_)(f); }
 
-  std::string head_name() const override { return "classifier"; }
+  std::vector<std::string> head_names() const override { return {"classifier"}; }
+  // The last dense block (features.norm5, between it and the head, stays frozen).
+  std::vector<std::string> last_block() const override {
+    return {"features.denseblock" + std::to_string(blocks_.size())};
+  }
   std::vector<std::string> blocks() const override {
     std::vector<std::string> out{"features.conv0", "features.norm0"};
     out.insert(out.end(), block_names_.begin(), block_names_.end());
@@ -114,7 +118,7 @@ class DenseNet : public Model {
     out.push_back("classifier");
     return out;
   }
-  void on_head_replaced(Linear& head) override { classifier_ = &head; }
+  void on_heads_replaced() override { classifier_ = &module_at<Linear>("classifier"); }
 
  private:
   static int64_t final_features(int64_t growth, const std::vector<int>& cfg, int64_t init) {
@@ -132,14 +136,31 @@ class DenseNet : public Model {
   Linear* classifier_;
   std::vector<std::string> block_names_;
 };
-}  // namespace
-
-std::unique_ptr<Model> make_densenet(const std::string& arch, int64_t num_classes, uint64_t seed) {
-  if (arch == "densenet121") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 24, 16}, 64, num_classes, seed);
-  if (arch == "densenet161") return std::make_unique<DenseNet>(arch, 48, std::vector<int>{6, 12, 36, 24}, 96, num_classes, seed);
-  if (arch == "densenet169") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 32, 32}, 64, num_classes, seed);
-  if (arch == "densenet201") return std::make_unique<DenseNet>(arch, 32, std::vector<int>{6, 12, 48, 32}, 64, num_classes, seed);
-  throw ValueError("make_densenet: unknown architecture '" + arch + "'");
+// torchvision's configurations: growth rate, layers per block, stem width.
+// A state dict is recognised by its layers per block, its growth rate and its stem width.
+ArchRegistrar densenet(const std::string& name, int64_t growth, std::vector<int> config, int64_t init) {
+  ArchSpec spec;
+  spec.name = name;
+  spec.family = "DenseNet";
+  spec.create = [=](int64_t classes, uint64_t seed) -> std::unique_ptr<Model> {
+    return std::make_unique<DenseNet>(name, growth, config, init, classes, seed);
+  };
+  spec.head_weight = "classifier.weight";
+  spec.probe = "features.denseblock1.denselayer1.conv1.weight";
+  spec.matches = [=](const StateShapes& s) {
+    if (!shape_at(s, "classifier.weight")) return false;
+    for (size_t b = 0; b < config.size(); ++b)
+      if (count_children(s, "features.denseblock" + std::to_string(b + 1) + ".") != config[b]) return false;
+    const Shape* conv0 = shape_at(s, "features.conv0.weight");
+    const Shape* g = shape_at(s, "features.denseblock1.denselayer1.conv2.weight");
+    return conv0 && g && (*conv0)[0] == init && (*g)[0] == growth;
+  };
+  return ArchRegistrar(std::move(spec));
 }
+const ArchRegistrar kDenseNet121 = densenet("densenet121", 32, {6, 12, 24, 16}, 64);
+const ArchRegistrar kDenseNet161 = densenet("densenet161", 48, {6, 12, 36, 24}, 96);
+const ArchRegistrar kDenseNet169 = densenet("densenet169", 32, {6, 12, 32, 32}, 64);
+const ArchRegistrar kDenseNet201 = densenet("densenet201", 32, {6, 12, 48, 32}, 64);
+}  // namespace
 
 }  // namespace tl::models

@@ -1,6 +1,6 @@
-// Models: hand-written torchvision graphs (ResNet, ResNeXt, Wide-ResNet, DenseNet, VGG) whose parameter names are
-// torchvision's state_dict keys, in a registry by name. Each model knows its head and its blocks, so that a user
-// can replace the head for N classes and freeze "up to layer3" or train "denseblock4 and after".
+// Models: hand-written torchvision graphs whose parameter names are torchvision's state_dict keys, one file per
+// family under models/, each registering its names (models/registry.h). Each model knows its heads and its blocks,
+// so that a user can replace the heads for N classes and freeze "up to layer3" or train "denseblock4 and after".
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -26,13 +26,21 @@ class Model : public nn::Module {
   virtual bool stochastic_features() const { return false; }
   const std::string& arch() const { return arch_; }
   int64_t num_classes() const { return num_classes_; }
-  // State-dict prefix of the classification layer: "fc", "classifier" or "classifier.6".
-  virtual std::string head_name() const = 0;
+  // State-dict prefixes of the classification layers that a new class count replaces, the main one first: "fc",
+  // "classifier", "classifier.6"; Inception v3 "fc" and "AuxLogits.fc"; SqueezeNet the 1x1 convolution
+  // "classifier.1". Each is an nn::Linear or a 1x1 nn::Conv2d.
+  virtual std::vector<std::string> head_names() const = 0;
+  std::string head_name() const { return head_names().front(); }
+  // Whether a parameter or buffer name lies in one of the heads.
+  bool in_head(const std::string& name) const;
   int64_t head_in_features() const { return head_in_features_; }
   // The model's top-level stages in forward order, as state-dict prefixes ("conv1", "bn1", "layer1", ..., "fc").
   // Freezing "until=layer3" freezes every stage up to and including "layer3".
   virtual std::vector<std::string> blocks() const = 0;
-  // A new, randomly initialised head for `num_classes` (PyTorch's nn.Linear init), on the model's device.
+  // What `bench --mode last_block` trains besides the heads: by default the last block before the main head.
+  virtual std::vector<std::string> last_block() const;
+  // New, randomly initialised heads for `num_classes` (PyTorch's nn.Linear / nn.Conv2d init), on the model's
+  // device, as the fine-tuning recipe replaces them.
   void reset_head(int64_t num_classes, uint64_t seed);
   // Dropout probability of the classifier (VGG: 0.5 by default); models without dropout ignore it.
   virtual void set_dropout(double /*p*/) {}
@@ -44,8 +52,16 @@ class Model : public nn::Module {
  protected:
   Model(std::string arch, int64_t num_classes, int64_t head_in)
       : arch_(std::move(arch)), num_classes_(num_classes), head_in_features_(head_in) {}
-  // Called by reset_head() with the new head, for models that keep a pointer to it.
-  virtual void on_head_replaced(nn::Linear& head) = 0;
+  // Called by reset_head() after the heads were replaced, for models that keep pointers to them.
+  virtual void on_heads_replaced() = 0;
+  // The submodule at a state-dict prefix ("classifier.6"), of type M; ValueError when there is none.
+  template <class M>
+  M& module_at(const std::string& name) {
+    for (auto& [n, m] : named_modules())
+      if (n == name)
+        if (auto* typed = dynamic_cast<M*>(m)) return *typed;
+    throw ValueError("model " + arch_ + " has no module '" + name + "' of the expected kind");
+  }
   // Put one at the start of forward(): records the conv_bn_act counts of that forward for folded_conv_bn().
   class CountConvBn {
    public:
@@ -69,16 +85,5 @@ class Model : public nn::Module {
   int64_t head_in_features_;
   ConvBnCounts last_counts_;
 };
-
-// Architectures by torchvision's names: resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2,
-// densenet121/161/169/201, vgg16, vgg16_bn. Weights are initialised as torchvision does (seeded).
-std::unique_ptr<Model> create_model(const std::string& arch, int64_t num_classes = 1000, uint64_t seed = 0);
-std::vector<std::string> model_names();
-bool is_model_name(const std::string& arch);
-
-// Per-family constructors (used by the registry).
-std::unique_ptr<Model> make_resnet(const std::string& arch, int64_t num_classes, uint64_t seed);
-std::unique_ptr<Model> make_densenet(const std::string& arch, int64_t num_classes, uint64_t seed);
-std::unique_ptr<Model> make_vgg(const std::string& arch, int64_t num_classes, uint64_t seed);
 
 }  // namespace tl::models

@@ -6,7 +6,7 @@
 #include "layers/elementwise.h"
 #include "layers/fused.h"
 #include "layers/pooling.h"
-#include "models/model.h"
+#include "models/registry.h"
 
 namespace tl::models {
 namespace {
@@ -99,11 +99,11 @@ class ResNet : public Model {
   }
   Variable head(const Variable& f) override { return (*fc_)(f); }
 
-  std::string head_name() const override { return "fc"; }
+  std::vector<std::string> head_names() const override { return {"fc"}; }
   std::vector<std::string> blocks() const override {
     return {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"};
   }
-  void on_head_replaced(Linear& head) override { fc_ = &head; }
+  void on_heads_replaced() override { fc_ = &module_at<Linear>("fc"); }
 
  private:
   Conv2d* conv1_;
@@ -111,17 +111,36 @@ class ResNet : public Model {
   std::vector<Block*> blocks_;
   Linear* fc_;
 };
-}  // namespace
-
-std::unique_ptr<Model> make_resnet(const std::string& arch, int64_t num_classes, uint64_t seed) {
-  if (arch == "resnet18") return std::make_unique<ResNet>(arch, false, std::vector<int>{2, 2, 2, 2}, 1, 64, num_classes, seed);
-  if (arch == "resnet34") return std::make_unique<ResNet>(arch, false, std::vector<int>{3, 4, 6, 3}, 1, 64, num_classes, seed);
-  if (arch == "resnet50") return std::make_unique<ResNet>(arch, true, std::vector<int>{3, 4, 6, 3}, 1, 64, num_classes, seed);
-  if (arch == "resnet101") return std::make_unique<ResNet>(arch, true, std::vector<int>{3, 4, 23, 3}, 1, 64, num_classes, seed);
-  if (arch == "resnet152") return std::make_unique<ResNet>(arch, true, std::vector<int>{3, 8, 36, 3}, 1, 64, num_classes, seed);
-  if (arch == "resnext50_32x4d") return std::make_unique<ResNet>(arch, true, std::vector<int>{3, 4, 6, 3}, 32, 4, num_classes, seed);
-  if (arch == "wide_resnet50_2") return std::make_unique<ResNet>(arch, true, std::vector<int>{3, 4, 6, 3}, 1, 128, num_classes, seed);
-  throw ValueError("make_resnet: unknown architecture '" + arch + "'");
+// torchvision's configurations: blocks per stage, bottleneck, groups and width per group.
+// A state dict is recognised by its blocks per stage, the block kind and the first 3x3 convolution's shape
+// (which tells ResNeXt's groups and Wide ResNet's width).
+ArchRegistrar resnet(const std::string& name, bool bottleneck, std::vector<int> layers, int groups = 1,
+                     int64_t width = 64) {
+  ArchSpec spec;
+  spec.name = name;
+  spec.family = "ResNet";
+  spec.create = [=](int64_t classes, uint64_t seed) -> std::unique_ptr<Model> {
+    return std::make_unique<ResNet>(name, bottleneck, layers, groups, width, classes, seed);
+  };
+  spec.head_weight = "fc.weight";
+  spec.probe = "layer1.0.conv1.weight";
+  spec.matches = [=](const StateShapes& s) {
+    if (!shape_at(s, "conv1.weight") || !shape_at(s, "fc.weight")) return false;
+    for (int i = 0; i < 4; ++i)
+      if (count_children(s, "layer" + std::to_string(i + 1) + ".") != layers[static_cast<size_t>(i)]) return false;
+    if ((shape_at(s, "layer1.0.conv3.weight") != nullptr) != bottleneck) return false;
+    const int64_t w = bottleneck ? 64 * width / 64 * groups : 64;
+    return has_shape(s, "layer1.0.conv2.weight", {w, w / groups, 3, 3});
+  };
+  return ArchRegistrar(std::move(spec));
 }
+const ArchRegistrar kResNet18 = resnet("resnet18", false, {2, 2, 2, 2});
+const ArchRegistrar kResNet34 = resnet("resnet34", false, {3, 4, 6, 3});
+const ArchRegistrar kResNet50 = resnet("resnet50", true, {3, 4, 6, 3});
+const ArchRegistrar kResNet101 = resnet("resnet101", true, {3, 4, 23, 3});
+const ArchRegistrar kResNet152 = resnet("resnet152", true, {3, 8, 36, 3});
+const ArchRegistrar kResNeXt50 = resnet("resnext50_32x4d", true, {3, 4, 6, 3}, 32, 4);
+const ArchRegistrar kWideResNet50 = resnet("wide_resnet50_2", true, {3, 4, 6, 3}, 1, 128);
+}  // namespace
 
 }  // namespace tl::models

@@ -1,5 +1,6 @@
-// VGG16 and VGG16-BN (torchvision's vgg.py, configuration "D"): features.<index> convolutions (and batch norms),
-// avgpool to 7x7, classifier.0/3/6 linear layers with ReLU and dropout between; torchvision's initialisation.
+// VGG 11/13/16/19 with and without batch norm (torchvision's vgg.py, configurations "A", "B", "D", "E"):
+// features.<index> convolutions (and batch norms), avgpool to 7x7, classifier.0/3/6 linear layers with ReLU and
+// dropout between; torchvision's initialisation.
 #include <cmath>
 
 #include "layers/activation.h"
@@ -7,7 +8,7 @@
 #include "layers/elementwise.h"
 #include "layers/fused.h"
 #include "layers/pooling.h"
-#include "models/model.h"
+#include "models/registry.h"
 
 namespace tl::models {
 namespace {
@@ -19,11 +20,12 @@ using nn::Sequential;
 
 class VGG : public Model {
  public:
-  VGG(const std::string& arch, bool batch_norm, int64_t num_classes, uint64_t seed, double dropout_p = 0.5)
+  // `cfg`: output channels of each convolution, 0 for a max pool.
+  VGG(const std::string& arch, const std::vector<int>& cfg, bool batch_norm, int64_t num_classes, uint64_t seed,
+      double dropout_p = 0.5)
       : Model(arch, num_classes, 4096), dropout_p_(dropout_p), dropout_seed_(seed ^ 0x9e3779b97f4a7c15ULL) {
     Generator gen(seed);
     auto& features = add_module<Sequential>("features");
-    const int cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};  // 0 = pool
     int64_t in = 3;
     int index = 0;
     for (int v : cfg) {
@@ -71,7 +73,7 @@ class VGG : public Model {
   Variable head(const Variable& f) override { return (*fc_[2])(f); }
   bool stochastic_features() const override { return dropout_p_ > 0; }
 
-  std::string head_name() const override { return "classifier.6"; }
+  std::vector<std::string> head_names() const override { return {"classifier.6"}; }
   std::vector<std::string> blocks() const override {
     std::vector<std::string> out;
     int index = 0;
@@ -87,7 +89,26 @@ class VGG : public Model {
     out.insert(out.end(), {"classifier.0", "classifier.3", "classifier.6"});
     return out;
   }
-  void on_head_replaced(Linear& head) override { fc_[2] = &head; }
+  // The last convolution stage (after the fourth pool, Keras's "block5") and the two hidden linear layers.
+  std::vector<std::string> last_block() const override {
+    std::vector<std::string> out;
+    int index = 0, pools = 0;
+    for (const Stage& s : stages_) {
+      if (s.pool) {
+        ++pools;
+        index += 1;
+        continue;
+      }
+      if (pools == 4) {
+        out.push_back("features." + std::to_string(index));
+        if (s.bn) out.push_back("features." + std::to_string(index + 1));
+      }
+      index += s.bn ? 3 : 2;
+    }
+    out.insert(out.end(), {"classifier.0", "classifier.3"});
+    return out;
+  }
+  void on_heads_replaced() override { fc_[2] = &module_at<Linear>("classifier.6"); }
   void set_dropout(double p) override { dropout_p_ = p; }
 
  private:
@@ -107,12 +128,42 @@ class VGG : public Model {
   uint64_t dropout_seed_;
   uint64_t dropout_offset_ = 0;
 };
-}  // namespace
-
-std::unique_ptr<Model> make_vgg(const std::string& arch, int64_t num_classes, uint64_t seed) {
-  if (arch == "vgg16") return std::make_unique<VGG>(arch, false, num_classes, seed);
-  if (arch == "vgg16_bn") return std::make_unique<VGG>(arch, true, num_classes, seed);
-  throw ValueError("make_vgg: unknown architecture '" + arch + "'");
+// torchvision's configurations A, B, D, E (0: max pool), each with and without batch norm.
+// A state dict is recognised by its convolutions' output channels in order (features.<i>.weight of rank 4)
+// and whether features.1 is a batch norm.
+ArchRegistrar vgg(const std::string& name, std::vector<int> cfg, bool bn) {
+  ArchSpec spec;
+  spec.name = name;
+  spec.family = "VGG";
+  spec.create = [=](int64_t classes, uint64_t seed) -> std::unique_ptr<Model> {
+    return std::make_unique<VGG>(name, cfg, bn, classes, seed);
+  };
+  spec.head_weight = "classifier.6.weight";
+  spec.probe = "features.0.weight";
+  spec.matches = [=](const StateShapes& s) {
+    if (!shape_at(s, "classifier.6.weight") || (shape_at(s, "features.1.running_mean") != nullptr) != bn)
+      return false;
+    std::vector<int> channels;
+    for (int i = 0; i < 200; ++i) {
+      const Shape* w = shape_at(s, "features." + std::to_string(i) + ".weight");
+      if (w && w->size() == 4) channels.push_back(static_cast<int>((*w)[0]));
+    }
+    std::vector<int> expected;
+    for (int v : cfg)
+      if (v) expected.push_back(v);
+    return channels == expected;
+  };
+  return ArchRegistrar(std::move(spec));
 }
+const std::vector<int> kCfgA{64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0};
+const std::vector<int> kCfgB{64, 64, 0, 128, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0};
+const std::vector<int> kCfgD{64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
+const std::vector<int> kCfgE{64,  64,  0,   128, 128, 0,   256, 256, 256, 256, 0,
+                             512, 512, 512, 512, 0,   512, 512, 512, 512, 0};
+const ArchRegistrar kVgg11 = vgg("vgg11", kCfgA, false), kVgg11Bn = vgg("vgg11_bn", kCfgA, true);
+const ArchRegistrar kVgg13 = vgg("vgg13", kCfgB, false), kVgg13Bn = vgg("vgg13_bn", kCfgB, true);
+const ArchRegistrar kVgg16 = vgg("vgg16", kCfgD, false), kVgg16Bn = vgg("vgg16_bn", kCfgD, true);
+const ArchRegistrar kVgg19 = vgg("vgg19", kCfgE, false), kVgg19Bn = vgg("vgg19_bn", kCfgE, true);
+}  // namespace
 
 }  // namespace tl::models

@@ -15,7 +15,6 @@
 
 namespace tl::models {
 namespace {
-bool in_head(const std::string& name, const std::string& head) { return name.rfind(head + ".", 0) == 0; }
 
 enum class WeightsFormat { Pth, Safetensors, Unknown };
 // Recognises the format from the first bytes; `what` describes an unknown file.
@@ -133,14 +132,14 @@ LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOpti
     if (!file.has(e.name)) {
       report.missing.push_back(e.name);
       // Files older than PyTorch 0.4.1 have no num_batches_tracked; PyTorch loads them with the counter at 0.
-      if (!in_head(e.name, head) && !e.counter) problems.push_back("missing " + e.name);
+      if (!model.in_head(e.name) && !e.counter) problems.push_back("missing " + e.name);
       continue;
     }
     const Tensor& src = file.at(e.name);
     if (src.shape() != e.shape()) {
       std::string line = e.name + ": file " + shape_str(src.shape()) + " vs model " + shape_str(e.shape());
       report.skipped.push_back(line);
-      if (!in_head(e.name, head)) problems.push_back("shape mismatch " + line);
+      if (!model.in_head(e.name)) problems.push_back("shape mismatch " + line);
       continue;
     }
     if (e.counter) {
@@ -156,7 +155,7 @@ LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOpti
   for (const std::string& name : file.names) {
     if (known.count(name)) continue;
     report.unexpected.push_back(name);
-    if (!in_head(name, head)) problems.push_back("unexpected " + name);
+    if (!model.in_head(name)) problems.push_back("unexpected " + name);
   }
   if (!problems.empty() && !options.allow_mismatch) {
     std::ostringstream os;

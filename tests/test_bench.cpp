@@ -10,6 +10,7 @@
 #include "io/image.h"
 #include "io/synthetic.h"
 #include "layers/loss.h"
+#include "models/registry.h"
 #include "tl_testing.h"
 #include "train/bench.h"
 #include "train/freeze.h"
@@ -69,7 +70,10 @@ TEST(Bench, FlopCountMatchesAnchorsAndTorchvision) {
 TEST(Bench, FlopCountVgg) {
   auto vgg = models::create_model("vgg16", 1000);
   EXPECT_DOUBLE_EQ(count_step_flops(*vgg, 1, 224, 224).forward / 2, 15470264320.0);
-  EXPECT_THROW(train::mode_freeze(*vgg, "last_block"), ValueError);
+  // last_block: the convolutions after the fourth pool (Keras's "block5") and the two hidden linear layers.
+  EXPECT_EQ(train::mode_freeze(*vgg, "last_block").trainable,
+            (std::vector<std::string>{"features.24.*", "features.26.*", "features.28.*", "classifier.0.*",
+                                      "classifier.3.*"}));
   EXPECT_THROW(train::mode_freeze(*vgg, "everything"), ValueError);
 }
 

@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "io/synthetic.h"
 #include "io/utf8.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "train/predict.h"
 #include "train/report.h"

@@ -9,6 +9,7 @@
 #include "layers/elementwise.h"
 #include "layers/fused.h"
 #include "models/model.h"
+#include "models/registry.h"
 #include "train/freeze.h"
 #include "tl_testing.h"
 

@@ -1,6 +1,7 @@
 // Models against torchvision: the same logits (eval and train mode), parameter gradients and running statistics
 // on the same weights, converted from a .pth by tools/convert_pth. Plus the registry, heads and load reports.
 #include "models/model.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "tl_testing.h"
 

@@ -14,6 +14,7 @@
 #include "io/synthetic.h"
 #include "models/convert.h"
 #include "models/model.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "tl_testing.h"
 

@@ -22,6 +22,7 @@
 #include "io/npy.h"
 #include "io/synthetic.h"
 #include "layers/conv2d.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "train/feature_cache.h"
 #include "train/freeze.h"

@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "models/convert.h"
 #include "models/model.h"
+#include "models/registry.h"
 #include "models/weights.h"
 
 namespace py = pybind11;

@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "io/utf8.h"
+#include "models/registry.h"
 #include "train/bench.h"
 #include "train/example.h"
 #include "train/predict.h"
@@ -34,8 +35,7 @@ void on_sigint(int) {
 
 void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--data", o.data, "ImageFolder root: train/<class>/*.jpg and val/<class>/*.jpg")->required();
-  c.add_option("--arch", o.arch, "architecture (resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, "
-                                 "densenet121/161/169/201, vgg16, vgg16_bn)")->capture_default_str();
+  c.add_option("--arch", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
   c.add_option("--weights", o.weights, "pretrained weights (tlengine .bin, safetensors or PyTorch .pth); the head is replaced "
                                        "when the class count differs");
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,

@@ -17,6 +17,7 @@
 #include "io/dataset.h"
 #include "io/synthetic.h"
 #include "layers/loss.h"
+#include "models/registry.h"
 #include "train/freeze.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -88,12 +89,9 @@ ModeFreeze mode_freeze(const models::Model& model, const std::string& mode) {
   if (mode == "full") return {"none", {}};
   if (mode == "head") return {"backbone", {}};
   TL_CHECK(mode == "last_block", ValueError, "--mode must be full, last_block or head, got '", mode, "'");
-  std::string last;
-  for (const std::string& b : model.blocks())
-    if (b.rfind("layer", 0) == 0 || b.find("denseblock") != std::string::npos) last = b;
-  TL_CHECK(!last.empty(), ValueError, "--mode last_block is defined for ResNet (layer4) and DenseNet "
-           "(features.denseblock4), not for ", model.arch(), ": use full or head");
-  return {"backbone", {last + ".*"}};
+  std::vector<std::string> trainable;
+  for (const std::string& b : model.last_block()) trainable.push_back(b + ".*");
+  return {"backbone", trainable};
 }
 
 BenchResult run_bench(const BenchOptions& o, std::ostream& log) {

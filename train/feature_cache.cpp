@@ -14,6 +14,9 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
                                     bool requested, int views, int64_t bytes_needed, int64_t budget_bytes) {
   const std::string head = model.head_name() + ".";
   const bool only_head = !plan.first_trainable.empty() && plan.first_trainable.rfind(head, 0) == 0;
+  if (!only_head && model.in_head(plan.first_trainable))
+    return {false, false, detail::concat("feature cache: off (the auxiliary head ", plan.first_trainable.substr(0,
+                          plan.first_trainable.rfind('.')), " trains on inner features; --no-aux drops it)")};
   if (!only_head)
     return {false, false, "feature cache: off (layers below the head train, so their output changes every step)"};
   if (!requested) return {false, false, "feature cache: off (--no-cache)"};

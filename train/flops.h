@@ -14,8 +14,10 @@
 // Bias gradients (N * K * Ho * Wo additions) are left out. resnet18 at 224, batch 64, 10 classes:
 // full 681 GFLOP, last_block 329, head 232 (ANCHORS.md); forward alone 1.82 GMACs per image with 1000 classes.
 //
-// The count walks the model's graph symbolically (shapes and "needs a gradient" flags, no arithmetic) for the
-// ResNet, DenseNet and VGG families, reading each layer's shape and trainable flags from the model itself.
+// The count comes from the model itself: one forward pass in training mode on a batch of two blank images of
+// the given size, under a tape (so that "needs a gradient" is what the real step decides), with every conv2d and
+// linear reporting its multiply-adds (layers/mac_counter.h); the counts scale linearly with the batch. The
+// model's running statistics and counters are restored afterwards, so counting changes nothing.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -38,7 +40,7 @@ struct StepFlops {
 };
 
 // FLOPs of one training step of `model` (with its current trainable flags) on a batch of `batch` images of
-// height x width. Throws ValueError for an architecture family it does not know.
+// height x width.
 StepFlops count_step_flops(models::Model& model, int64_t batch, int64_t height, int64_t width);
 
 }  // namespace tl::train

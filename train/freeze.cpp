@@ -37,7 +37,7 @@ FreezePlan apply_freeze(models::Model& model, const FreezeOptions& o) {
   if (o.freeze == "none") {
   } else if (o.freeze == "backbone") {
     for (const std::string& b : blocks)
-      if (!under(b, model.head_name()) && !under(model.head_name(), b)) frozen_prefixes.push_back(b);
+      if (!model.in_head(b)) frozen_prefixes.push_back(b);  // a block holding a head: the head trains below
   } else if (o.freeze.rfind("until=", 0) == 0) {
     const std::string last = o.freeze.substr(6);
     bool found = false;
@@ -63,6 +63,7 @@ FreezePlan apply_freeze(models::Model& model, const FreezeOptions& o) {
     bool trainable = true;
     for (const std::string& f : frozen_prefixes)
       if (under(name, f)) trainable = false;
+    if (o.freeze == "backbone" && model.in_head(name)) trainable = true;  // e.g. Inception's AuxLogits.fc
     for (size_t i = 0; i < o.trainable.size(); ++i) {
       if (fnmatch(o.trainable[i].c_str(), name.c_str(), 0) == 0) {
         trainable = true;

@@ -13,6 +13,7 @@
 #include "io/npy.h"
 #include "io/transforms.h"
 #include "io/utf8.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "train/trainer.h"
 
@@ -25,10 +26,10 @@ LoadedModel load_model(const std::string& path, bool allow_nonfinite) {
   auto arch = file.metadata.find("arch");
   TL_CHECK(arch != file.metadata.end(), IOError, path,
            ": the file names no architecture in its metadata; convert .pth files with tools/convert_pth");
-  int64_t num_classes = 0;
-  for (const char* head : {"fc.weight", "classifier.weight", "classifier.6.weight"})
-    if (file.has(head)) num_classes = file.at(head).size(0);
-  TL_CHECK(num_classes > 0, IOError, path, ": no classifier weights (fc / classifier) in the file");
+  // The class count: the main head's weight in the file, whatever the architecture calls its head.
+  const std::string& head_weight = models::arch_spec(arch->second).head_weight;
+  TL_CHECK(file.has(head_weight), IOError, path, ": no classifier weights (", head_weight, ") in the file");
+  const int64_t num_classes = file.at(head_weight).size(0);
   LoadedModel lm;
   lm.model = models::create_model(arch->second, num_classes, 0);
   models::load_weights(*lm.model, file, models::LoadOptions{false, allow_nonfinite});

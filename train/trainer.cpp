@@ -15,6 +15,7 @@
 #include "io/utf8.h"
 #include "layers/conv2d.h"
 #include "layers/loss.h"
+#include "models/registry.h"
 #include "models/weights.h"
 #include "train/feature_cache.h"
 #include "train/metrics.h"
@@ -170,7 +171,7 @@ std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model&
   std::vector<Parameter> head, body;
   for (auto& [name, p] : model.named_parameters()) {
     if (!p.trainable()) continue;
-    (name.rfind(model.head_name() + ".", 0) == 0 ? head : body).push_back(p);
+    (model.in_head(name) ? head : body).push_back(p);
   }
   const double body_lr = o.backbone_lr >= 0 ? o.backbone_lr : o.lr * o.backbone_lr_mult;
   std::vector<ParamGroup> groups;
