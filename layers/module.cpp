@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "layers/dropout.h"
 #include "layers/elementwise.h"
 #include "layers/linear.h"
 
@@ -173,6 +174,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, Generator& gen, bool h
 
 Variable Linear::operator()(const Variable& x) const {
   return linear(x, in_dtype_of(weight, x), in_dtype_of(bias, x));
+}
+
+Variable Dropout::operator()(const Variable& x) {
+  if (!is_training() || p == 0) return x;
+  const uint64_t offset = offset_;
+  offset_ += static_cast<uint64_t>(x.value().numel());
+  return dropout(x, p, true, seed_, offset);
 }
 
 void kaiming_normal(Conv2d& conv, Generator& gen, FanMode mode) {

@@ -156,6 +156,20 @@ class Linear : public Module {
   Parameter weight, bias;
 };
 
+// nn.Dropout(p): in training mode each call draws a fresh mask (layers/dropout.h) from (seed, an offset that
+// advances by the elements each call covers), so two calls differ and a run with the same seed repeats exactly;
+// the identity in eval mode or with p == 0.
+class Dropout : public Module {
+ public:
+  Dropout(double p, uint64_t seed) : p(p), seed_(seed) {}
+  Variable operator()(const Variable& x);
+  double p;
+
+ private:
+  uint64_t seed_;
+  uint64_t offset_ = 0;
+};
+
 // A plain container whose children are named "0", "1", ... or by the caller (torchvision's Sequential).
 class Sequential : public Module {
  public:

@@ -10,6 +10,17 @@ Device Model::device() const {
   return params.empty() ? Device::CPU : params.front().second.value().device();
 }
 
+bool Model::stochastic_features() const {
+  for (auto& [name, m] : const_cast<Model*>(this)->named_modules())
+    if (auto* d = dynamic_cast<nn::Dropout*>(m); d && d->p > 0) return true;
+  return false;
+}
+
+void Model::set_dropout(double p) {
+  for (auto& [name, m] : named_modules())
+    if (auto* d = dynamic_cast<nn::Dropout*>(m)) d->p = p;
+}
+
 bool Model::in_head(const std::string& name) const {
   for (const std::string& h : head_names())
     if (name == h || name.rfind(h + ".", 0) == 0) return true;

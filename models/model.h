@@ -23,7 +23,8 @@ class Model : public nn::Module {
   virtual Variable head(const Variable& features) = 0;
   // True when features() in train() mode draws random numbers (dropout below the head), so that two calls on
   // the same image differ.
-  virtual bool stochastic_features() const { return false; }
+  // Default: any nn::Dropout with p > 0 (a model whose dropout sits only in its heads overrides this).
+  virtual bool stochastic_features() const;
   const std::string& arch() const { return arch_; }
   int64_t num_classes() const { return num_classes_; }
   // State-dict prefixes of the classification layers that a new class count replaces, the main one first: "fc",
@@ -34,6 +35,9 @@ class Model : public nn::Module {
   // Whether a parameter or buffer name lies in one of the heads.
   bool in_head(const std::string& name) const;
   int64_t head_in_features() const { return head_in_features_; }
+  // Values per image of features() for square images of `image_size` pixels: head_in_features() for a linear
+  // head, more for a convolutional one (SqueezeNet: 512 x h x w).
+  virtual int64_t feature_numel(int64_t /*image_size*/) const { return head_in_features_; }
   // The model's top-level stages in forward order, as state-dict prefixes ("conv1", "bn1", "layer1", ..., "fc").
   // Freezing "until=layer3" freezes every stage up to and including "layer3".
   virtual std::vector<std::string> blocks() const = 0;
@@ -42,8 +46,9 @@ class Model : public nn::Module {
   // New, randomly initialised heads for `num_classes` (PyTorch's nn.Linear / nn.Conv2d init), on the model's
   // device, as the fine-tuning recipe replaces them.
   void reset_head(int64_t num_classes, uint64_t seed);
-  // Dropout probability of the classifier (VGG: 0.5 by default); models without dropout ignore it.
-  virtual void set_dropout(double /*p*/) {}
+  // Dropout probability of the classifier (VGG: 0.5 by default): by default sets every nn::Dropout's p; models
+  // without dropout ignore it.
+  virtual void set_dropout(double p);
   // Conv + batch-norm pairs of the last forward() that ran folded (layers/fused.h: frozen prefix with running
   // statistics), and all conv + batch-norm pairs it ran. Both 0 for models without such pairs (DenseNet, VGG16).
   int64_t folded_conv_bn() const { return last_counts_.folded; }

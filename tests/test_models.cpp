@@ -104,7 +104,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ParityCase{"resnet101", 64}, ParityCase{"resnet152", 64}, ParityCase{"resnext50_32x4d", 64},
                       ParityCase{"wide_resnet50_2", 64}, ParityCase{"densenet121", 224},
                       ParityCase{"densenet161", 64}, ParityCase{"densenet169", 64}, ParityCase{"densenet201", 64},
-                      ParityCase{"vgg16", 64}, ParityCase{"vgg16_bn", 64}),
+                      ParityCase{"vgg16", 64}, ParityCase{"vgg16_bn", 64}, ParityCase{"vgg11", 64},
+                      ParityCase{"vgg19_bn", 64}, ParityCase{"alexnet", 64},
+                      ParityCase{"squeezenet1_0", 64}, ParityCase{"squeezenet1_1", 64}),
     [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.arch + "_" + std::to_string(info.param.size); });
 
 TEST(Models, RegistryHeadsAndBlocks) {

@@ -58,17 +58,20 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
     : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32), views_(views) {
   TL_CHECK(views >= 1, ValueError, "feature cache: views must be >= 1, got ", views);
   const int64_t n = loader.num_samples();
-  dim_ = model.head_in_features();
-  const size_t total = static_cast<size_t>(views * n * dim_) * dtype_size(dtype_);
-  if (spill_path.empty()) {
-    rows_ = Tensor::zeros({views * n, dim_}, dtype_);
-    base_ = static_cast<char*>(rows_.data());
-  } else {
-    spill_ = std::make_unique<io::MappedScratch>(spill_path, total);  // zero-filled by the filesystem
-    base_ = static_cast<char*>(spill_->data());
-  }
+  // The rows are allocated at the first batch, when the features' shape is known.
+  auto allocate = [&](const Tensor& first) {
+    sample_shape_ = Shape(first.shape().begin() + 1, first.shape().end());
+    dim_ = first.numel() / first.size(0);
+    const size_t total = static_cast<size_t>(views * n * dim_) * dtype_size(dtype_);
+    if (spill_path.empty()) {
+      rows_ = Tensor::zeros({views * n, dim_}, dtype_);
+      base_ = static_cast<char*>(rows_.data());
+    } else {
+      spill_ = std::make_unique<io::MappedScratch>(spill_path, total);  // zero-filled by the filesystem
+      base_ = static_cast<char*>(spill_->data());
+    }
+  };
   std::vector<int> seen(static_cast<size_t>(n), 0);  // views in which the sample was decoded
-  const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
   NoGradGuard no_grad;
   model.train();  // the mode of the uncached run's forward (frozen batch norm runs on running statistics either way)
   Progress progress(what, 1, 1, views * loader.batches_per_epoch(), log);
@@ -78,8 +81,10 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
     while (const io::Batch* b = loader.next()) {
       Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
       Tensor host = f.to(Device::CPU, dtype_, Layout::NCHW);
-      TL_CHECK(host.ndim() == 2 && host.size(1) == dim_, ShapeError, "feature cache: features of shape ",
-               shape_str(host.shape()), ", expected (", b->size, ", ", dim_, ")");
+      if (!base_) allocate(host);
+      TL_CHECK(host.size(0) == b->size && host.numel() == b->size * dim_, ShapeError, "feature cache: features of "
+               "shape ", shape_str(host.shape()), ", expected ", b->size, " x ", shape_str(sample_shape_));
+      const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
       for (int64_t r = 0; r < b->size; ++r) {
         const int64_t id = b->samples[r];
         std::memcpy(base_ + static_cast<size_t>(v * n + id) * row_bytes,
@@ -118,7 +123,9 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
   Batch out;
   out.size = static_cast<int64_t>(ids.size());
   if (out.size == 0) return out;
-  Tensor f = Tensor::empty({out.size, dim_}, dtype_);
+  Shape shape{out.size};
+  shape.insert(shape.end(), sample_shape_.begin(), sample_shape_.end());
+  Tensor f = Tensor::empty(shape, dtype_);
   const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
   Tensor labels = Tensor::empty({out.size}, DType::I32);
   for (int64_t r = 0; r < out.size; ++r) {

@@ -46,7 +46,7 @@ class FeatureCache {
                const std::string& spill_path = "");
 
   struct Batch {
-    Tensor features;  // (size, D) on the run's device, in the run's dtype
+    Tensor features;  // (size, feature shape...) on the run's device, in the run's dtype
     Tensor labels;    // int32 (size) on the run's device
     std::vector<int32_t> labels_host;
     int64_t size = 0;
@@ -59,7 +59,7 @@ class FeatureCache {
   int64_t view_of(int64_t epoch, int64_t sample) const;
   int views() const { return views_; }
   int64_t batches_per_epoch() const { return loader_.batches_per_epoch(); }
-  int64_t dim() const { return dim_; }
+  int64_t dim() const { return dim_; }  // values per sample (the product of the features' shape after the batch)
   // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built.
   const std::string& skipped_report() const { return skipped_report_; }
 
@@ -69,6 +69,7 @@ class FeatureCache {
   DType dtype_;
   int views_ = 1;
   int64_t dim_ = 0;
+  Shape sample_shape_;  // the features' shape after the batch dimension: (D) for a linear head
   // (views * num_samples, dim_), view-major: float64 in fp64 runs, else float32; in RAM (rows_) or in the mapped
   // scratch file (spill_); base_ points at the first row either way.
   Tensor rows_;

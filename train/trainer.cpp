@@ -211,7 +211,7 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
                                    Device dev, Precision prec, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
-  const int64_t bytes = rows * model.head_in_features() * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
+  const int64_t bytes = rows * model.feature_numel(o.image_size) * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
   const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, views, bytes,
                                                  static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
   log << fc.reason << "\n";
