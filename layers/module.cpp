@@ -176,6 +176,15 @@ Variable Linear::operator()(const Variable& x) const {
   return linear(x, in_dtype_of(weight, x), in_dtype_of(bias, x));
 }
 
+void Module::remove_module(const std::string& name) {
+  for (auto it = children_.begin(); it != children_.end(); ++it) {
+    if (it->first != name) continue;
+    children_.erase(it);
+    return;
+  }
+  throw ValueError("remove_module: no child named '" + name + "'");
+}
+
 Variable Dropout::operator()(const Variable& x) {
   if (!is_training() || p == 0) return x;
   const uint64_t offset = offset_;

@@ -70,6 +70,8 @@ class Module {
     }
     throw ValueError("replace_module: no child named '" + name + "'");
   }
+  // Removes the direct child `name` and everything below it (ValueError when there is none).
+  void remove_module(const std::string& name);
 
  protected:
   Parameter& add_parameter(const std::string& name, Tensor value, bool trainable = true);

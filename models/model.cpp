@@ -37,6 +37,17 @@ std::vector<std::string> Model::last_block() const {
   throw ValueError("model " + arch_ + " has no block below its head");
 }
 
+void Model::drop_aux() {
+  for (const std::string& m : aux_modules()) {
+    const size_t dot = m.rfind('.');
+    nn::Module& parent = dot == std::string::npos ? static_cast<nn::Module&>(*this) : module_at<nn::Module>(m.substr(0, dot));
+    parent.remove_module(dot == std::string::npos ? m : m.substr(dot + 1));
+  }
+  aux_dropped_ = true;
+  aux_.clear();
+  on_heads_replaced();
+}
+
 void Model::reset_head(int64_t num_classes, uint64_t seed) {
   TL_CHECK(num_classes >= 1, ValueError, "reset_head: num_classes must be >= 1, got ", num_classes);
   const Device dev = device();

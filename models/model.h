@@ -46,6 +46,22 @@ class Model : public nn::Module {
   // New, randomly initialised heads for `num_classes` (PyTorch's nn.Linear / nn.Conv2d init), on the model's
   // device, as the fine-tuning recipe replaces them.
   void reset_head(int64_t num_classes, uint64_t seed);
+  // Auxiliary classifiers (Inception v3's AuxLogits, GoogLeNet's aux1 and aux2): run by forward() in training
+  // mode, on inner features, each with its weight in the loss (torchvision's recipe: loss = main + 0.4 * aux for
+  // Inception v3, main + 0.3 * (aux1 + aux2) for GoogLeNet). take_aux_logits() hands over those of the last
+  // forward() (and forgets them); empty for models without auxiliary classifiers or after drop_aux().
+  struct AuxLogits {
+    std::string name;  // its module, e.g. "AuxLogits"
+    Variable logits;
+    double weight = 0;
+  };
+  std::vector<AuxLogits> take_aux_logits() { return std::move(aux_); }
+  // The modules of the auxiliary classifiers (state-dict prefixes), empty when there are none.
+  virtual std::vector<std::string> aux_modules() const { return {}; }
+  // Removes the auxiliary classifiers (--no-aux, or weights that have none, as torchvision's pretrained GoogLeNet).
+  void drop_aux();
+  bool has_aux() const { return !aux_dropped_ && !aux_modules().empty(); }
+
   // Dropout probability of the classifier (VGG: 0.5 by default): by default sets every nn::Dropout's p; models
   // without dropout ignore it.
   virtual void set_dropout(double p);
@@ -89,6 +105,12 @@ class Model : public nn::Module {
   int64_t num_classes_;
   int64_t head_in_features_;
   ConvBnCounts last_counts_;
+  bool aux_dropped_ = false;
+
+ protected:
+  // For models with auxiliary classifiers: whether they run in this forward, and where their logits go.
+  bool run_aux() const { return !aux_dropped_ && is_training(); }
+  std::vector<AuxLogits> aux_;
 };
 
 }  // namespace tl::models
