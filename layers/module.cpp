@@ -121,15 +121,23 @@ Tensor Generator::normal(const Shape& shape, double stddev) {
 }
 
 Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, int kernel, int stride, int padding, bool has_bias,
-               Generator& gen, int groups, int dilation) {
-  TL_CHECK(in_channels % groups == 0 && out_channels % groups == 0, ShapeError, "Conv2d: channels ", in_channels,
-           " -> ", out_channels, " not divisible by groups ", groups);
-  const double bound = 1.0 / std::sqrt(static_cast<double>(in_channels / groups * kernel * kernel));
-  weight = add_parameter("weight", gen.uniform({out_channels, in_channels / groups, kernel, kernel}, -bound, bound));
+               Generator& gen, int groups, int dilation)
+    : Conv2d(in_channels, out_channels, Size2(kernel), Size2(stride), Size2(padding), has_bias, gen, groups,
+             Size2(dilation)) {}
+
+Conv2d::Conv2d(int64_t in_channels, int64_t out_channels, Size2 kernel, Size2 stride, Size2 padding, bool has_bias,
+               Generator& gen, int groups, Size2 dilation) {
+  TL_CHECK(groups >= 1 && in_channels % groups == 0 && out_channels % groups == 0, ShapeError, "Conv2d: channels ",
+           in_channels, " -> ", out_channels, " not divisible by groups ", groups);
+  TL_CHECK(kernel.h >= 1 && kernel.w >= 1, ValueError, "Conv2d: kernel must be >= 1, got ", kernel.h, "x", kernel.w);
+  const int64_t fan_in = in_channels / groups * kernel.h * kernel.w;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  weight = add_parameter("weight",
+                         gen.uniform({out_channels, in_channels / groups, kernel.h, kernel.w}, -bound, bound));
   if (has_bias) bias = add_parameter("bias", gen.uniform({out_channels}, -bound, bound));
-  options.stride_h = options.stride_w = stride;
-  options.pad_h = options.pad_w = padding;
-  options.dilation_h = options.dilation_w = dilation;
+  options.stride_h = stride.h, options.stride_w = stride.w;
+  options.pad_h = padding.h, options.pad_w = padding.w;
+  options.dilation_h = dilation.h, options.dilation_w = dilation.w;
   options.groups = groups;
 }
 

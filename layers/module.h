@@ -108,12 +108,24 @@ class Generator {
   uint64_t state_;
 };
 
+// A (height, width) pair of a convolution's kernel, stride, padding or dilation; an int gives both (square).
+// Inception v3's factorised convolutions: Conv2d(c, k, Size2{1, 7}, 1, Size2{0, 3}, false, gen).
+struct Size2 {
+  int h, w;
+  Size2(int v) : h(v), w(v) {}  // NOLINT(google-explicit-constructor): 3 means 3x3, as PyTorch's int arguments
+  Size2(int h_, int w_) : h(h_), w(w_) {}
+};
+
 class Conv2d : public Module {
  public:
-  // PyTorch's default init (kaiming_uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and
-  // bias); models re-initialise as torchvision does.
+  // PyTorch's default nn.Conv2d init, kaiming_uniform with a = sqrt(5): weight and bias both
+  // U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_channels / groups * kernel_h * kernel_w; models
+  // re-initialise as torchvision does.
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel, int stride, int padding, bool bias, Generator& gen,
          int groups = 1, int dilation = 1);
+  // Rectangular kernels and per-dimension stride, padding and dilation (weight (K, C/groups, kernel.h, kernel.w)).
+  Conv2d(int64_t in_channels, int64_t out_channels, Size2 kernel, Size2 stride, Size2 padding, bool bias,
+         Generator& gen, int groups = 1, Size2 dilation = 1);
   Variable operator()(const Variable& x) const;
   Parameter weight, bias;  // bias undefined when bias == false
   Conv2dOptions options;

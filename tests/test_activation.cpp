@@ -1,4 +1,6 @@
-// ReLU, add and flatten: gradient checks, gradient contract, PyTorch parity, CUDA vs CPU.
+// ReLU, ReLU6, add and flatten: gradient checks, gradient contract, PyTorch parity, CUDA vs CPU.
+#include <cmath>
+
 #include "layers/activation.h"
 #include "layers/elementwise.h"
 #include "tl_testing.h"
@@ -26,6 +28,57 @@ TEST(Relu, MatchesPyTorch) {
   expect_close(y.value(), f.at("relu.y"), kTorchTol, "relu y");
   tape.backward(y, f.at("relu.gy"));
   expect_close(x.grad(), f.at("relu.gx"), kTorchTol, "relu dx");
+}
+
+namespace {
+// Values in [-3, 9) whose distance from both ReLU6 kinks (0 and 6) is at least `margin`.
+Tensor away_from_relu6_kinks(const Shape& shape, uint64_t seed, DType dt = DType::F64, double margin = 0.05) {
+  std::vector<double> v = Tensor::uniform(shape, -3, 9, seed, DType::F64).to_doubles();
+  for (double& e : v)
+    for (double kink : {0.0, 6.0})
+      if (std::abs(e - kink) < margin) e = kink + (e < kink ? -margin : margin);
+  return Tensor::from_values(v, shape, dt);
+}
+}  // namespace
+
+TEST(Relu6, GradcheckFloat64) {
+  expect_gradcheck([](const std::vector<Variable>& v) { return relu6(v[0]); },
+                   {away_from_relu6_kinks({2, 3, 4, 4}, 1)}, {true});
+}
+
+TEST(Relu6, GradContractAndLayouts) {
+  Tensor x = away_from_relu6_kinks({2, 3, 4, 4}, 2);
+  Tensor y = relu6_forward(x), dy = Tensor::randn(x.shape(), 3, DType::F64);
+  expect_grad_contract([&](Tensor& dx, bool acc) { relu6_backward(y, dy, dx, acc); }, x, "relu6 dx");
+  // NHWC in, NHWC out, the same values.
+  Tensor dx, dxh;
+  relu6_backward(y, dy, dx, false);
+  const Tensor yh = relu6_forward(x.to_layout(Layout::NHWC));
+  EXPECT_EQ(yh.layout(), Layout::NHWC);
+  relu6_backward(yh, dy.to_layout(Layout::NHWC), dxh, false);
+  EXPECT_EQ(dxh.layout(), Layout::NHWC);
+  EXPECT_EQ(yh.to_doubles(), y.to_doubles());
+  EXPECT_EQ(dxh.to_doubles(), dx.to_doubles());
+  // Exactly at the kinks the gradient is 0 (hardtanh's backward); just inside it passes through.
+  const Tensor k = Tensor::from_values({-1, 0, 1e-3, 3, 6 - 1e-3, 6, 7}, {7}, DType::F64);
+  Tensor gk;
+  relu6_backward(relu6_forward(k), Tensor::full({7}, 2.0, DType::F64), gk, false);
+  EXPECT_EQ(relu6_forward(k).to_doubles(), (std::vector<double>{0, 0, 1e-3, 3, 6 - 1e-3, 6, 6}));
+  EXPECT_EQ(gk.to_doubles(), (std::vector<double>{0, 0, 2, 2, 2, 0, 0}));
+  EXPECT_THROW(relu6_backward(y, dy.to_layout(Layout::NHWC), dx, false), ShapeError);
+}
+
+TEST(Relu6, MatchesPyTorch) {
+  const auto& f = fixture("activation");
+  for (DType dt : {DType::F32, DType::F64}) {
+    Variable x(f.at("relu6.x").to(dt), true);
+    Tape tape;
+    TapeScope scope(tape);
+    Variable y = relu6(x);
+    expect_close(y.value(), f.at("relu6.y"), kTorchTol, "relu6 y");
+    tape.backward(y, f.at("relu6.gy").to(dt));
+    expect_close(x.grad(), f.at("relu6.gx"), kTorchTol, "relu6 dx");
+  }
 }
 
 TEST(Add, GradcheckAndPyTorch) {
@@ -71,6 +124,26 @@ TEST(ReluCuda, MatchesCpu) {
       expect_close(y_gpu, y_cpu, tol, "relu cuda y");
       expect_close(dx_gpu, dx_cpu, tol, "relu cuda dx");
       expect_grad_contract([&](Tensor& g, bool acc) { relu_backward(y_gpu, dyg, g, acc); }, xg, "relu cuda dx");
+    }
+  }
+}
+
+TEST(Relu6Cuda, MatchesCpu) {
+  TL_REQUIRE_CUDA();
+  for (Layout layout : {Layout::NCHW, Layout::NHWC}) {
+    for (DType dt : {DType::F32, DType::F64, DType::BF16, DType::F16}) {
+      // Kinks kept 0.1 away, so that rounding to bfloat16 never moves a value across one.
+      Tensor x = away_from_relu6_kinks({2, 5, 3, 3}, 5, DType::F32, 0.1), dy = Tensor::randn({2, 5, 3, 3}, 6);
+      if (dt == DType::BF16 || dt == DType::F16) x = x.to(dt).to(DType::F32), dy = dy.to(dt).to(DType::F32);
+      Tensor y_cpu = relu6_forward(x), dx_cpu;
+      relu6_backward(y_cpu, dy, dx_cpu, false);
+      Tensor xg = x.to(Device::CUDA, dt, layout), dyg = dy.to(Device::CUDA, dt, layout);
+      Tensor y_gpu = relu6_forward(xg), dx_gpu;
+      relu6_backward(y_gpu, dyg, dx_gpu, false);
+      const double tol = dt == DType::F32 || dt == DType::F64 ? kCudaTol : kBf16Tol;
+      expect_close(y_gpu, y_cpu, tol, "relu6 cuda y");
+      expect_close(dx_gpu, dx_cpu, tol, "relu6 cuda dx");
+      expect_grad_contract([&](Tensor& g, bool acc) { relu6_backward(y_gpu, dyg, g, acc); }, xg, "relu6 cuda dx");
     }
   }
 }

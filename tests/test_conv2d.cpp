@@ -1,6 +1,9 @@
 // conv2d: float64 gradient checks, gradient contract, PyTorch parity, frozen-input behaviour, bad arguments,
 // and CUDA (cuDNN) vs CPU.
+#include <cmath>
+
 #include "layers/conv2d.h"
+#include "layers/module.h"
 #include "tl_testing.h"
 
 using namespace tl;
@@ -47,7 +50,9 @@ FixtureConfig load_config(const std::string& name) {
   c.o.dilation_h = (int)v[4], c.o.dilation_w = (int)v[5], c.o.groups = (int)v[6];
   return c;
 }
-const char* kConfigs[] = {"basic", "stride2", "dil2_groups2", "pointwise_s2", "stem7x7", "depthwise_asym"};
+const char* kConfigs[] = {"basic",     "stride2",   "dil2_groups2", "pointwise_s2", "stem7x7",
+                          "depthwise_asym", "incep_1x7", "incep_7x1", "incep_1x3", "incep_3x1",
+                          "dw_s1",     "dw_s2",     "dw_5x5_s2",    "dw_mult2",     "dw_dil_asym"};
 
 void expect_shape_error_naming(const std::function<void()>& fn, const std::string& a, const std::string& b) {
   try {
@@ -82,6 +87,17 @@ TEST(Conv2d, GradcheckFloat64StemAndAsymmetric) {
   Conv2dOptions o;
   o.stride_h = 2, o.pad_w = 1, o.dilation_w = 2, o.groups = 3;  // depthwise, asymmetric
   gradcheck_config({1, 3, 6, 5}, {3, 1, 3, 2}, true, o, 50);
+}
+
+TEST(Conv2d, GradcheckFloat64Rectangular) {
+  // Inception v3's 1x7 / 7x1 (padding (0, 3) / (3, 0)) and 1x3 / 3x1.
+  Conv2dOptions o;
+  o.pad_w = 3;
+  gradcheck_config({1, 2, 5, 6}, {3, 2, 1, 7}, true, o, 60);
+  o.pad_w = 0, o.pad_h = 3;
+  gradcheck_config({1, 2, 6, 5}, {3, 2, 7, 1}, false, o, 70);
+  o.pad_h = 1, o.stride_w = 2;
+  gradcheck_config({2, 2, 4, 5}, {2, 2, 3, 1}, true, o, 80);
 }
 
 TEST(Conv2d, GradContract) {
@@ -254,6 +270,83 @@ TEST(Conv2d, BadArgumentsThrow) {
   Tensor dw;
   EXPECT_THROW(conv2d_backward_weight(Tensor::zeros({2, 4, 4, 4}), x, dw, opts(2, 0), false), ValueError);
   EXPECT_THROW(conv2d_backward_bias(Tensor::zeros({2, 4, 4, 4}), dw = Tensor::zeros({3}), true), ShapeError);
+}
+
+// nn::Conv2d with rectangular kernels (Inception v3) loaded with the fixture's weights: forward and backward
+// against PyTorch in the float32 layout models use on the CPU (NHWC with oneDNN), in NCHW float32, and in
+// float64 (the reference path).
+TEST(Conv2dModule, RectangularKernelsMatchPyTorch) {
+  const auto& f = fixture("conv2d");
+  struct Case {
+    const char* name;
+    nn::Size2 kernel, padding;
+  };
+  for (const Case& k : {Case{"incep_1x7", {1, 7}, {0, 3}}, Case{"incep_7x1", {7, 1}, {3, 0}},
+                        Case{"incep_1x3", {1, 3}, {0, 1}}, Case{"incep_3x1", {3, 1}, {1, 0}}}) {
+    const FixtureConfig c = load_config(k.name);
+    const std::string p = std::string(k.name) + ".";
+    nn::Generator gen(1);
+    nn::Conv2d conv(c.x.size(1), c.w.size(0), k.kernel, 1, k.padding, c.b.defined(), gen);
+    ASSERT_EQ(conv.weight.shape(), c.w.shape()) << k.name;
+    EXPECT_EQ(conv.options.pad_h, c.o.pad_h);
+    EXPECT_EQ(conv.options.pad_w, c.o.pad_w);
+    for (auto [dt, layout] : {std::pair{DType::F32, conv2d_cpu_float32_layout()}, std::pair{DType::F32, Layout::NCHW},
+                              std::pair{DType::F64, Layout::NCHW}}) {
+      SCOPED_TRACE(p + dtype_name(dt) + " " + layout_name(layout));
+      conv.weight.mutable_value() = c.w.to(Device::CPU, dt, layout);
+      if (c.b.defined()) conv.bias.mutable_value() = c.b.to(dt);
+      conv.weight.zero_grad();
+      conv.bias.zero_grad();
+      Variable x(c.x.to(Device::CPU, dt, layout), true);
+      Tape tape;
+      TapeScope scope(tape);
+      Variable y = conv(x);
+      EXPECT_EQ(y.value().layout(), layout);
+      expect_close(y.value(), f.at(p + "y"), kTorchTol, "y");
+      tape.backward(y, c.gy.to(Device::CPU, dt, layout));
+      expect_close(x.grad(), f.at(p + "gx"), kTorchTol, "gx");
+      expect_close(conv.weight.grad(), f.at(p + "gw"), kTorchTol, "gw");
+      if (c.b.defined()) expect_close(conv.bias.grad(), f.at(p + "gb"), kTorchTol, "gb");
+    }
+  }
+}
+
+// The module's default initialisation follows nn.Conv2d's rule, fan_in = C/groups * kh * kw: the bounds PyTorch's
+// own helpers give (fixture), every value inside them, the largest close to them.
+TEST(Conv2dModule, DefaultInitFollowsPyTorchRule) {
+  const auto& f = fixture("conv2d");
+  for (const char* name : {"square3", "incep_1x7", "incep_7x1", "depthwise", "grouped_1x3"}) {
+    SCOPED_TRACE(name);
+    const std::string p = std::string("init.") + name + ".";
+    const std::vector<double> cfg = f.at(p + "config").to_doubles(), bounds = f.at(p + "bounds").to_doubles();
+    const std::vector<double> torch_max = f.at(p + "max").to_doubles();
+    const int64_t cin = int64_t(cfg[0]), cout = int64_t(cfg[1]);
+    const int kh = int(cfg[2]), kw = int(cfg[3]), groups = int(cfg[4]);
+    nn::Generator gen(7);
+    nn::Conv2d conv(cin, cout, nn::Size2{kh, kw}, 1, 0, true, gen, groups);
+    EXPECT_EQ(conv.weight.shape(), (Shape{cout, cin / groups, kh, kw}));
+    EXPECT_NEAR(bounds[0], 1 / std::sqrt(double(cin / groups * kh * kw)), 1e-12);  // the rule stated in module.h
+    auto max_abs = [](const Tensor& t) {
+      double m = 0;
+      for (double v : t.to_doubles()) m = std::max(m, std::abs(v));
+      return m;
+    };
+    for (int i = 0; i < 2; ++i) {
+      const Tensor& t = i == 0 ? conv.weight.value() : conv.bias.value();
+      const double bound = bounds[size_t(i)], m = max_abs(t);
+      EXPECT_LE(torch_max[size_t(i)], bound * (1 + 1e-6));
+      EXPECT_LE(m, bound * (1 + 1e-6)) << (i == 0 ? "weight" : "bias");
+      // the largest of n uniform draws falls short of the bound by about bound / n
+      EXPECT_GE(m, bound * (1 - 20.0 / double(t.numel()))) << (i == 0 ? "weight" : "bias");
+    }
+  }
+  // An int means a square size, as in PyTorch.
+  nn::Generator gen(1);
+  nn::Conv2d sq(4, 4, 3, 2, 1, false, gen), rect(4, 4, nn::Size2{3, 3}, nn::Size2{2, 2}, nn::Size2{1, 1}, false, gen);
+  EXPECT_EQ(sq.weight.shape(), rect.weight.shape());
+  EXPECT_EQ(sq.options.stride_w, rect.options.stride_w);
+  EXPECT_EQ(sq.options.pad_h, rect.options.pad_h);
+  EXPECT_THROW(nn::Conv2d(4, 4, nn::Size2{0, 3}, 1, 0, false, gen), ValueError);
 }
 
 // ---- CUDA (cuDNN) vs CPU ----
