@@ -139,6 +139,18 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
   return f;
 }
 
+namespace nn {
+ConvBnAct::ConvBnAct(int64_t in, int64_t out, Size2 kernel, const ConvBnActOptions& o, Generator& gen)
+    : conv(add_module<Conv2d>(o.conv_name, in, out, kernel, o.stride, o.padding, false, gen, o.groups)),
+      bn(add_module<BatchNorm2d>(o.bn_name, out, o.eps, o.momentum)),
+      act(o.act) {}
+
+Variable ConvBnAct::operator()(const Variable& x, const Variable* residual) {
+  Variable y = conv_bn_act(conv, bn, x, residual, act == Act::ReLU);
+  return act == Act::ReLU6 ? relu6(y) : y;
+}
+}  // namespace nn
+
 Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable& x, const Variable* residual,
                      bool relu) {
   ++t_counts.calls;

@@ -22,6 +22,7 @@
 // conv followed by an affine map to fold; DenseNet does not use this.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "layers/module.h"
 
@@ -40,6 +41,31 @@ Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable
 // benchmarks. Requires the parameters and statistics in the parameter dtype on one device.
 const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::BatchNorm2d& bn, DType input_dtype,
                                                   Layout input_layout = Layout::NCHW);
+
+namespace nn {
+// Convolution (no bias) + batch norm + activation as one module, the layer the Inception, GoogLeNet, MobileNet and
+// MNASNet graphs repeat. Its two children are named as the model's state dict names them (Inception's
+// BasicConv2d: "conv" and "bn"; torchvision's Conv2dNormActivation: "0" and "1"), and it runs through
+// conv_bn_act, so it is folded in a frozen prefix with running statistics. ReLU6 runs after the (folded or not)
+// conv + batch norm.
+enum class Act { None, ReLU, ReLU6 };
+struct ConvBnActOptions {
+  std::string conv_name = "conv", bn_name = "bn";
+  Size2 stride = 1, padding = 0;
+  int groups = 1;
+  double eps = 1e-5, momentum = 0.1;  // the batch norm's (Inception and GoogLeNet: eps 0.001; MNASNet: momentum 3e-4)
+  Act act = Act::ReLU;
+};
+class ConvBnAct : public Module {
+ public:
+  ConvBnAct(int64_t in, int64_t out, Size2 kernel, const ConvBnActOptions& o, Generator& gen);
+  // act(bn(conv(x)) [+ *residual]).
+  Variable operator()(const Variable& x, const Variable* residual = nullptr);
+  Conv2d& conv;
+  BatchNorm2d& bn;
+  Act act;
+};
+}  // namespace nn
 
 // Process-wide switch (default on): off makes conv_bn_act always take the unfused path (tests, benchmarks).
 void set_conv_bn_folding(bool enabled);

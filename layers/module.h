@@ -70,6 +70,14 @@ class Module {
     }
     throw ValueError("replace_module: no child named '" + name + "'");
   }
+  // The direct child `name` as an M (ValueError when there is none of that type).
+  template <class M>
+  M& child(const std::string& name) {
+    for (auto& [n, c] : children_)
+      if (n == name)
+        if (auto* typed = dynamic_cast<M*>(c.get())) return *typed;
+    throw ValueError("no child module '" + name + "' of the expected kind");
+  }
   // Removes the direct child `name` and everything below it (ValueError when there is none).
   void remove_module(const std::string& name);
 

@@ -113,4 +113,9 @@ class Model : public nn::Module {
   std::vector<AuxLogits> aux_;
 };
 
+// torchvision's transform_input (GoogLeNet, Inception v3, set for their pretrained weights): images normalised
+// with ImageNet's mean and std become images normalised to [-1, 1], x' = x * std / 0.5 + (mean - 0.5) / 0.5 per
+// channel, the input those weights were trained on. The input is an image batch: nothing is recorded on the tape.
+Variable imagenet_to_unit_range(const Variable& x);
+
 }  // namespace tl::models

@@ -26,6 +26,10 @@ def build(arch):
     torch.manual_seed(0)
     # Dropout off, so that train mode is deterministic (the tests call set_dropout(0) on tlengine's model).
     kwargs = {"dropout": 0.0} if arch.startswith(("vgg", "alexnet", "squeezenet", "mobilenet", "mnasnet")) else {}
+    if arch in ("googlenet", "inception_v3"):  # as torchvision builds them for its pretrained weights, aux heads on
+        kwargs = {"dropout": 0.0, "aux_logits": True, "transform_input": True, "init_weights": True}
+        if arch == "googlenet":
+            kwargs["dropout_aux"] = 0.0
     m = torchvision.models.__dict__[arch](weights=None, num_classes=NUM_CLASSES, **kwargs)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -65,9 +69,26 @@ def reference(arch, size, outdir):
     m.train()
     m64.train()
     y, y64 = m(x), m64(x.double())
+    aux, aux64 = {}, {}  # auxiliary classifiers' train-mode logits, by tlengine's name of their module
+    if arch == "googlenet":
+        # torchvision 0.14's GoogLeNetOutputs has the names swapped: _forward returns (x, aux2, aux1) and forward
+        # unpacks it as (x, aux1, aux2), so the field aux_logits2 holds module aux1's output (checked by hand).
+        y, aux = y.logits, {"aux1": y.aux_logits2, "aux2": y.aux_logits1}
+        y64, aux64 = y64.logits, {"aux1": y64.aux_logits2, "aux2": y64.aux_logits1}
+    elif arch == "inception_v3":
+        y, aux = y.logits, {"AuxLogits": y.aux_logits}
+        y64, aux64 = y64.logits, {"AuxLogits": y64.aux_logits}
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
-    y.backward(gy)
-    y64.backward(gy.double())
+    outs, outs64, grads = [y], [y64], [gy]
+    for i, name in enumerate(sorted(aux)):
+        g = torch.randn(aux[name].shape, generator=torch.Generator().manual_seed(10 + i))
+        put("aux." + name, aux[name], aux64[name])
+        out["gy_aux." + name] = g
+        outs.append(aux[name])
+        outs64.append(aux64[name])
+        grads.append(g)
+    torch.autograd.backward(outs, grads)
+    torch.autograd.backward(outs64, [g.double() for g in grads])
     put("y_train", y, y64)
     out["gy"] = gy
     for (name, p), (_, p64) in zip(m.named_parameters(), m64.named_parameters()):
