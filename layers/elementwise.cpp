@@ -44,6 +44,22 @@ Variable add(const Variable& a, const Variable& b) {
   });
 }
 
+Variable add(const Variable& a, const Variable& b, double alpha) {
+  if (alpha == 1.0) return add(a, b);
+  TL_CHECK(a.shape() == b.shape(), ShapeError, "add: shapes ", a.value().str(), " and ", b.value().str(), " differ");
+  Tensor y = a.value().clone();
+  y.add_(b.value(), alpha);
+  if (!should_record({&a, &b})) return Variable(y);
+  return record_op("add", y, {&a, &b}, 0, [alpha](const Tensor& dy, std::vector<GradSlot>& s) {
+    give_grad(s[0], dy);
+    if (!s[1].needed) return;
+    Tensor g = dy.clone();  // dy's shape, dtype, device and layout
+    g.zero_();
+    g.add_(dy, alpha);
+    give_grad(s[1], g);
+  });
+}
+
 Variable flatten(const Variable& x, int start_dim) {
   const Tensor& v = x.value();
   TL_CHECK(start_dim >= 0 && start_dim < v.ndim(), ShapeError, "flatten: start_dim ", start_dim, " for ", v.str());

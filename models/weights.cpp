@@ -83,6 +83,7 @@ io::TensorFile read_weights_file(const std::string& path) {
 std::string LoadReport::summary() const {
   std::ostringstream os;
   os << "loaded " << loaded.size() << " tensors";
+  if (dropped_aux) os << "; the file has no auxiliary classifiers, so they are dropped (as --no-aux)";
   auto list = [&os](const char* what, const std::vector<std::string>& v) {
     if (v.empty()) return;
     os << "\n" << what << " (" << v.size() << "):";
@@ -124,6 +125,17 @@ void check_finite_weights(const io::TensorFile& file) {
 LoadReport load_weights(Model& model, const io::TensorFile& file, const LoadOptions& options) {
   if (!options.allow_nonfinite) check_finite_weights(file);
   LoadReport report;
+  // Weights without the auxiliary classifiers (torchvision's pretrained GoogLeNet as its users save it): the
+  // model drops them too, as torchvision does for aux_logits=False.
+  if (model.has_aux()) {
+    bool any = false;
+    for (const std::string& m : model.aux_modules())
+      for (const std::string& name : file.names) any = any || name.rfind(m + ".", 0) == 0;
+    if (!any) {
+      model.drop_aux();
+      report.dropped_aux = true;
+    }
+  }
   std::vector<std::string> problems;
   const std::string head = model.head_name();
   std::set<std::string> known;

@@ -24,6 +24,7 @@ struct LoadReport {
   std::vector<std::string> skipped;     // "name: file [a, b] vs model [c, d]"
   std::vector<std::string> missing;     // in the model, not in the file (keep their initial values)
   std::vector<std::string> unexpected;  // in the file, not in the model
+  bool dropped_aux = false;             // the file has no auxiliary classifiers, so the model dropped its own
   std::string summary() const;          // multi-line, for the CLI
 };
 

@@ -95,6 +95,19 @@ TEST(Add, GradcheckAndPyTorch) {
   expect_close(b.grad(), f.at("add.gb"), kTorchTol, "add db");
 }
 
+// a + alpha * b (the weighted sum of a main and an auxiliary loss).
+TEST(Add, ScaledGradcheck) {
+  expect_gradcheck([](const std::vector<Variable>& v) { return add(v[0], v[1], 0.4); },
+                   {Tensor::randn({3, 4}, 1, DType::F64), Tensor::randn({3, 4}, 2, DType::F64)}, {true, true});
+  Variable a(Tensor::from_values({1, 2}, {2}), true), b(Tensor::from_values({10, 20}, {2}), true);
+  Tape tape;
+  TapeScope scope(tape);
+  Variable y = add(a, b, 0.3);
+  expect_close(y.value(), Tensor::from_values({4, 8}, {2}), 1e-6, "a + 0.3 b");
+  tape.backward(y, Tensor::from_values({1, -1}, {2}));
+  expect_close(b.grad(), Tensor::from_values({0.3, -0.3}, {2}), 1e-6, "db = 0.3 dy");
+}
+
 TEST(Add, ShapeMismatchNamesBothShapes) {
   try {
     add_forward(Tensor::zeros({2, 3}), Tensor::zeros({3, 2}));

@@ -1,6 +1,7 @@
 // Models against torchvision: the same logits (eval and train mode), parameter gradients and running statistics
 // on the same weights, converted from a .pth by tools/convert_pth. Plus the registry, heads and load reports.
 #include <algorithm>
+#include <set>
 
 #include "layers/concat.h"
 #include "models/model.h"
@@ -149,6 +150,79 @@ TEST(Models, RegistryHeadsAndBlocks) {
   int64_t dcount = 0;
   for (auto& [n, p] : models::create_model("densenet121", 1000, 0)->named_parameters()) dcount += p.value().numel();
   EXPECT_EQ(dcount, 7978856);  // torchvision densenet121
+}
+
+// Every registered architecture answers what the rest of the code asks of it: its name, heads that exist and are
+// Linear or 1x1 Conv2d layers, blocks that are state-dict prefixes in forward order and contain the heads, a
+// last block, a new head for another class count that the forward uses, and a detectable state dict.
+TEST(Models, EveryRegisteredArchitectureIsComplete) {
+  const std::vector<std::string> names = models::model_names();
+  for (const char* required : {"resnet18", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "densenet121",
+                               "densenet201", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
+                               "vgg19_bn", "alexnet", "squeezenet1_0", "squeezenet1_1", "googlenet"})
+    EXPECT_TRUE(std::find(names.begin(), names.end(), required) != names.end()) << required;
+  for (const models::ArchSpec& spec : models::arch_specs()) {
+    SCOPED_TRACE(spec.name);
+    EXPECT_FALSE(spec.family.empty());
+    EXPECT_GE(spec.input_size, 64);
+    EXPECT_GE(spec.resize_size, spec.input_size);
+    auto m = models::create_model(spec.name, 7, 1);
+    EXPECT_EQ(m->arch(), spec.name);
+    std::set<std::string> modules;
+    for (auto& [n, mod] : m->named_modules()) modules.insert(n);
+    const std::vector<std::string> blocks = m->blocks();
+    for (const std::string& h : m->head_names()) {
+      EXPECT_TRUE(modules.count(h)) << "head " << h;
+      EXPECT_TRUE(std::find(blocks.begin(), blocks.end(), h) != blocks.end() ||
+                  std::any_of(blocks.begin(), blocks.end(), [&](const std::string& b) { return h.rfind(b + ".", 0) == 0; }))
+          << "head " << h << " in no block";
+    }
+    for (const std::string& b : blocks) EXPECT_TRUE(modules.count(b)) << "block " << b;
+    for (const std::string& b : m->last_block()) EXPECT_TRUE(modules.count(b)) << "last block " << b;
+    std::map<std::string, Shape> shapes;
+    for (nn::StateEntry& e : m->state()) shapes[e.name] = e.shape();
+    ASSERT_TRUE(shapes.count(spec.head_weight)) << spec.head_weight;
+    EXPECT_EQ(shapes[spec.head_weight][0], 7) << "the class count is read from " << spec.head_weight;
+    EXPECT_TRUE(spec.matches(shapes));
+  }
+}
+
+// GoogLeNet's auxiliary classifiers: heads too (replaced for the class count), run only in training, dropped with
+// --no-aux or when the weights have none (torchvision's pretrained GoogLeNet as users usually save it).
+TEST(Models, AuxiliaryClassifiers) {
+  auto m = models::create_model("googlenet", 4, 1);
+  EXPECT_EQ(m->head_names(), (std::vector<std::string>{"fc", "aux1.fc2", "aux2.fc2"}));
+  m->train();
+  Tape tape;
+  TapeScope scope(tape);
+  Variable x(Tensor::randn({2, 3, 64, 64}, 3));
+  m->forward(x);
+  std::vector<models::Model::AuxLogits> aux = m->take_aux_logits();
+  ASSERT_EQ(aux.size(), 2u);
+  EXPECT_EQ(aux[0].logits.shape(), (Shape{2, 4}));
+  EXPECT_DOUBLE_EQ(aux[0].weight, 0.3);
+  EXPECT_TRUE(m->take_aux_logits().empty()) << "handed over once";
+  m->eval();
+  m->forward(x);
+  EXPECT_TRUE(m->take_aux_logits().empty()) << "eval runs no auxiliary classifier";
+
+  // Weights without aux1/aux2: the model drops them, and everything else loads strictly.
+  const std::string path = test_dir("weights") + "/googlenet_noaux.bin";
+  {
+    std::vector<std::pair<std::string, Tensor>> kept;
+    for (auto& [name, t] : models::state_dict(*m))
+      if (name.rfind("aux", 0) != 0) kept.emplace_back(name, t);
+    io::write_safetensors(path, kept, {{"arch", "googlenet"}});
+  }
+  auto fresh = models::create_model("googlenet", 4, 2);
+  models::LoadReport rep = models::load_weights(*fresh, path);
+  EXPECT_TRUE(rep.dropped_aux);
+  EXPECT_TRUE(rep.missing.empty()) << rep.summary();
+  EXPECT_FALSE(fresh->has_aux());
+  EXPECT_EQ(fresh->head_names(), (std::vector<std::string>{"fc"}));
+  fresh->train();
+  fresh->forward(x);
+  EXPECT_TRUE(fresh->take_aux_logits().empty());
 }
 
 TEST(Models, NewHeadLoadsEverythingElseAndReports) {

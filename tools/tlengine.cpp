@@ -66,6 +66,9 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
   c.add_option("--val-split", o.val_split, "fraction held out (stratified) when there is no val/")->capture_default_str();
   c.add_option("--image-size", o.image_size)->capture_default_str();
+  c.add_flag("!--no-aux", o.aux,
+             "drop the auxiliary classifiers of inception_v3 and googlenet (by default they train with the main "
+             "one: loss = main + 0.4 aux, or + 0.3 (aux1 + aux2), as torchvision's recipe)");
   c.add_option("--val-transform", o.val_transform, "crop: Resize+CenterCrop; resize: Resize((s, s))")->capture_default_str();
   c.add_flag("!--no-augment", o.augment, "train on the val transform (no random crop / flip)");
   c.add_flag("!--no-shuffle", o.shuffle, "keep the folder order (to compare with another framework)");

@@ -14,6 +14,7 @@
 #include "io/loader.h"
 #include "io/utf8.h"
 #include "layers/conv2d.h"
+#include "layers/elementwise.h"
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "models/weights.h"
@@ -149,6 +150,10 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_classes, Device dev, Precision prec,
                                            FreezePlan& plan, std::ostream& log) {
   auto model = models::create_model(o.arch, num_classes, o.seed);
+  if (!o.aux && model->has_aux()) {
+    model->drop_aux();
+    log << "auxiliary classifiers dropped (--no-aux)\n";
+  }
   if (!o.weights.empty()) {
     models::LoadOptions lopt;
     lopt.allow_mismatch = o.allow_partial_weights;
@@ -320,6 +325,8 @@ struct Trainer {
     sched.apply(epoch, batch_index);
     Variable logits = cached ? model.head(Variable(input)) : model.forward(Variable(model_input(input, dev, prec)));
     Variable loss = cross_entropy(logits, labels, ce);
+    for (const models::Model::AuxLogits& a : model.take_aux_logits())  // Inception v3, GoogLeNet in training
+      loss = add(loss, cross_entropy(a.logits, labels, ce), a.weight);
     const double loss_value = loss.value().item();
     if (!std::isfinite(loss_value)) {
       tape.clear();

@@ -20,6 +20,9 @@ struct TrainOptions {
   int image_size = 224;    // crop size
   std::string val_transform = "crop";  // "crop": Resize(size*256/224) + CenterCrop(size); "resize": Resize((s, s))
   bool augment = true;     // RandomResizedCrop + flip for training (off: the val transform)
+  // Train the auxiliary classifiers (Inception v3, GoogLeNet) with the main one, as torchvision's recipe does
+  // (off: --no-aux removes them).
+  bool aux = true;
   bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
   int workers = 4;
   std::string cache_images = "auto";  // decoded images kept in RAM: auto (a quarter of the memory) | off | <GB>
