@@ -1,4 +1,4 @@
-// Concatenation: CPU reference, CUDA dispatch and autograd (see concat.h).
+// Concatenation and narrowing: CPU reference, CUDA dispatch and autograd (see concat.h).
 #include "layers/concat.h"
 
 #include <algorithm>
@@ -14,9 +14,9 @@
 namespace tl {
 namespace {
 
-int normalize_dim(int dim, int rank, const Shape& shape) {
+int normalize_dim(int dim, int rank, const Shape& shape, const char* op = "concat") {
   const int d = dim < 0 ? dim + rank : dim;
-  TL_CHECK(d >= 0 && d < rank, ShapeError, "concat: dimension ", dim, " out of range for shape ", shape_str(shape));
+  TL_CHECK(d >= 0 && d < rank, ShapeError, op, ": dimension ", dim, " out of range for shape ", shape_str(shape));
   return d;
 }
 
@@ -109,26 +109,34 @@ Tensor concat_forward(const std::vector<Tensor>& xs, int dim) {
   return y;
 }
 
+namespace {
+// out (+)= the slice [start, start + length) of `src` along dim d (the gradient contract for `out`): concat's
+// backward and narrow's forward.
+void slice_out(const Tensor& src, int d, int64_t start, int64_t length, Tensor& out, bool accumulate, const char* op) {
+  TL_CHECK(start >= 0 && length >= 0 && start + length <= src.size(d), ShapeError, op, ": slice [", start, ", ",
+           start + length, ") of dim ", d, " is outside ", src.str());
+  Shape xs = src.shape();
+  xs[static_cast<size_t>(d)] = length;
+  if (accumulate) {
+    TL_CHECK(out.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
+    TL_CHECK(out.shape() == xs && out.dtype() == src.dtype() && out.device() == src.device() &&
+                 (out.ndim() != 4 || out.layout() == src.layout()),
+             ShapeError, op, ": the gradient to accumulate into is ", out.str(), ", expected ",
+             dtype_name(src.dtype()), shape_str(xs), " like ", src.str());
+  } else if (!out.defined() || out.shape() != xs || out.dtype() != src.dtype() || out.device() != src.device() ||
+             out.layout() != src.layout() || !out.is_unique()) {
+    out = Tensor::empty(xs, src.dtype(), src.device(), src.layout());
+  }
+  const Blocks b = blocks_of(src.shape(), src.layout(), d);
+  const int64_t cols = length * b.inner;
+  copy_blocks(src, src.size(d) * b.inner, start * b.inner, out, cols, 0, b.rows, cols, accumulate);
+}
+}  // namespace
+
 void concat_backward(const Tensor& dy, int dim, int64_t start, int64_t length, Tensor& dx, bool accumulate) {
   check_defined(dy, "concat_backward");
   const int d = normalize_dim(dim, dy.ndim(), dy.shape());
-  TL_CHECK(start >= 0 && length >= 0 && start + length <= dy.size(d), ShapeError, "concat_backward: slice [", start,
-           ", ", start + length, ") of dim ", d, " is outside ", dy.str());
-  Shape xs = dy.shape();
-  xs[static_cast<size_t>(d)] = length;
-  if (accumulate) {
-    TL_CHECK(dx.defined(), ValueError, "concat_backward: accumulate=true needs an existing gradient tensor");
-    TL_CHECK(dx.shape() == xs && dx.dtype() == dy.dtype() && dx.device() == dy.device() &&
-                 (dx.ndim() != 4 || dx.layout() == dy.layout()),
-             ShapeError, "concat_backward: the gradient to accumulate into is ", dx.str(), ", expected ",
-             dtype_name(dy.dtype()), shape_str(xs), " like ", dy.str());
-  } else if (!dx.defined() || dx.shape() != xs || dx.dtype() != dy.dtype() || dx.device() != dy.device() ||
-             dx.layout() != dy.layout() || !dx.is_unique()) {
-    dx = Tensor::empty(xs, dy.dtype(), dy.device(), dy.layout());
-  }
-  const Blocks b = blocks_of(dy.shape(), dy.layout(), d);
-  const int64_t cols = length * b.inner;
-  copy_blocks(dy, dy.size(d) * b.inner, start * b.inner, dx, cols, 0, b.rows, cols, accumulate);
+  slice_out(dy, d, start, length, dx, accumulate, "concat_backward");
 }
 
 Variable concat(const std::vector<Variable>& xs, int dim) {
@@ -164,5 +172,73 @@ Variable concat(const std::vector<Variable>& xs, int dim) {
   };
   Tape::current().record(std::move(e));
   return Variable::make_result(std::move(y), std::move(node));
+}
+
+Tensor narrow_forward(const Tensor& x, int dim, int64_t start, int64_t length) {
+  check_defined(x, "narrow");
+  const int d = normalize_dim(dim, x.ndim(), x.shape(), "narrow");
+  Tensor y;
+  slice_out(x, d, start, length, y, false, "narrow");
+  return y;
+}
+
+void narrow_backward(const Tensor& dy, const Shape& x_shape, int dim, int64_t start, Tensor& dx, bool accumulate) {
+  check_defined(dy, "narrow_backward");
+  const int rank = static_cast<int>(x_shape.size());
+  const int d = normalize_dim(dim, rank, x_shape, "narrow_backward");
+  const int64_t length = dy.ndim() == rank ? dy.size(d) : -1;
+  Shape expect = x_shape;
+  expect[static_cast<size_t>(d)] = length;
+  TL_CHECK(dy.shape() == expect && start >= 0 && start + length <= x_shape[static_cast<size_t>(d)], ShapeError,
+           "narrow_backward: dy ", dy.str(), " is not the slice from ", start, " along dim ", d, " of ",
+           shape_str(x_shape));
+  Tensor src = dy;
+  if (accumulate) {
+    TL_CHECK(dx.defined(), ValueError, "narrow_backward: accumulate=true needs an existing gradient tensor");
+    TL_CHECK(dx.shape() == x_shape && dx.dtype() == dy.dtype() && dx.device() == dy.device(), ShapeError,
+             "narrow_backward: the gradient to accumulate into is ", dx.str(), ", expected ", dtype_name(dy.dtype()),
+             shape_str(x_shape), " like ", dy.str());
+    if (rank == 4 && dx.layout() != dy.layout()) src = dy.to_layout(dx.layout());
+  } else {
+    if (!dx.defined() || dx.shape() != x_shape || dx.dtype() != dy.dtype() || dx.device() != dy.device() ||
+        dx.layout() != dy.layout() || !dx.is_unique())
+      dx = Tensor::empty(x_shape, dy.dtype(), dy.device(), dy.layout());
+    dx.zero_();
+  }
+  const Blocks b = blocks_of(x_shape, dx.layout(), d);
+  const int64_t cols = length * b.inner;
+  copy_blocks(src, cols, 0, dx, x_shape[static_cast<size_t>(d)] * b.inner, start * b.inner, b.rows, cols, accumulate);
+}
+
+Variable narrow(const Variable& x, int dim, int64_t start, int64_t length) {
+  TL_CHECK(x.defined(), ValueError, "narrow: undefined input Variable");
+  Tensor y = narrow_forward(x.value(), dim, start, length);
+  if (!should_record({&x})) return Variable(y);
+  const int d = dim < 0 ? dim + y.ndim() : dim;
+  const Shape x_shape = x.shape();
+  return record_op("narrow", y, {&x}, 0, [x_shape, d, start](const Tensor& dy, std::vector<GradSlot>& s) {
+    narrow_backward(dy, x_shape, d, start, s[0].grad, s[0].accumulate);
+  });
+}
+
+Variable narrow_channels(const Variable& x, int64_t start, int64_t length) { return narrow(x, 1, start, length); }
+
+std::vector<Variable> split_channels(const Variable& x, const std::vector<int64_t>& sizes) {
+  TL_CHECK(x.defined(), ValueError, "split_channels: undefined input Variable");
+  TL_CHECK(x.value().ndim() >= 2, ShapeError, "split_channels: x must have a channel dimension, got ", x.value().str());
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    TL_CHECK(n >= 0, ValueError, "split_channels: negative size ", n);
+    total += n;
+  }
+  TL_CHECK(total == x.size(1), ShapeError, "split_channels: sizes add up to ", total, ", x ", x.value().str(), " has ",
+           x.size(1), " channels");
+  std::vector<Variable> parts;
+  int64_t start = 0;
+  for (int64_t n : sizes) {
+    parts.push_back(narrow(x, 1, start, n));
+    start += n;
+  }
+  return parts;
 }
 }  // namespace tl

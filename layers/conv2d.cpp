@@ -13,6 +13,7 @@
 #if TL_WITH_CUDA
 #include "kernels/conv2d.h"
 #endif
+#include "layers/conv2d_depthwise.h"
 #include "layers/conv2d_dnnl.h"
 #include "layers/mac_counter.h"
 #include "layers/layer_util.h"
@@ -443,6 +444,14 @@ int64_t infer_kernel(int64_t in, int64_t out, int64_t pad, int64_t dil, int64_t 
   return found;
 }
 
+// Whether a CPU problem runs the direct depthwise loop (conv2d_depthwise.h): float64 and float32 without oneDNN
+// always, float32 with oneDNN where the loop measured faster. `layout` is the activations' layout.
+bool use_depthwise(const Tensor& t, const Shape& x_shape, const Shape& w_shape, const Conv2dOptions& o,
+                   Layout layout) {
+  if (t.is_cuda() || !depthwise_conv::applies(x_shape, w_shape, o)) return false;
+  return !dnnl_conv::takes(t) || depthwise_conv::preferred_over_dnnl(x_shape, w_shape, o, layout);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -476,6 +485,11 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
 #endif
   }
   check_cpu_float(x, "conv2d");
+  if (use_depthwise(x, x.shape(), w.shape(), o, x.layout())) {
+    Tensor y = Tensor::empty(out_shape(g), x.dtype(), Device::CPU, x.layout());
+    depthwise_conv::forward(x, w, bias, y, o);
+    return y;
+  }
   if (dnnl_conv::takes(x)) {
     Tensor y = Tensor::empty(out_shape(g), x.dtype(), Device::CPU, x.layout());
     if (g.n > 0) dnnl_conv::forward(x, w, bias, y, o);
@@ -500,8 +514,9 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
   check_dy(dy, g, x_shape, w.shape(), "conv2d_backward_data");
   check_same_dtype_device(dy, w, "conv2d_backward_data (dy, w)");
   if (!dy.is_cuda()) check_cpu_float(dy, "conv2d_backward_data");
+  const bool depthwise = use_depthwise(dy, x_shape, w.shape(), o, dy.layout());
   const bool fast_cpu = dnnl_conv::takes(dy);
-  const Layout compute_layout = dy.is_cuda() || fast_cpu ? dy.layout() : Layout::NCHW;
+  const Layout compute_layout = dy.is_cuda() || fast_cpu || depthwise ? dy.layout() : Layout::NCHW;
   write_grad(dx, x_shape, dy.dtype(), dy.device(), compute_layout, dy.layout(), accumulate, "conv2d_backward_data",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
@@ -510,6 +525,7 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
                  return;
 #endif
                }
+               if (depthwise) return depthwise_conv::backward_data(dy, w, out, o, add);
                if (fast_cpu) {
                  if (g.n > 0) fast_cpu_grad(out, add, [&](Tensor& t) { dnnl_conv::backward_data(dy, w, t, o); });
                  return;
@@ -530,8 +546,9 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
   check_dy(dy, g, x.shape(), w_shape, "conv2d_backward_weight");
   check_same_dtype_device(dy, x, "conv2d_backward_weight (dy, x)");
   if (!x.is_cuda()) check_cpu_float(x, "conv2d_backward_weight");
+  const bool depthwise = use_depthwise(x, x.shape(), w_shape, o, x.layout());
   const bool fast_cpu = dnnl_conv::takes(x);
-  const Layout compute_layout = x.is_cuda() || fast_cpu ? x.layout() : Layout::NCHW;
+  const Layout compute_layout = x.is_cuda() || fast_cpu || depthwise ? x.layout() : Layout::NCHW;
   write_grad(dw, w_shape, x.dtype(), x.device(), compute_layout, x.layout(), accumulate, "conv2d_backward_weight",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
@@ -541,6 +558,7 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
                  return;
 #endif
                }
+               if (depthwise) return depthwise_conv::backward_weight(as_layout(dy, x.layout()), x, out, o, add);
                if (fast_cpu) {
                  if (g.n == 0) return add ? void() : void(out.zero_());
                  return fast_cpu_grad(out, add, [&](Tensor& t) { dnnl_conv::backward_weight(dy, x, t, o); });

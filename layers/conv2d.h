@@ -6,8 +6,10 @@
 //             conv2d_backward_weight(dy, x, dw, ...)            dw = sum over n of dy (*) x
 //             conv2d_backward_bias(dy, db, ...)                 db[k] = sum over n, h, w of dy[:, k]
 //   CPU: float32 through oneDNN when built with it (conv2d_dnnl.h), else and for float64 (the reference)
-//   im2col per group + GEMM (core/blas.h). CUDA (float32, bfloat16, float16 with float
-//   accumulation; float64): cuDNN with an algorithm cache; bias kernels in kernels/conv2d.cu.
+//   im2col per group + GEMM (core/blas.h); depthwise problems (groups == C, w (K, 1, R, S)) run a direct loop in
+//   either layout (conv2d_depthwise.h) in float64, and in float32 where it beats oneDNN (bench/NOTES.md).
+//   CUDA (float32, bfloat16, float16 with float accumulation; float64): cuDNN with an algorithm cache; bias
+//   kernels in kernels/conv2d.cu.
 //   Layouts: y takes x's layout, dx takes dy's layout. On CUDA, x, w and y are given to cuDNN in one layout
 //   (x's for forward and weight gradient, dy's for data gradient); other tensors are converted to it.
 //   Autograd: conv2d(x, w, bias) saves x only if w needs a gradient and w only if x needs a gradient, and

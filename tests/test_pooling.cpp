@@ -34,6 +34,9 @@ const std::vector<PoolCase>& pool_cases() {
       {"avg_ceil_incl", false, opts(3, 2, 1, true)},    {"avg_ceil_excl", false, opts(3, 2, 1, true, false)},
       {"avg_ceil_nopad", false, opts(2, 2, 0, true)},   {"max_ceil_tiny", true, opts(4, 3, 0, true)},
       {"avg_ceil_tiny", false, opts(4, 3, 0, true)},
+      // Inception v3, GoogLeNet, SqueezeNet
+      {"avg_incep_3s1p1", false, opts(3, 1, 1, false)}, {"avg_3s1p1_excl", false, opts(3, 1, 1, false, false)},
+      {"max_googlenet_3s2_ceil", true, opts(3, 2, 0, true)}, {"max_googlenet_2s2_ceil", true, opts(2, 2, 0, true)},
   };
   return cases;
 }
@@ -43,7 +46,11 @@ struct AdaptiveCase {
 };
 const std::vector<AdaptiveCase>& adaptive_cases() {
   static const std::vector<AdaptiveCase> cases = {
-      {"adaptive_1x1", 1, 1}, {"adaptive_7x7", 7, 7}, {"adaptive_7x7_same", 7, 7}, {"adaptive_3x4", 3, 4}};
+      {"adaptive_1x1", 1, 1},        {"adaptive_7x7", 7, 7},           {"adaptive_7x7_same", 7, 7},
+      {"adaptive_3x4", 3, 4},        {"adaptive_4x4_14", 4, 4},        {"adaptive_4x4_odd", 4, 4},
+      {"adaptive_6x6_from_1", 6, 6}, {"adaptive_6x6_from_2", 6, 6},    {"adaptive_6x6_from_3", 6, 6},
+      {"adaptive_6x6_from_4", 6, 6}, {"adaptive_6x6_from_5", 6, 6},    {"adaptive_6x6_from_6", 6, 6},
+      {"adaptive_6x6_from_7", 6, 6}};
   return cases;
 }
 
@@ -131,7 +138,8 @@ TEST(AvgPool, GradcheckFloat64) {
 }
 
 TEST(AdaptiveAvgPool, GradcheckFloat64) {
-  for (auto [h, w, oh, ow] : std::vector<std::array<int64_t, 4>>{{5, 6, 1, 1}, {10, 9, 7, 7}, {5, 4, 3, 2}, {3, 4, 5, 7}}) {
+  for (auto [h, w, oh, ow] : std::vector<std::array<int64_t, 4>>{
+           {5, 6, 1, 1}, {10, 9, 7, 7}, {5, 4, 3, 2}, {3, 4, 5, 7}, {14, 14, 4, 4}, {1, 1, 6, 6}, {5, 5, 6, 6}}) {
     SCOPED_TRACE(shape_str({h, w, oh, ow}));
     const int64_t out_h = oh, out_w = ow;  // C++17 lambdas cannot capture structured bindings (clang refuses)
     expect_gradcheck([&](const std::vector<Variable>& v) { return adaptive_avg_pool2d(v[0], out_h, out_w); },
@@ -155,24 +163,31 @@ TEST(Pooling, GradContract) {
                        "adaptive dx");
 }
 
+// float32 NCHW and NHWC (the CPU model layout) and float64, against PyTorch's float32 results.
 TEST(Pooling, MatchesPyTorch) {
   const auto& f = fixture("pooling");
-  for (const PoolCase& c : pool_cases()) {
-    SCOPED_TRACE(c.name);
-    const std::string n = c.name;
-    auto [y, gx] = run_pool(c, f.at(n + ".x"), f.at(n + ".gy"));
-    expect_close(y, f.at(n + ".y"), kTorchTol, n + " y");
-    expect_close(gx, f.at(n + ".gx"), kTorchTol, n + " dx");
-  }
-  for (const AdaptiveCase& c : adaptive_cases()) {
-    const std::string n = c.name;
-    Variable x(f.at(n + ".x"), true);
-    Tape tape;
-    TapeScope scope(tape);
-    Variable y = adaptive_avg_pool2d(x, c.oh, c.ow);
-    expect_close(y.value(), f.at(n + ".y"), kTorchTol, n + " y");
-    tape.backward(y, f.at(n + ".gy"));
-    expect_close(x.grad(), f.at(n + ".gx"), kTorchTol, n + " dx");
+  for (auto [dt, layout] : {std::pair{DType::F32, Layout::NCHW}, std::pair{DType::F32, Layout::NHWC},
+                            std::pair{DType::F64, Layout::NCHW}}) {
+    const std::string how = std::string(" ") + dtype_name(dt) + " " + layout_name(layout);
+    for (const PoolCase& c : pool_cases()) {
+      SCOPED_TRACE(c.name + how);
+      const std::string n = c.name;
+      auto [y, gx] =
+          run_pool(c, f.at(n + ".x").to(Device::CPU, dt, layout), f.at(n + ".gy").to(Device::CPU, dt, layout));
+      expect_close(y, f.at(n + ".y"), kTorchTol, n + " y");
+      expect_close(gx, f.at(n + ".gx"), kTorchTol, n + " dx");
+    }
+    for (const AdaptiveCase& c : adaptive_cases()) {
+      SCOPED_TRACE(c.name + how);
+      const std::string n = c.name;
+      Variable x(f.at(n + ".x").to(Device::CPU, dt, layout), true);
+      Tape tape;
+      TapeScope scope(tape);
+      Variable y = adaptive_avg_pool2d(x, c.oh, c.ow);
+      expect_close(y.value(), f.at(n + ".y"), kTorchTol, n + " y");
+      tape.backward(y, f.at(n + ".gy").to(Device::CPU, dt, layout));
+      expect_close(x.grad(), f.at(n + ".gx"), kTorchTol, n + " dx");
+    }
   }
 }
 
@@ -282,7 +297,8 @@ TEST(PoolingCuda, MatchesCpu) {
 TEST(AdaptiveAvgPoolCuda, MatchesCpu) {
   TL_REQUIRE_CUDA();
   for (auto [h, w, oh, ow] :
-       std::vector<std::array<int64_t, 4>>{{7, 7, 1, 1}, {3, 2, 1, 1}, {10, 9, 7, 7}, {14, 14, 7, 7}, {5, 4, 7, 3}}) {
+       std::vector<std::array<int64_t, 4>>{{7, 7, 1, 1}, {3, 2, 1, 1}, {10, 9, 7, 7}, {14, 14, 7, 7}, {5, 4, 7, 3},
+                                           {14, 14, 4, 4}, {1, 1, 6, 6}, {3, 3, 6, 6}, {7, 7, 6, 6}}) {
     const Tensor x = Tensor::randn({2, 6, h, w}, 61), gy = Tensor::randn({2, 6, oh, ow}, 62);
     Tensor y_cpu = adaptive_avg_pool2d_forward(x, oh, ow), dx_cpu;
     adaptive_avg_pool2d_backward(gy, x.shape(), dx_cpu, false);

@@ -3,6 +3,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -81,7 +82,9 @@ void expect_gradcheck(const VarFn& fn, const std::vector<Tensor>& inputs, const 
       p[j] = orig;
       numeric[static_cast<size_t>(j)] = (plus - minus) / (2 * eps);
     }
-    Tensor num = Tensor::from_values(numeric, base[i].shape(), DType::F64);
+    // numeric[] follows the input's memory order (NCHW or NHWC).
+    Tensor num = Tensor::empty(base[i].shape(), DType::F64, Device::CPU, base[i].layout());
+    std::copy(numeric.begin(), numeric.end(), num.data_as<double>());
     expect_close(analytical, num, tol, "gradcheck of input " + std::to_string(i));
   }
 }

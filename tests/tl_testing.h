@@ -26,7 +26,7 @@ double rel_error(const Tensor& actual, const Tensor& expected);
 void expect_close(const Tensor& actual, const Tensor& expected, double tol, const std::string& what);
 
 // Analytical gradients of `fn` (via the tape) against central differences, in float64 on the CPU.
-// `inputs` are float64 CPU tensors; `wrt[i]` says whether input i is differentiated.
+// `inputs` are float64 CPU tensors in any layout; `wrt[i]` says whether input i is differentiated.
 // L = sum(seed * fn(inputs)) for a fixed random seed tensor. Kinks (ReLU at 0, max-pool ties) must be kept
 // away from by the caller's choice of inputs; `eps` is the step.
 using VarFn = std::function<Variable(const std::vector<Variable>&)>;

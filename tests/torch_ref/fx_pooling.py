@@ -22,6 +22,13 @@ POOLS = {
     # ceil mode accepts an input smaller than the kernel (the floor-mode size would be 0)
     "max_ceil_tiny": ((1, 2, 3, 5), "max", 4, 3, 0, True, True),
     "avg_ceil_tiny": ((1, 2, 3, 5), "avg", 4, 3, 0, True, True),
+    # the new torchvision models: Inception v3's branch_pool avg_pool2d(3, stride 1, pad 1) (count_include_pad, and
+    # the exclude variant); GoogLeNet's / SqueezeNet's max_pool2d(3, 2, ceil_mode=True) on even and odd sizes and
+    # GoogLeNet's max_pool2d(2, 2, ceil_mode=True) on an odd size
+    "avg_incep_3s1p1": ((2, 3, 7, 6), "avg", 3, 1, 1, False, True),
+    "avg_3s1p1_excl": ((2, 3, 7, 6), "avg", 3, 1, 1, False, False),
+    "max_googlenet_3s2_ceil": ((2, 3, 12, 11), "max", 3, 2, 0, True, True),
+    "max_googlenet_2s2_ceil": ((2, 3, 7, 8), "max", 2, 2, 0, True, True),
 }
 # name: (input shape, output size)
 ADAPTIVE = {
@@ -29,6 +36,10 @@ ADAPTIVE = {
     "adaptive_7x7": ((2, 3, 10, 9), (7, 7)),
     "adaptive_7x7_same": ((1, 2, 7, 7), (7, 7)),
     "adaptive_3x4": ((2, 2, 5, 11), (3, 4)),
+    # GoogLeNet's aux heads: 14x14 (and an odd size) -> 4x4; AlexNet: 1x1 .. 7x7 -> 6x6 (bins overlap or repeat)
+    "adaptive_4x4_14": ((2, 3, 14, 14), (4, 4)),
+    "adaptive_4x4_odd": ((1, 2, 9, 11), (4, 4)),
+    **{f"adaptive_6x6_from_{k}": ((1, 2, k, k), (6, 6)) for k in range(1, 8)},
 }
 
 
