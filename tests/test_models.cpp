@@ -65,8 +65,12 @@ TEST_P(ModelParity, MatchesTorchvision) {
       double ref_max = 0, ours_max = 0;
       for (double v : ref.at(key).to_doubles()) ref_max = std::max(ref_max, std::fabs(v));
       if (ref_max < 1e-12) {  // exactly zero up to rounding: e.g. a convolution bias right before batch norm
+        // In float32 the cancellation leaves rounding noise: bounded by 1e-4 or 10x what PyTorch's own float32
+        // left (its relative error against the float64 zero, times that zero's size).
+        const double torch32 = ref.at("err." + key).item() * ref_max;
         for (double v : ours.to_doubles()) ours_max = std::max(ours_max, std::fabs(v));
-        EXPECT_LT(ours_max, f64 ? 1e-9 : 1e-4) << tag << key << " should be zero (PyTorch: " << ref_max << ")";
+        EXPECT_LT(ours_max, f64 ? 1e-9 : std::max(1e-4, 10 * torch32))
+            << tag << key << " should be zero (PyTorch float64: " << ref_max << ", float32: " << torch32 << ")";
       } else if (f64) {
         expect_close(ours, ref.at(key), 1e-7, tag + key);
       } else if (float32_comparable && float32_meaningful(ref, key)) {
@@ -126,7 +130,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ParityCase{"vgg16", 64}, ParityCase{"vgg16_bn", 64}, ParityCase{"vgg11", 64},
                       ParityCase{"vgg19_bn", 64}, ParityCase{"alexnet", 64},
                       ParityCase{"squeezenet1_0", 64}, ParityCase{"squeezenet1_1", 64}, ParityCase{"googlenet", 64},
-                      ParityCase{"inception_v3", 75}, ParityCase{"inception_v3", 299}),
+                      ParityCase{"inception_v3", 75}, ParityCase{"inception_v3", 299}, ParityCase{"mobilenet_v2", 64},
+                      ParityCase{"mobilenet_v2", 224}, ParityCase{"mnasnet0_5", 64}, ParityCase{"mnasnet1_3", 64}),
     [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.arch + "_" + std::to_string(info.param.size); });
 
 TEST(Models, RegistryHeadsAndBlocks) {
