@@ -149,6 +149,16 @@ Variable ConvBnAct::operator()(const Variable& x, const Variable* residual) {
   Variable y = conv_bn_act(conv, bn, x, residual, act == Act::ReLU);
   return act == Act::ReLU6 ? relu6(y) : y;
 }
+
+Variable ConvBnPair::operator()(const Variable& x, bool relu, const Variable* residual) const {
+  return conv_bn_act(*conv, *bn, x, residual, relu);
+}
+
+ConvBnPair add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups,
+                       Generator& gen, double momentum) {
+  return {&seq.add<Conv2d>(std::to_string(i), in, out, kernel, stride, kernel / 2, false, gen, groups),
+          &seq.add<BatchNorm2d>(std::to_string(i + 1), out, 1e-5, momentum)};
+}
 }  // namespace nn
 
 Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable& x, const Variable* residual,

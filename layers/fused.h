@@ -65,6 +65,16 @@ class ConvBnAct : public Module {
   BatchNorm2d& bn;
   Act act;
 };
+
+// A convolution (no bias) and its batch norm added to a flat Sequential at indices i and i + 1, as torchvision's
+// MNASNet and ShuffleNet V2 name them ("layers.0", "layers.1"); called like ConvBnAct, through conv_bn_act.
+struct ConvBnPair {
+  Conv2d* conv = nullptr;
+  BatchNorm2d* bn = nullptr;
+  Variable operator()(const Variable& x, bool relu, const Variable* residual = nullptr) const;
+};
+ConvBnPair add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups,
+                       Generator& gen, double momentum = 0.1);
 }  // namespace nn
 
 // Process-wide switch (default on): off makes conv_bn_act always take the unfused path (tests, benchmarks).

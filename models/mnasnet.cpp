@@ -20,17 +20,9 @@ using nn::Sequential;
 
 constexpr double kBnMomentum = 1 - 0.9997;
 
-// A conv + batch norm pair added to `seq` at indices i and i + 1 (torchvision's flat Sequentials).
-struct ConvBn {
-  Conv2d* conv;
-  BatchNorm2d* bn;
-  Variable operator()(const Variable& x, bool relu, const Variable* residual = nullptr) const {
-    return conv_bn_act(*conv, *bn, x, residual, relu);
-  }
-};
-ConvBn add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups, Generator& gen) {
-  return {&seq.add<Conv2d>(std::to_string(i), in, out, kernel, stride, kernel / 2, false, gen, groups),
-          &seq.add<BatchNorm2d>(std::to_string(i + 1), out, 1e-5, kBnMomentum)};
+using ConvBn = nn::ConvBnPair;
+ConvBn conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups, Generator& gen) {
+  return nn::add_conv_bn(seq, i, in, out, kernel, stride, groups, gen, kBnMomentum);
 }
 
 class InvertedResidual : public nn::Module {
@@ -39,9 +31,9 @@ class InvertedResidual : public nn::Module {
       : residual_(in == out && stride == 1) {
     auto& layers = add_module<Sequential>("layers");
     const int64_t mid = in * expand;
-    expand_ = add_conv_bn(layers, 0, in, mid, 1, 1, 1, gen);
-    depthwise_ = add_conv_bn(layers, 3, mid, mid, kernel, stride, static_cast<int>(mid), gen);
-    project_ = add_conv_bn(layers, 6, mid, out, 1, 1, 1, gen);
+    expand_ = conv_bn(layers, 0, in, mid, 1, 1, 1, gen);
+    depthwise_ = conv_bn(layers, 3, mid, mid, kernel, stride, static_cast<int>(mid), gen);
+    project_ = conv_bn(layers, 6, mid, out, 1, 1, 1, gen);
   }
   Variable operator()(const Variable& x) {
     return project_(depthwise_(expand_(x, true), true), false, residual_ ? &x : nullptr);
@@ -66,8 +58,8 @@ class MNASNet : public Model {
     std::vector<int64_t> d;
     for (int v : {32, 16, 24, 40, 80, 96, 192, 320}) d.push_back(round_to_8(v * alpha));
     auto& layers = add_module<Sequential>("layers");
-    stem_ = {add_conv_bn(layers, 0, 3, d[0], 3, 2, 1, gen), add_conv_bn(layers, 3, d[0], d[0], 3, 1, static_cast<int>(d[0]), gen),
-             add_conv_bn(layers, 6, d[0], d[1], 1, 1, 1, gen)};
+    stem_ = {conv_bn(layers, 0, 3, d[0], 3, 2, 1, gen), conv_bn(layers, 3, d[0], d[0], 3, 1, static_cast<int>(d[0]), gen),
+             conv_bn(layers, 6, d[0], d[1], 1, 1, 1, gen)};
     struct Stack {
       int kernel, stride, expand, repeats;
     };
@@ -79,7 +71,7 @@ class MNASNet : public Model {
                                                        stacks[s].kernel, r == 0 ? stacks[s].stride : 1,
                                                        stacks[s].expand, gen));
     }
-    last_ = add_conv_bn(layers, 14, d[7], 1280, 1, 1, 1, gen);
+    last_ = conv_bn(layers, 14, d[7], 1280, 1, 1, 1, gen);
     auto& classifier = add_module<Sequential>("classifier");
     dropout_ = &classifier.add<Dropout>("0", dropout_p, seed ^ 0x9e3779b97f4a7c15ULL);
     fc_ = &classifier.add<Linear>("1", 1280, num_classes, gen);

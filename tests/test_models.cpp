@@ -131,7 +131,8 @@ INSTANTIATE_TEST_SUITE_P(
                       ParityCase{"vgg19_bn", 64}, ParityCase{"alexnet", 64},
                       ParityCase{"squeezenet1_0", 64}, ParityCase{"squeezenet1_1", 64}, ParityCase{"googlenet", 64},
                       ParityCase{"inception_v3", 75}, ParityCase{"inception_v3", 299}, ParityCase{"mobilenet_v2", 64},
-                      ParityCase{"mobilenet_v2", 224}, ParityCase{"mnasnet0_5", 64}, ParityCase{"mnasnet1_3", 64}),
+                      ParityCase{"mobilenet_v2", 224}, ParityCase{"mnasnet0_5", 64}, ParityCase{"mnasnet1_3", 64},
+                      ParityCase{"shufflenet_v2_x0_5", 64}, ParityCase{"shufflenet_v2_x1_0", 64}),
     [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.arch + "_" + std::to_string(info.param.size); });
 
 TEST(Models, RegistryHeadsAndBlocks) {
@@ -165,7 +166,9 @@ TEST(Models, EveryRegisteredArchitectureIsComplete) {
   const std::vector<std::string> names = models::model_names();
   for (const char* required : {"resnet18", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "densenet121",
                                "densenet201", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-                               "vgg19_bn", "alexnet", "squeezenet1_0", "squeezenet1_1", "googlenet"})
+                               "vgg19_bn", "alexnet", "squeezenet1_0", "squeezenet1_1", "googlenet", "inception_v3",
+                               "mobilenet_v2", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3",
+                               "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"})
     EXPECT_TRUE(std::find(names.begin(), names.end(), required) != names.end()) << required;
   for (const models::ArchSpec& spec : models::arch_specs()) {
     SCOPED_TRACE(spec.name);
