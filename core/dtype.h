@@ -22,6 +22,15 @@ const char* device_name(Device d);
 const char* layout_name(Layout l);
 inline bool is_floating_half(DType t) { return t == DType::BF16 || t == DType::F16; }
 
+// The CPU reference paths compute in float32 and float64: calls f(T{}) with T = double for F64, else float (the
+// caller has checked that the dtype is one of the two), e.g. with_cpu_float(x.dtype(), [&](auto t) {
+// using T = decltype(t); loop(x.data_as<T>()); }).
+template <class F>
+decltype(auto) with_cpu_float(DType t, F&& f) {
+  if (t == DType::F64) return f(double{});
+  return f(float{});
+}
+
 // Host conversions, round-to-nearest-even, NaN preserved.
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;

@@ -1,4 +1,5 @@
-// Host launchers of the ReLU and ReLU6 kernels (layers/activation.h has the op).
+// Host launchers of the ReLU kernels (layers/activation.h has the ops): one clamped ReLU serves ReLU (hi = 0: no
+// upper bound) and ReLU6 (hi = 6).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -7,12 +8,9 @@
 #include "core/dtype.h"
 
 namespace tl::kernels {
-void relu_forward(const void* x, void* y, DType dtype, int64_t n, cudaStream_t stream);
-// dx = dy * (y > 0), or dx += ... when accumulate
-void relu_backward(const void* y, const void* dy, void* dx, DType dtype, int64_t n, bool accumulate,
-                   cudaStream_t stream);
-void relu6_forward(const void* x, void* y, DType dtype, int64_t n, cudaStream_t stream);
-// dx = dy * (0 < y < 6), or dx += ... when accumulate
-void relu6_backward(const void* y, const void* dy, void* dx, DType dtype, int64_t n, bool accumulate,
-                    cudaStream_t stream);
+// y = x > 0 ? (hi > 0 ? min(x, hi) : x) : 0
+void clamped_relu_forward(const void* x, void* y, DType dtype, int64_t n, float hi, cudaStream_t stream);
+// dx = dy * (y > 0 && (hi == 0 || y < hi)), or dx += ... when accumulate
+void clamped_relu_backward(const void* y, const void* dy, void* dx, DType dtype, int64_t n, float hi,
+                           bool accumulate, cudaStream_t stream);
 }  // namespace tl::kernels

@@ -12,115 +12,78 @@ namespace tl {
 namespace {
 constexpr int64_t kGrain = 1 << 14;  // elements per thread at least
 
+// ReLU and ReLU6 are one clamped ReLU: y = x > 0 ? (hi > 0 ? min(x, hi) : x) : 0, and the gradient passes where
+// 0 < y (< hi); hi = 0 means no upper bound (ReLU).
 template <typename T>
-void relu_forward_cpu(const T* x, T* y, int64_t n) {
+void forward_cpu(const T* x, T* y, int64_t n, T hi) {
   parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] > T(0) ? (hi > T(0) && x[i] > hi ? hi : x[i]) : T(0);
   });
 }
 template <typename T>
-void relu_backward_cpu(const T* y, const T* dy, T* dx, int64_t n, bool accumulate) {
+void backward_cpu(const T* y, const T* dy, T* dx, int64_t n, T hi, bool accumulate) {
   parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      T g = y[i] > T(0) ? dy[i] : T(0);
+      const T g = y[i] > T(0) && (hi == T(0) || y[i] < hi) ? dy[i] : T(0);
       dx[i] = accumulate ? dx[i] + g : g;
     }
   });
 }
-template <typename T>
-void relu6_forward_cpu(const T* x, T* y, int64_t n) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) y[i] = x[i] > T(0) ? (x[i] < T(6) ? x[i] : T(6)) : T(0);
-  });
+
+Tensor clamped_forward(const Tensor& x, double hi, const char* what) {
+  check_defined(x, what);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
+  if (x.is_cuda()) {
+#if TL_WITH_CUDA
+    kernels::clamped_relu_forward(x.data(), y.data(), x.dtype(), x.numel(), static_cast<float>(hi), cuda::stream());
+#endif
+  } else {
+    check_cpu_float(x, what);
+    with_cpu_float(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      forward_cpu(x.data_as<T>(), y.data_as<T>(), x.numel(), static_cast<T>(hi));
+    });
+  }
+  return y;
 }
-template <typename T>
-void relu6_backward_cpu(const T* y, const T* dy, T* dx, int64_t n, bool accumulate) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      T g = y[i] > T(0) && y[i] < T(6) ? dy[i] : T(0);
-      dx[i] = accumulate ? dx[i] + g : g;
-    }
+
+void clamped_backward(const Tensor& y, const Tensor& dy, Tensor& dx, double hi, bool accumulate, const char* what) {
+  check_same_shape(y, dy, what);
+  check_same_dtype_device(y, dy, what);
+  TL_CHECK(y.layout() == dy.layout(), ShapeError, what, ": layouts differ: ", y.str(), " vs ", dy.str());
+  prepare_grad(dx, y, accumulate, what);
+  if (y.is_cuda()) {
+#if TL_WITH_CUDA
+    kernels::clamped_relu_backward(y.data(), dy.data(), dx.data(), y.dtype(), y.numel(), static_cast<float>(hi),
+                                   accumulate, cuda::stream());
+#endif
+  } else {
+    check_cpu_float(y, what);
+    with_cpu_float(y.dtype(), [&](auto t) {
+      using T = decltype(t);
+      backward_cpu(y.data_as<T>(), dy.data_as<T>(), dx.data_as<T>(), y.numel(), static_cast<T>(hi), accumulate);
+    });
+  }
+}
+
+Variable clamped(const Variable& x, double hi, const char* what) {
+  Tensor y = clamped_forward(x.value(), hi, what);
+  if (!should_record({&x})) return Variable(y);
+  return record_op(what, y, {&x}, bytes_of({y}), [y, hi, what](const Tensor& dy, std::vector<GradSlot>& s) {
+    clamped_backward(y, dy, s[0].grad, hi, s[0].accumulate, what);
   });
 }
 }  // namespace
 
-Tensor relu_forward(const Tensor& x) {
-  check_defined(x, "relu");
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
-  if (x.is_cuda()) {
-#if TL_WITH_CUDA
-    kernels::relu_forward(x.data(), y.data(), x.dtype(), x.numel(), cuda::stream());
-#endif
-  } else {
-    check_cpu_float(x, "relu");
-    if (x.dtype() == DType::F32) relu_forward_cpu(x.data_as<float>(), y.data_as<float>(), x.numel());
-    else relu_forward_cpu(x.data_as<double>(), y.data_as<double>(), x.numel());
-  }
-  return y;
-}
-
+Tensor relu_forward(const Tensor& x) { return clamped_forward(x, 0, "relu"); }
 void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool accumulate) {
-  check_same_shape(y, dy, "relu_backward");
-  check_same_dtype_device(y, dy, "relu_backward");
-  TL_CHECK(y.layout() == dy.layout(), ShapeError, "relu_backward: layouts differ: ", y.str(), " vs ", dy.str());
-  prepare_grad(dx, y, accumulate, "relu_backward");
-  if (y.is_cuda()) {
-#if TL_WITH_CUDA
-    kernels::relu_backward(y.data(), dy.data(), dx.data(), y.dtype(), y.numel(), accumulate, cuda::stream());
-#endif
-  } else if (y.dtype() == DType::F32) {
-    relu_backward_cpu(y.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), y.numel(), accumulate);
-  } else {
-    check_cpu_float(y, "relu_backward");
-    relu_backward_cpu(y.data_as<double>(), dy.data_as<double>(), dx.data_as<double>(), y.numel(), accumulate);
-  }
+  clamped_backward(y, dy, dx, 0, accumulate, "relu_backward");
 }
+Variable relu(const Variable& x) { return clamped(x, 0, "relu"); }
 
-Variable relu(const Variable& x) {
-  Tensor y = relu_forward(x.value());
-  if (!should_record({&x})) return Variable(y);
-  return record_op("relu", y, {&x}, bytes_of({y}), [y](const Tensor& dy, std::vector<GradSlot>& s) {
-    relu_backward(y, dy, s[0].grad, s[0].accumulate);
-  });
-}
-
-Tensor relu6_forward(const Tensor& x) {
-  check_defined(x, "relu6");
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
-  if (x.is_cuda()) {
-#if TL_WITH_CUDA
-    kernels::relu6_forward(x.data(), y.data(), x.dtype(), x.numel(), cuda::stream());
-#endif
-  } else {
-    check_cpu_float(x, "relu6");
-    if (x.dtype() == DType::F32) relu6_forward_cpu(x.data_as<float>(), y.data_as<float>(), x.numel());
-    else relu6_forward_cpu(x.data_as<double>(), y.data_as<double>(), x.numel());
-  }
-  return y;
-}
-
+Tensor relu6_forward(const Tensor& x) { return clamped_forward(x, 6, "relu6"); }
 void relu6_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool accumulate) {
-  check_same_shape(y, dy, "relu6_backward");
-  check_same_dtype_device(y, dy, "relu6_backward");
-  TL_CHECK(y.layout() == dy.layout(), ShapeError, "relu6_backward: layouts differ: ", y.str(), " vs ", dy.str());
-  prepare_grad(dx, y, accumulate, "relu6_backward");
-  if (y.is_cuda()) {
-#if TL_WITH_CUDA
-    kernels::relu6_backward(y.data(), dy.data(), dx.data(), y.dtype(), y.numel(), accumulate, cuda::stream());
-#endif
-  } else if (y.dtype() == DType::F32) {
-    relu6_backward_cpu(y.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), y.numel(), accumulate);
-  } else {
-    check_cpu_float(y, "relu6_backward");
-    relu6_backward_cpu(y.data_as<double>(), dy.data_as<double>(), dx.data_as<double>(), y.numel(), accumulate);
-  }
+  clamped_backward(y, dy, dx, 6, accumulate, "relu6_backward");
 }
-
-Variable relu6(const Variable& x) {
-  Tensor y = relu6_forward(x.value());
-  if (!should_record({&x})) return Variable(y);
-  return record_op("relu6", y, {&x}, bytes_of({y}), [y](const Tensor& dy, std::vector<GradSlot>& s) {
-    relu6_backward(y, dy, s[0].grad, s[0].accumulate);
-  });
-}
+Variable relu6(const Variable& x) { return clamped(x, 6, "relu6"); }
 }  // namespace tl

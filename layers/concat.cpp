@@ -70,8 +70,7 @@ void copy_blocks(const Tensor& src, int64_t src_ld, int64_t src_off, const Tenso
         for (int64_t j = 0; j < cols; ++j) d[r * dst_ld + dst_off + j] += s[r * src_ld + src_off + j];
     });
   };
-  if (src.dtype() == DType::F32) add(src.data_as<float>(), dst.data_as<float>());
-  else add(src.data_as<double>(), dst.data_as<double>());
+  with_cpu_float(src.dtype(), [&](auto t) { add(src.data_as<decltype(t)>(), dst.data_as<decltype(t)>()); });
 }
 
 }  // namespace

@@ -329,14 +329,12 @@ void forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, co
            ", w ", w.str(), ", groups ", o.groups);
   TL_CHECK(y.layout() == x.layout(), ShapeError, "depthwise conv2d: y ", y.str(), " must take x's layout ", x.str());
   const Geo g = geo_of(x.shape(), w.shape(), o);
-  auto run = [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  with_cpu_float(x.dtype(), [&](auto t) {
+    using T = decltype(t);
     const T* b = bias.defined() ? bias.data_as<T>() : nullptr;
     if (is_nhwc(x)) forward_nhwc(x.data_as<T>(), w.data_as<T>(), b, y.data_as<T>(), g);
     else forward_nchw(x.data_as<T>(), w.data_as<T>(), b, y.data_as<T>(), g);
-  };
-  if (x.dtype() == DType::F32) run(static_cast<float*>(nullptr));
-  else run(static_cast<double*>(nullptr));
+  });
 }
 
 void backward_data(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dOptions& o, bool accumulate) {
@@ -346,13 +344,11 @@ void backward_data(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dOp
   TL_CHECK(dx.layout() == dy.layout(), ShapeError, "depthwise conv2d_backward_data: dx ", dx.str(),
            " must take dy's layout ", dy.str());
   const Geo g = geo_of(dx.shape(), w.shape(), o);
-  auto run = [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  with_cpu_float(dy.dtype(), [&](auto t) {
+    using T = decltype(t);
     if (is_nhwc(dy)) backward_data_nhwc(dy.data_as<T>(), w.data_as<T>(), dx.data_as<T>(), g, accumulate);
     else backward_data_nchw(dy.data_as<T>(), w.data_as<T>(), dx.data_as<T>(), g, accumulate);
-  };
-  if (dy.dtype() == DType::F32) run(static_cast<float*>(nullptr));
-  else run(static_cast<double*>(nullptr));
+  });
 }
 
 void backward_weight(const Tensor& dy, const Tensor& x, Tensor& dw, const Conv2dOptions& o, bool accumulate) {
@@ -362,13 +358,11 @@ void backward_weight(const Tensor& dy, const Tensor& x, Tensor& dw, const Conv2d
   TL_CHECK(x.layout() == dy.layout(), ShapeError, "depthwise conv2d_backward_weight: dy ", dy.str(),
            " must take x's layout ", x.str());
   const Geo g = geo_of(x.shape(), dw.shape(), o);
-  auto run = [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
+  with_cpu_float(x.dtype(), [&](auto t) {
+    using T = decltype(t);
     if (is_nhwc(x)) backward_weight_nhwc(dy.data_as<T>(), x.data_as<T>(), dw.data_as<T>(), g, accumulate);
     else backward_weight_nchw(dy.data_as<T>(), x.data_as<T>(), dw.data_as<T>(), g, accumulate);
-  };
-  if (x.dtype() == DType::F32) run(static_cast<float*>(nullptr));
-  else run(static_cast<double*>(nullptr));
+  });
 }
 
 }  // namespace tl::depthwise_conv

@@ -73,8 +73,7 @@ void shuffle(const Tensor& src, const Tensor& dst, int64_t groups, bool accumula
       });
     }
   };
-  if (src.dtype() == DType::F32) add(src.data_as<float>(), dst.data_as<float>());
-  else add(src.data_as<double>(), dst.data_as<double>());
+  with_cpu_float(src.dtype(), [&](auto t) { add(src.data_as<decltype(t)>(), dst.data_as<decltype(t)>()); });
 }
 
 }  // namespace

@@ -99,7 +99,7 @@ class GoogLeNet : public Model {
   Variable features(const Variable& x) override {
     CountConvBn count(*this);
     aux_.clear();
-    Variable h = (*stem_[0])(imagenet_to_unit_range(x));
+    Variable h = (*stem_[0])(transform_input_(x));
     h = max_pool2d(h, pool2d_options(3, 2, 0, true));
     h = (*stem_[2])((*stem_[1])(h));
     h = max_pool2d(h, pool2d_options(3, 2, 0, true));
@@ -146,6 +146,7 @@ class GoogLeNet : public Model {
   std::vector<ConvBnAct*> stem_;
   std::vector<InceptionBlock*> blocks_;
   Aux *aux1_, *aux2_;
+  ImageNetToUnitRange transform_input_;
   Dropout* dropout_;
   Linear* fc_;
 };

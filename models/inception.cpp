@@ -163,7 +163,7 @@ class Inception3 : public Model {
   Variable features(const Variable& x) override {
     CountConvBn count(*this);
     aux_.clear();
-    Variable h = imagenet_to_unit_range(x);
+    Variable h = transform_input_(x);
     for (size_t i = 0; i < stem_.size(); ++i) {
       h = (*stem_[i])(h);
       if (i == 2 || i == 4) h = max_pool2d(h, pool2d_options(3, 2));  // maxpool1, maxpool2
@@ -205,6 +205,7 @@ class Inception3 : public Model {
   InceptionAux* aux_logits_;
   InceptionD* d_;
   std::vector<InceptionE*> e_;
+  ImageNetToUnitRange transform_input_;
   Dropout* dropout_;
   Linear* fc_;
 };

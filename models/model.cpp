@@ -37,21 +37,22 @@ std::vector<std::string> Model::last_block() const {
   throw ValueError("model " + arch_ + " has no block below its head");
 }
 
-Variable imagenet_to_unit_range(const Variable& x) {
+Variable ImageNetToUnitRange::operator()(const Variable& x) {
   const Tensor& v = x.value();
   TL_CHECK(v.ndim() == 4 && v.size(1) == 3, ShapeError, "transform_input: expected (N, 3, H, W) images, got ", v.str());
-  const double mean[3] = {0.485, 0.456, 0.406}, std[3] = {0.229, 0.224, 0.225};
-  std::vector<double> scale, shift;
-  for (int c = 0; c < 3; ++c) {
-    scale.push_back(std[c] / 0.5);
-    shift.push_back((mean[c] - 0.5) / 0.5);
+  if (!scale_.defined() || scale_.dtype() != v.dtype() || scale_.device() != v.device()) {
+    const double mean[3] = {0.485, 0.456, 0.406}, std[3] = {0.229, 0.224, 0.225};
+    std::vector<double> scale, shift;
+    for (int c = 0; c < 3; ++c) {
+      scale.push_back(std[c] / 0.5);
+      shift.push_back((mean[c] - 0.5) / 0.5);
+    }
+    scale_ = Tensor::from_values(scale, {3, 1, 1, 1}, v.dtype()).to(v.device());
+    shift_ = Tensor::from_values(shift, {3}, v.dtype()).to(v.device());
   }
-  // A per-channel affine map: a depthwise 1x1 convolution with bias.
   Conv2dOptions o;
   o.groups = 3;
-  const Tensor w = Tensor::from_values(scale, {3, 1, 1, 1}, v.dtype()).to(v.device());
-  const Tensor b = Tensor::from_values(shift, {3}, v.dtype()).to(v.device());
-  return Variable(conv2d_forward(v, w, b, o));
+  return Variable(conv2d_forward(v, scale_, shift_, o));
 }
 
 void Model::drop_aux() {

@@ -116,6 +116,13 @@ class Model : public nn::Module {
 // torchvision's transform_input (GoogLeNet, Inception v3, set for their pretrained weights): images normalised
 // with ImageNet's mean and std become images normalised to [-1, 1], x' = x * std / 0.5 + (mean - 0.5) / 0.5 per
 // channel, the input those weights were trained on. The input is an image batch: nothing is recorded on the tape.
-Variable imagenet_to_unit_range(const Variable& x);
+// The map's constants are made once per dtype and device (not in every step).
+class ImageNetToUnitRange {
+ public:
+  Variable operator()(const Variable& x);
+
+ private:
+  Tensor scale_, shift_;  // (3, 1, 1, 1) and (3): a depthwise 1x1 convolution with bias
+};
 
 }  // namespace tl::models

@@ -101,6 +101,13 @@ const ArchSpec& arch_spec(const std::string& arch) {
   throw ValueError("unknown architecture '" + arch + "'; known: " + model_names_list());
 }
 
+InputSize input_size(const std::string& arch, int requested) {
+  const ArchSpec& spec = arch_spec(arch);
+  if (requested <= 0 || requested == spec.input_size)
+    return {static_cast<int>(spec.input_size), static_cast<int>(spec.resize_size)};
+  return {requested, requested * 256 / 224};
+}
+
 std::unique_ptr<Model> create_model(const std::string& arch, int64_t num_classes, uint64_t seed) {
   TL_CHECK(num_classes >= 1, ValueError, "create_model: num_classes must be >= 1, got ", num_classes);
   return arch_spec(arch).create(num_classes, seed);

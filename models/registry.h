@@ -61,6 +61,13 @@ std::vector<std::string> model_names();
 // "resnet18, resnet34, ..." for messages and --help.
 std::string model_names_list();
 
+// The crop and the eval resize for an --image-size of `requested`: 0 (or the architecture's own size) gives the
+// architecture's (224 / 256; inception_v3 299 / 342); another size resizes by torchvision's 256/224 ratio.
+struct InputSize {
+  int crop = 224, resize = 256;
+};
+InputSize input_size(const std::string& arch, int requested);
+
 // Architectures by torchvision's names. Weights are initialised as torchvision does (seeded).
 std::unique_ptr<Model> create_model(const std::string& arch, int64_t num_classes = 1000, uint64_t seed = 0);
 

@@ -140,6 +140,65 @@ TEST(Train, FinetuneReachesTheSameLossesAsPyTorch) {
   }
 }
 
+// The new architectures doing the same full fine-tune as PyTorch, in float64 on both sides (the tight check above:
+// 1e-9 relative): mobilenet_v2 (ReLU6, depthwise, linear bottlenecks) and shufflenet_v2_x1_0 (split, channel
+// shuffle) at 32 px, googlenet at 64 px and inception_v3 at 299 px (its auxiliary classifier needs that) with their
+// auxiliary classifiers in the loss (main + 0.3 (aux1 + aux2), main + 0.4 aux). Dropout off on both sides.
+TEST(Train, NewArchitecturesFinetuneLikePyTorch) {
+  struct Case {
+    std::string arch;
+    int size;
+  };
+  for (const Case& c : {Case{"mobilenet_v2", 32}, Case{"shufflenet_v2_x1_0", 32}, Case{"googlenet", 64},
+                        Case{"inception_v3", 299}}) {
+    const std::string d = fresh_dir("train_parity_" + c.arch);
+    const bool large = c.size > 100;  // one batch of 8 train images and 4 val images keeps 299 px quick
+    const std::string data = make_data(d + "/data", large ? 2 : 8, large ? 1 : 4);
+    run_torch_script("finetune_parity.py", "weights " + data + " " + d + " " + c.arch);
+    std::string log;
+    ASSERT_EQ(run_command(std::string(TL_CONVERT_PTH) + " " + d + "/init.pth " + d + "/init.bin", &log), 0) << log;
+    run_torch_script("finetune_parity.py", "train " + data + " " + d + " full 1 0.001 0.0005 fp64 " + c.arch + " " +
+                                               std::to_string(c.size));
+    std::ifstream f(d + "/torch_full_fp64.json");
+    const nlohmann::json ref = nlohmann::json::parse(f);
+    train::TrainOptions o = tiny(data, d + "/run");
+    o.arch = c.arch;
+    o.image_size = c.size;
+    o.weights = d + "/init.bin";
+    o.shuffle = false;
+    o.epochs = 1;
+    o.lr = 0.001;
+    o.weight_decay = 5e-4;
+    o.precision = "fp64";
+    o.dropout = 0;
+    std::ostringstream out;
+    train::run_training(o, out);
+    const std::vector<nlohmann::json> ours = read_jsonl(o.out + "/metrics.jsonl");
+    ASSERT_EQ(ours.size(), 1u) << out.str();
+    for (const char* phase : {"train", "val"}) {
+      const double t = ref[std::string(phase) + "_loss"][0], mine = ours[0][phase]["loss"];
+      EXPECT_NEAR(mine, t, 1e-9 * std::fabs(t)) << c.arch << " " << phase << " loss (float64)";
+      std::printf("[parity] %s %s loss: ours %.12g, PyTorch %.12g\n", c.arch.c_str(), phase, mine, t);
+    }
+  }
+}
+
+// --no-aux: GoogLeNet trains without its auxiliary classifiers, and the weights it writes have none.
+TEST(Train, NoAuxDropsTheAuxiliaryClassifiers) {
+  const std::string d = fresh_dir("train_noaux");
+  const std::string data = make_data(d + "/data", 2, 1);
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.arch = "googlenet";
+  o.epochs = 1;
+  o.aux = false;
+  std::ostringstream out;
+  train::run_training(o, out);
+  EXPECT_NE(out.str().find("auxiliary classifiers dropped"), std::string::npos) << out.str();
+  const io::TensorFile saved = io::read_safetensors(o.out + "/best.bin");
+  EXPECT_TRUE(saved.has("fc.weight"));
+  for (const std::string& name : saved.names) EXPECT_NE(name.rfind("aux", 0), 0u) << name;
+}
+
 TEST(Train, ResumeAfterAStopGivesTheSameWeightsAsOneRun) {
   const std::string d = fresh_dir("train_resume");
   const std::string data = make_data(d + "/data");

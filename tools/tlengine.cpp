@@ -33,6 +33,9 @@ void on_sigint(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
 }
 
+constexpr const char* kImageSizeHelp =
+    "crop size; 0: the architecture's (224; inception_v3 299, resized from 342 for evaluation)";
+
 void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--data", o.data, "ImageFolder root: train/<class>/*.jpg and val/<class>/*.jpg")->required();
   c.add_option("--arch", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
@@ -65,7 +68,10 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
       ->delimiter(',');
   c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
   c.add_option("--val-split", o.val_split, "fraction held out (stratified) when there is no val/")->capture_default_str();
-  c.add_option("--image-size", o.image_size)->capture_default_str();
+  c.add_option("--image-size", o.image_size, kImageSizeHelp)->capture_default_str();
+  c.add_option("--dropout", o.dropout,
+               "dropout probability of the model's dropout layers (default: the architecture's own, e.g. VGG 0.5, "
+               "mobilenet_v2 0.2; 0 turns dropout off, which lets the feature cache apply)");
   c.add_flag("!--no-aux", o.aux,
              "drop the auxiliary classifiers of inception_v3 and googlenet (by default they train with the main "
              "one: loss = main + 0.4 aux, or + 0.3 (aux1 + aux2), as torchvision's recipe)");
@@ -115,7 +121,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--data", eo.data, "ImageFolder root (its <split>/ sub-folder when present)")->required();
   eval_cmd->add_option("--split", eo.split)->capture_default_str();
   eval_cmd->add_option("--batch-size", eo.batch_size)->capture_default_str();
-  eval_cmd->add_option("--image-size", eo.image_size)->capture_default_str();
+  eval_cmd->add_option("--image-size", eo.image_size, kImageSizeHelp)->capture_default_str();
   eval_cmd->add_option("--val-transform", eo.val_transform)->capture_default_str();
   eval_cmd->add_option("--device", eo.device)->capture_default_str();
   eval_cmd->add_option("--on-bad-image", eo.on_bad_image)->capture_default_str();
@@ -131,7 +137,7 @@ int main(int argc, char** argv) {
   pred_cmd->add_option("--format", po.format, "json | csv")->capture_default_str();
   pred_cmd->add_option("--logits", po.logits, "write the raw logits (N, C) to this .npy");
   pred_cmd->add_option("--batch-size", po.batch_size)->capture_default_str();
-  pred_cmd->add_option("--image-size", po.image_size)->capture_default_str();
+  pred_cmd->add_option("--image-size", po.image_size, kImageSizeHelp)->capture_default_str();
   pred_cmd->add_option("--val-transform", po.val_transform)->capture_default_str();
   pred_cmd->add_option("--device", po.device)->capture_default_str();
   pred_cmd->add_flag("--allow-nonfinite-weights", po.allow_nonfinite_weights, kNonfiniteHelp);
@@ -155,7 +161,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--precision", bo.precision, "fp32 (TF32 convolutions) | bf16 (NHWC, CUDA)")
       ->capture_default_str();
   bench_cmd->add_option("--batch", bo.batch)->capture_default_str();
-  bench_cmd->add_option("--image-size", bo.image_size)->capture_default_str();
+  bench_cmd->add_option("--image-size", bo.image_size, kImageSizeHelp)->capture_default_str();
   bench_cmd->add_option("--classes", bo.classes)->capture_default_str();
   bench_cmd->add_option("--warmup", bo.warmup, "untimed steps first")->capture_default_str();
   bench_cmd->add_option("--steps", bo.steps, "timed steps (the median is reported)")->capture_default_str();

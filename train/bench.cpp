@@ -94,8 +94,10 @@ ModeFreeze mode_freeze(const models::Model& model, const std::string& mode) {
   return {"backbone", trainable};
 }
 
-BenchResult run_bench(const BenchOptions& o, std::ostream& log) {
-  const Clock::time_point start = o.start.value_or(Clock::now());
+BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
+  const Clock::time_point start = options.start.value_or(Clock::now());
+  BenchOptions o = options;
+  o.image_size = models::input_size(o.model, static_cast<int>(o.image_size)).crop;  // 0: the architecture's
   TL_CHECK(o.precision == "fp32" || o.precision == "bf16", ValueError, "--precision must be fp32 or bf16, got '",
            o.precision, "'");
   TL_CHECK(o.batch >= 1 && o.image_size >= 16 && o.classes >= 2, ValueError,

@@ -35,7 +35,7 @@ struct BenchOptions {
   std::string mode = "full";        // full | last_block | head
   std::string precision = "fp32";   // fp32 | bf16
   int64_t batch = 64;
-  int64_t image_size = 224;
+  int64_t image_size = 0;           // 0: the architecture's (224, inception_v3 299)
   int64_t classes = 10;
   int warmup = 10;                  // untimed steps; the first step always runs untimed (start-up time)
   int steps = 30;

@@ -90,8 +90,9 @@ int64_t run_predict(const PredictOptions& o, std::ostream& out, std::ostream& lo
     for (int64_t i = 0; i < x.size(0); ++i) names.push_back(o.npy + "[" + std::to_string(i) + "]");
     batches.push_back(x);
   } else {
-    const io::Compose t = o.val_transform == "resize" ? io::eval_resize_transform(o.image_size)
-                                                      : io::eval_transform(o.image_size * 256 / 224, o.image_size);
+    const models::InputSize in = models::input_size(lm.model->arch(), o.image_size);
+    const io::Compose t = o.val_transform == "resize" ? io::eval_resize_transform(in.crop)
+                                                      : io::eval_transform(in.resize, in.crop);
     names = expand_inputs(o.inputs);
     TL_CHECK(t.output_size().has_value(), ValueError, "predict: the transform has no fixed output size");
     const io::Size2 size = *t.output_size();

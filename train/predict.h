@@ -19,7 +19,7 @@ struct PredictOptions {
   std::string device = "auto";
   int64_t batch_size = 32;
   std::string val_transform = "crop";  // crop: Resize(256) + CenterCrop(224); resize: Resize((224, 224))
-  int image_size = 224;
+  int image_size = 0;  // 0: the architecture's (224, inception_v3 299)
   bool allow_nonfinite_weights = false;  // accept weights with NaN / Inf values (refused by default)
 };
 

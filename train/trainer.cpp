@@ -50,10 +50,10 @@ Precision parse_precision(const std::string& name, Device dev) {
 
 namespace {
 
-io::Compose val_compose(const std::string& kind, int size) {
-  if (kind == "resize") return io::eval_resize_transform(size);
+io::Compose val_compose(const std::string& kind, const models::InputSize& size) {
+  if (kind == "resize") return io::eval_resize_transform(size.crop);
   TL_CHECK(kind == "crop", ValueError, "--val-transform must be crop or resize, got '", kind, "'");
-  return io::eval_transform(size * 256 / 224, size);
+  return io::eval_transform(size.resize, size.crop);
 }
 
 LRSchedule make_schedule(const TrainOptions& o) {
@@ -139,9 +139,10 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
   lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
   io::LoaderOptions train_lo = lo;
   train_lo.shuffle = o.shuffle;
-  const io::Compose train_t = o.augment ? io::train_transform(o.image_size) : val_compose(o.val_transform, o.image_size);
+  const models::InputSize size = models::input_size(o.arch, o.image_size);
+  const io::Compose train_t = o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
   d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_t, train_lo);
-  d.val = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, o.image_size), lo);
+  d.val = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, size), lo);
   TL_CHECK(d.train->batches_per_epoch() > 0, ValueError, "the training set is empty");
   return d;
 }
@@ -150,6 +151,10 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_classes, Device dev, Precision prec,
                                            FreezePlan& plan, std::ostream& log) {
   auto model = models::create_model(o.arch, num_classes, o.seed);
+  if (o.dropout >= 0) {
+    TL_CHECK(o.dropout <= 1, ValueError, "--dropout must be in [0, 1], got ", o.dropout);
+    model->set_dropout(o.dropout);
+  }
   if (!o.aux && model->has_aux()) {
     model->drop_aux();
     log << "auxiliary classifiers dropped (--no-aux)\n";
@@ -216,7 +221,7 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
                                    Device dev, Precision prec, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
-  const int64_t bytes = rows * model.feature_numel(o.image_size) * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
+  const int64_t bytes = rows * model.feature_numel(models::input_size(o.arch, o.image_size).crop) * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
   const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, views, bytes,
                                                  static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
   log << fc.reason << "\n";
@@ -436,7 +441,7 @@ std::vector<const io::Sample*> grid_picks(const io::DataSplits& splits, int64_t 
 // predictions.png: val images titled with the predicted and true class.
 void write_prediction_grid(const TrainOptions& o, const io::DataSplits& splits, models::Model& model, Device dev,
                            Precision prec) {
-  const io::Compose vt = val_compose(o.val_transform, o.image_size);
+  const io::Compose vt = val_compose(o.val_transform, models::input_size(o.arch, o.image_size));
   NoGradGuard no_grad;
   model.eval();
   std::vector<GridItem> items;
@@ -547,7 +552,7 @@ double run_eval(const EvalOptions& o, std::ostream& log) {
   lo.batch_size = o.batch_size;
   lo.num_workers = o.workers;
   lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
-  io::DataLoader loader(folder.samples, val_compose(o.val_transform, o.image_size), lo);
+  io::DataLoader loader(folder.samples, val_compose(o.val_transform, models::input_size(lm.model->arch(), o.image_size)), lo);
   ClassificationMetrics m(static_cast<int>(lm.classes.size()));
   Progress p("eval", 1, 1, loader.batches_per_epoch(), log);
   evaluate(*lm.model, loader, dev, prec, CrossEntropyOptions{}, m, &p);

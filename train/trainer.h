@@ -17,12 +17,14 @@ struct TrainOptions {
   // Data
   std::string data;        // ImageFolder root with train/ and val/ (or --val-split)
   double val_split = 0.0;  // stratified fraction held out when there is no val/
-  int image_size = 224;    // crop size
+  int image_size = 0;      // crop size; 0: the architecture's (224, inception_v3 299)
   std::string val_transform = "crop";  // "crop": Resize(size*256/224) + CenterCrop(size); "resize": Resize((s, s))
   bool augment = true;     // RandomResizedCrop + flip for training (off: the val transform)
   // Train the auxiliary classifiers (Inception v3, GoogLeNet) with the main one, as torchvision's recipe does
   // (off: --no-aux removes them).
   bool aux = true;
+  // Dropout probability of the model's dropout layers (--dropout); negative: the architecture's default.
+  double dropout = -1;
   bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
   int workers = 4;
   std::string cache_images = "auto";  // decoded images kept in RAM: auto (a quarter of the memory) | off | <GB>
@@ -104,7 +106,7 @@ Precision parse_precision(const std::string& name, Device device);
 // Metrics of a weights file on a data folder (`tlengine eval`): prints the report, returns top-1 accuracy.
 struct EvalOptions {
   std::string weights, data, split = "val", device = "auto", val_transform = "crop", on_bad_image = "fail";
-  int image_size = 224, workers = 4;
+  int image_size = 0, workers = 4;  // image_size 0: the architecture's
   int64_t batch_size = 64;
   std::string json;  // optional: metrics as JSON
   bool allow_nonfinite_weights = false;
