@@ -8,6 +8,8 @@
 #include "models/registry.h"
 #include "models/weights.h"
 #include "tl_testing.h"
+#include "train/bench.h"
+#include "train/freeze.h"
 
 using namespace tl;
 using namespace tl::testing;
@@ -188,6 +190,22 @@ TEST(Models, EveryRegisteredArchitectureIsComplete) {
     }
     for (const std::string& b : blocks) EXPECT_TRUE(modules.count(b)) << "block " << b;
     for (const std::string& b : m->last_block()) EXPECT_TRUE(modules.count(b)) << "last block " << b;
+    // The freeze plans train, bench and the CLI build: backbone trains the heads only, the last block adds more,
+    // until=<a middle block> more again, none everything.
+    train::FreezeOptions f;
+    f.freeze = "backbone";
+    const train::FreezePlan head = train::apply_freeze(*m, f);
+    EXPECT_TRUE(m->in_head(head.first_trainable)) << head.first_trainable;
+    const train::ModeFreeze last = train::mode_freeze(*m, "last_block");
+    f.trainable = last.trainable;
+    const int64_t last_params = train::apply_freeze(*m, f).trainable_params;
+    EXPECT_GT(last_params, head.trainable_params);
+    f.trainable.clear();
+    f.freeze = "until=" + blocks[blocks.size() / 2];
+    const int64_t until_params = train::apply_freeze(*m, f).trainable_params;
+    EXPECT_GT(until_params, head.trainable_params);
+    f.freeze = "none";
+    EXPECT_GT(train::apply_freeze(*m, f).trainable_params, std::max(last_params, until_params));
     std::map<std::string, Shape> shapes;
     for (nn::StateEntry& e : m->state()) shapes[e.name] = e.shape();
     ASSERT_TRUE(shapes.count(spec.head_weight)) << spec.head_weight;

@@ -581,6 +581,44 @@ TEST(Train, FeatureCacheViewsHoldEachEpochsAugmentedImages) {
   EXPECT_EQ(read_jsonl(o.out + "/metrics.jsonl").size(), 2u);
 }
 
+// --cache-dtype float16 / bfloat16: each cached feature is the float32 feature rounded once to that dtype (and
+// widened back to float32 in the batches); a run with it trains; an unknown storage is refused by name.
+TEST(Train, FeatureCacheHalfStorageRoundsEachFeatureOnce) {
+  const std::string d = fresh_dir("train_feature_cache_half");
+  const std::string data = make_data(d + "/data");
+  auto model = models::create_model("resnet18", 4, 0);
+  train::FreezeOptions f;
+  f.freeze = "backbone";
+  f.freeze_bn = true;
+  train::apply_freeze(*model, f);
+  io::ImageFolder folder = io::scan_image_folder(data + "/train");
+  io::LoaderOptions lo;
+  lo.batch_size = 4;
+  lo.num_workers = 2;
+  io::DataLoader loader(folder.samples, io::eval_resize_transform(32), lo);
+  std::ostringstream log;
+  train::FeatureCache full(*model, loader, Device::CPU, DType::F32, Layout::NCHW, "f32", true, log);
+  for (DType storage : {DType::F16, DType::BF16}) {
+    train::FeatureCache half(*model, loader, Device::CPU, DType::F32, Layout::NCHW, "half", true, log, 1, "", storage);
+    for (int64_t b = 0; b < full.batches_per_epoch(); ++b) {
+      const Tensor a = full.batch(0, b).features, h = half.batch(0, b).features;
+      EXPECT_EQ(h.dtype(), DType::F32);
+      EXPECT_EQ(h.to_doubles(), a.to(storage).to(DType::F32).to_doubles()) << dtype_name(storage) << " batch " << b;
+      EXPECT_NE(h.to_doubles(), a.to_doubles()) << "the rounding happened";
+    }
+  }
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.freeze = f;
+  o.cache_dtype = "bfloat16";
+  std::ostringstream out;
+  train::run_training(o, out);
+  EXPECT_NE(out.str().find("feature cache: on"), std::string::npos) << out.str();
+  EXPECT_EQ(read_jsonl(o.out + "/metrics.jsonl").size(), 2u);
+  o.cache_dtype = "int8";
+  o.out = d + "/bad";
+  EXPECT_TRUE(contains(error_of([&] { train::run_training(o, out); }), "--cache-dtype"));
+}
+
 // Over the RAM budget the features go to a memory-mapped scratch file under --out: the same run as in RAM, and no
 // file left behind. A scratch file that cannot be created is an IOError naming it.
 TEST(Train, FeatureCacheSpillsToAMappedFileOverTheBudget) {

@@ -90,6 +90,10 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
              "run the frozen backbone every epoch instead of once per image (the feature cache is on where it is "
              "exact: only the head trains, --freeze-bn, --no-augment)");
   c.add_option("--cache-budget", o.cache_budget_gb, "GB of RAM for cached features")->capture_default_str();
+  c.add_option("--cache-dtype", o.cache_dtype,
+               "storage of cached features: float32 | float16 | bfloat16 (half the memory, rounded once; see "
+               "bench/NOTES.md for the accuracy measured)")
+      ->capture_default_str();
   c.add_option("--cache-views", o.cache_views,
                "with augmentation, cache K augmented views per image and train each epoch on one of them per image: "
                "an APPROXIMATION of fresh augmentation (K crops and flips per image, not new ones every epoch), "

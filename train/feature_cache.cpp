@@ -54,17 +54,23 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                            const std::string& what, bool quiet, std::ostream& log, int views,
-                           const std::string& spill_path)
-    : loader_(loader), dev_(dev), dtype_(dtype == DType::F64 ? DType::F64 : DType::F32), views_(views) {
+                           const std::string& spill_path, DType storage)
+    : loader_(loader),
+      dev_(dev),
+      dtype_(dtype == DType::F64 ? DType::F64 : DType::F32),
+      storage_(dtype == DType::F64 ? DType::F64 : storage),
+      views_(views) {
+  TL_CHECK(storage_ == DType::F32 || storage_ == DType::F64 || is_floating_half(storage_), ValueError,
+           "feature cache: storage must be float32, float16 or bfloat16, got ", dtype_name(storage_));
   TL_CHECK(views >= 1, ValueError, "feature cache: views must be >= 1, got ", views);
   const int64_t n = loader.num_samples();
   // The rows are allocated at the first batch, when the features' shape is known.
   auto allocate = [&](const Tensor& first) {
     sample_shape_ = Shape(first.shape().begin() + 1, first.shape().end());
     dim_ = first.numel() / first.size(0);
-    const size_t total = static_cast<size_t>(views * n * dim_) * dtype_size(dtype_);
+    const size_t total = static_cast<size_t>(views * n * dim_) * dtype_size(storage_);
     if (spill_path.empty()) {
-      rows_ = Tensor::zeros({views * n, dim_}, dtype_);
+      rows_ = Tensor::zeros({views * n, dim_}, storage_);
       base_ = static_cast<char*>(rows_.data());
     } else {
       spill_ = std::make_unique<io::MappedScratch>(spill_path, total);  // zero-filled by the filesystem
@@ -80,11 +86,11 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
     loader.start_epoch(v);  // view v = epoch v's transform draws
     while (const io::Batch* b = loader.next()) {
       Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
-      Tensor host = f.to(Device::CPU, dtype_, Layout::NCHW);
+      Tensor host = f.to(Device::CPU, storage_, Layout::NCHW);  // rounded once to the storage dtype
       if (!base_) allocate(host);
       TL_CHECK(host.size(0) == b->size && host.numel() == b->size * dim_, ShapeError, "feature cache: features of "
                "shape ", shape_str(host.shape()), ", expected ", b->size, " x ", shape_str(sample_shape_));
-      const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
+      const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(storage_);
       for (int64_t r = 0; r < b->size; ++r) {
         const int64_t id = b->samples[r];
         std::memcpy(base_ + static_cast<size_t>(v * n + id) * row_bytes,
@@ -125,8 +131,8 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
   if (out.size == 0) return out;
   Shape shape{out.size};
   shape.insert(shape.end(), sample_shape_.begin(), sample_shape_.end());
-  Tensor f = Tensor::empty(shape, dtype_);
-  const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(dtype_);
+  Tensor f = Tensor::empty(shape, storage_);
+  const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(storage_);
   Tensor labels = Tensor::empty({out.size}, DType::I32);
   for (int64_t r = 0; r < out.size; ++r) {
     const int64_t id = ids[static_cast<size_t>(r)];
@@ -137,7 +143,7 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
     labels.data_as<int32_t>()[r] = label;
     out.labels_host.push_back(label);
   }
-  out.features = f.to(dev_);
+  out.features = f.to(dev_, dtype_, Layout::NCHW);  // float16/bfloat16 rows widen to the run's dtype
   out.labels = labels.to(dev_);
   return out;
 }

@@ -41,9 +41,11 @@ class FeatureCache {
   // View v holds the images as the loader gives them in epoch v (with a random transform: epoch v's crops and
   // flips). views = 1 for a deterministic transform.
   // `spill_path` non-empty: the rows live in a memory-mapped scratch file there (io::MappedScratch), not in RAM.
+  // `storage`: the rows' dtype, float32 or (half the memory, rounded once) float16 / bfloat16; float64 runs always
+  // store float64.
   FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                const std::string& what, bool quiet, std::ostream& log, int views = 1,
-               const std::string& spill_path = "");
+               const std::string& spill_path = "", DType storage = DType::F32);
 
   struct Batch {
     Tensor features;  // (size, feature shape...) on the run's device, in the run's dtype
@@ -66,7 +68,8 @@ class FeatureCache {
  private:
   const io::DataLoader& loader_;
   Device dev_;
-  DType dtype_;
+  DType dtype_;    // the features' dtype in a batch: the run's (float32, or float64 in fp64 runs)
+  DType storage_;  // the rows' dtype: dtype_, or float16 / bfloat16 (--cache-dtype) to halve the memory
   int views_ = 1;
   int64_t dim_ = 0;
   Shape sample_shape_;  // the features' shape after the batch dimension: (D) for a linear head

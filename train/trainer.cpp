@@ -221,7 +221,14 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
                                    Device dev, Precision prec, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
-  const int64_t bytes = rows * model.feature_numel(models::input_size(o.arch, o.image_size).crop) * static_cast<int64_t>(prec.dtype == DType::F64 ? 8 : 4);
+  TL_CHECK(o.cache_dtype == "float32" || o.cache_dtype == "float16" || o.cache_dtype == "bfloat16", ValueError,
+           "--cache-dtype must be float32, float16 or bfloat16, got '", o.cache_dtype, "'");
+  const DType storage = prec.dtype == DType::F64       ? DType::F64
+                        : o.cache_dtype == "float16"   ? DType::F16
+                        : o.cache_dtype == "bfloat16" ? DType::BF16
+                                                       : DType::F32;
+  const int64_t bytes = rows * model.feature_numel(models::input_size(o.arch, o.image_size).crop) *
+                        static_cast<int64_t>(dtype_size(storage));
   const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, views, bytes,
                                                  static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
   log << fc.reason << "\n";
@@ -230,11 +237,11 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
   auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
-                                           views, spill(".feature_cache_train.tmp"));
+                                           views, spill(".feature_cache_train.tmp"), storage);
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
   if (data.val->num_samples() > 0) {
     c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
-                                           spill(".feature_cache_val.tmp"));
+                                           spill(".feature_cache_val.tmp"), storage);
     if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
   }
   return c;

@@ -65,6 +65,9 @@ struct TrainOptions {
   // With augmentation: cache this many augmented views per train image and train each epoch on one drawn per image
   // (an approximation of fresh augmentation; --cache-views). 0: no cache with augmentation.
   int cache_views = 0;
+  // Storage of the cached features: float32, or float16 / bfloat16 (half the memory; rounded once, measured in
+  // bench/NOTES.md). --cache-dtype.
+  std::string cache_dtype = "float32";
   bool resume = false;
   uint64_t seed = 0;
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
