@@ -94,17 +94,18 @@ class DenseNet : public Model {
     }
   }
 
-  Variable features(const Variable& x) override {
-    Variable h = max_pool2d(relu((*norm0_)((*conv0_)(x))), pool2d_options(3, 2, 1));
-    for (size_t b = 0; b < blocks_.size(); ++b) {
-      std::vector<Variable> features{h};
-      for (DenseLayer* layer : blocks_[b]) features.push_back((*layer)(features));
-      h = concat(features, 1);
-      if (b < transitions_.size()) h = (*transitions_[b])(h);
-    }
-    return flatten(adaptive_avg_pool2d(relu((*norm5_)(h)), 1, 1), 1);
-  }
+  Variable features(const Variable& x) override { return tail(units(stem(x), 0, num_units())); }
   Variable head(const Variable& f) override { return (*classifier_)(f); }
+  // Cut after any dense block or transition: features.denseblock1, features.transition1, ..., features.denseblock4.
+  std::vector<std::string> cut_points() const override {
+    std::vector<std::string> out;
+    for (size_t u = 0; u < num_units(); ++u)
+      out.push_back(u % 2 == 0 ? "features.denseblock" + std::to_string(u / 2 + 1)
+                               : "features.transition" + std::to_string(u / 2 + 1));
+    return out;
+  }
+  Variable run_until(const Variable& x, size_t cut) override { return units(stem(x), 0, cut + 1); }
+  Variable run_from(const Variable& h, size_t cut) override { return head(tail(units(h, cut + 1, num_units()))); }
 
   std::vector<std::string> head_names() const override { return {"classifier"}; }
   // The last dense block (features.norm5, between it and the head, stays frozen).
@@ -129,6 +130,22 @@ class DenseNet : public Model {
     }
     return c;
   }
+  // The forward pass as units: unit 2b is dense block b + 1, unit 2b + 1 transition b + 1.
+  size_t num_units() const { return blocks_.size() + transitions_.size(); }
+  Variable stem(const Variable& x) { return max_pool2d(relu((*norm0_)((*conv0_)(x))), pool2d_options(3, 2, 1)); }
+  Variable units(Variable h, size_t first, size_t last) {
+    for (size_t u = first; u < last; ++u) {
+      if (u % 2 == 1) {
+        h = (*transitions_[u / 2])(h);
+        continue;
+      }
+      std::vector<Variable> features{h};
+      for (DenseLayer* layer : blocks_[u / 2]) features.push_back((*layer)(features));
+      h = concat(features, 1);
+    }
+    return h;
+  }
+  Variable tail(const Variable& h) { return flatten(adaptive_avg_pool2d(relu((*norm5_)(h)), 1, 1), 1); }
   Conv2d* conv0_;
   BatchNorm2d *norm0_, *norm5_;
   std::vector<std::vector<DenseLayer*>> blocks_;

@@ -16,6 +16,13 @@ bool Model::stochastic_features() const {
   return false;
 }
 
+Variable Model::run_until(const Variable&, size_t cut) {
+  throw ValueError(detail::concat(arch_, " has no cut point ", cut, " (it can be cut at its head only)"));
+}
+Variable Model::run_from(const Variable&, size_t cut) {
+  throw ValueError(detail::concat(arch_, " has no cut point ", cut, " (it can be cut at its head only)"));
+}
+
 void Model::set_dropout(double p) {
   for (auto& [name, m] : named_modules())
     if (auto* d = dynamic_cast<nn::Dropout*>(m)) d->p = p;

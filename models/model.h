@@ -21,6 +21,18 @@ class Model : public nn::Module {
   virtual Variable features(const Variable& x) = 0;
   // logits (N, num_classes) from features (N, head_in_features()).
   virtual Variable head(const Variable& features) = 0;
+  // The forward pass cut at a block boundary, for a feature cache below the first trainable block (train/
+  // feature_cache.h). cut_points() names, in forward order, the blocks (of blocks()) after which the pass can be cut;
+  // the head boundary (features() / head()) is always there and not listed. For cut point i:
+  //   forward(x) == run_from(run_until(x, i), i)
+  // run_until runs the images up to and including block cut_points()[i], run_from the rest, heads included.
+  // Default: no cut points.
+  virtual std::vector<std::string> cut_points() const { return {}; }
+  virtual Variable run_until(const Variable& x, size_t cut);
+  virtual Variable run_from(const Variable& h, size_t cut);
+  // Either boundary: cut < 0 is the head boundary (features() / head()), else cut point `cut`.
+  Variable forward_until(const Variable& x, int cut) { return cut < 0 ? features(x) : run_until(x, static_cast<size_t>(cut)); }
+  Variable forward_from(const Variable& h, int cut) { return cut < 0 ? head(h) : run_from(h, static_cast<size_t>(cut)); }
   // True when features() in train() mode draws random numbers (dropout below the head), so that two calls on
   // the same image differ.
   // Default: any nn::Dropout with p > 0 (a model whose dropout sits only in its heads overrides this).

@@ -82,8 +82,10 @@ class ResNet : public Model {
       auto& seq = add_module<Sequential>("layer" + std::to_string(stage + 1));
       for (int b = 0; b < layers[static_cast<size_t>(stage)]; ++b) {
         const int stride = (b == 0 && stage > 0) ? 2 : 1;
-        blocks_.push_back(&seq.add<Block>(std::to_string(b), bottleneck, inplanes, planes, stride, groups,
-                                          width_per_group, gen));
+        Block& block = seq.add<Block>(std::to_string(b), bottleneck, inplanes, planes, stride, groups,
+                                      width_per_group, gen);
+        if (b == 0) stages_.emplace_back();
+        stages_.back().push_back(&block);
         inplanes = planes * (bottleneck ? 4 : 1);
       }
     }
@@ -92,12 +94,16 @@ class ResNet : public Model {
 
   Variable features(const Variable& x) override {
     CountConvBn count(*this);
-    Variable h = conv_bn_act(*conv1_, *bn1_, x, nullptr, true);
-    h = max_pool2d(h, pool2d_options(3, 2, 1));
-    for (Block* b : blocks_) h = (*b)(h);
-    return flatten(adaptive_avg_pool2d(h, 1, 1), 1);
+    return pool(stages(stem(x), 0, stages_.size()));
   }
   Variable head(const Variable& f) override { return (*fc_)(f); }
+  // Cut after layer1, layer2 or layer3 (after layer4 only the pool lies before the head: the head boundary).
+  std::vector<std::string> cut_points() const override { return {"layer1", "layer2", "layer3"}; }
+  Variable run_until(const Variable& x, size_t cut) override {
+    CountConvBn count(*this);
+    return stages(stem(x), 0, cut + 1);
+  }
+  Variable run_from(const Variable& h, size_t cut) override { return head(pool(stages(h, cut + 1, stages_.size()))); }
 
   std::vector<std::string> head_names() const override { return {"fc"}; }
   std::vector<std::string> blocks() const override {
@@ -108,7 +114,17 @@ class ResNet : public Model {
  private:
   Conv2d* conv1_;
   BatchNorm2d* bn1_;
-  std::vector<Block*> blocks_;
+  Variable stem(const Variable& x) {
+    return max_pool2d(conv_bn_act(*conv1_, *bn1_, x, nullptr, true), pool2d_options(3, 2, 1));
+  }
+  // layer<first + 1> .. layer<last>
+  Variable stages(Variable h, size_t first, size_t last) {
+    for (size_t s = first; s < last; ++s)
+      for (Block* b : stages_[s]) h = (*b)(h);
+    return h;
+  }
+  static Variable pool(const Variable& h) { return flatten(adaptive_avg_pool2d(h, 1, 1), 1); }
+  std::vector<std::vector<Block*>> stages_;  // layer1..layer4
   Linear* fc_;
 };
 // torchvision's configurations: blocks per stage, bottleneck, groups and width per group.

@@ -514,6 +514,45 @@ TEST(Train, FeatureCacheGivesTheSameRunAsTheBackboneEveryEpoch) {
   }
 }
 
+// The cache at a block boundary (--freeze until=<block> --freeze-bn --no-augment): the frozen part runs once per
+// image and the trainable blocks after it train on its stored output; the same run as without the cache (float64
+// to 1e-12, float32 to 1e-5), for ResNet (cut after layer3) and DenseNet (cut after transition2).
+TEST(Train, FeatureCacheAtABlockBoundaryGivesTheSameRun) {
+  const std::string d = fresh_dir("train_feature_cache_cut");
+  const std::string data = make_data(d + "/data");
+  struct Case {
+    std::string arch, until, cut;
+  };
+  for (const Case& c : {Case{"resnet18", "layer3", "layer3"}, Case{"densenet121", "features.transition2",
+                                                                     "features.transition2"}}) {
+    for (const std::string precision : {"fp64", "fp32"}) {
+      std::map<bool, std::vector<nlohmann::json>> lines;
+      for (bool cached : {false, true}) {
+        train::TrainOptions o = tiny(data, d + "/" + c.arch + "_" + precision + (cached ? "_cached" : "_plain"));
+        o.arch = c.arch;
+        o.freeze.freeze = "until=" + c.until;
+        o.freeze.freeze_bn = true;
+        o.shuffle = true;
+        o.precision = precision;
+        o.feature_cache = cached;
+        std::ostringstream out;
+        train::run_training(o, out);
+        if (cached) {
+          EXPECT_NE(out.str().find("feature cache: on at " + c.cut), std::string::npos) << out.str();
+        }
+        lines[cached] = read_jsonl(o.out + "/metrics.jsonl");
+      }
+      const double tol = precision == "fp64" ? 1e-12 : 1e-5;
+      ASSERT_EQ(lines[true].size(), lines[false].size());
+      for (size_t e = 0; e < lines[true].size(); ++e)
+        for (const char* phase : {"train", "val"}) {
+          const double a = lines[false][e][phase]["loss"], b = lines[true][e][phase]["loss"];
+          EXPECT_NEAR(b, a, tol * std::fabs(a)) << c.arch << " " << precision << " epoch " << e + 1 << " " << phase;
+        }
+    }
+  }
+}
+
 // --cache-views K with augmentation: view v holds the backbone's features of the loader's epoch-v images (its crops
 // and flips), each epoch draws one view per image (all views used), and a run with it says it approximates.
 TEST(Train, FeatureCacheViewsHoldEachEpochsAugmentedImages) {
@@ -693,9 +732,19 @@ TEST(Train, FeatureCachePlanSaysWhyItIsOff) {
   EXPECT_NE(c.reason.find("memory-mapped scratch file"), std::string::npos) << c.reason;
   EXPECT_NE(c.reason.find("budget"), std::string::npos) << c.reason;
   EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).spill);
+  // Frozen up to layer3: the cache cuts there (layer4 and fc train on layer3's stored output).
   f.freeze = "until=layer3";
   p = train::apply_freeze(*m, f);
-  EXPECT_FALSE(train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30).use);
+  c = train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30);
+  EXPECT_TRUE(c.use);
+  EXPECT_EQ(c.cut, 2);
+  EXPECT_NE(c.reason.find("on at layer3"), std::string::npos) << c.reason;
+  // Frozen only up to bn1: no cut point lies below the first trainable block.
+  f.freeze = "until=bn1";
+  p = train::apply_freeze(*m, f);
+  c = train::plan_feature_cache(*m, p, true, true, 0, 1 << 20, 1 << 30);
+  EXPECT_FALSE(c.use);
+  EXPECT_NE(c.reason.find("cannot be cut"), std::string::npos) << c.reason;
   auto vgg = models::create_model("vgg16", 3, 0);  // dropout below classifier.6
   f.freeze = "backbone";
   p = train::apply_freeze(*vgg, f);

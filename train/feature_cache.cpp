@@ -1,6 +1,7 @@
 // Feature cache at the freeze boundary (see feature_cache.h).
 #include "train/feature_cache.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <ostream>
@@ -10,28 +11,68 @@
 
 namespace tl::train {
 
+namespace {
+bool under(const std::string& name, const std::string& prefix) {
+  return name == prefix || name.rfind(prefix + ".", 0) == 0;
+}
+}  // namespace
+
+int cache_cut(const models::Model& model) {
+  const auto params = model.named_parameters();
+  bool any = false, only_main_head = true;
+  for (const auto& [name, p] : params) {
+    if (!p.trainable()) continue;
+    any = true;
+    only_main_head = only_main_head && under(name, model.head_name());
+  }
+  if (!any) return -2;
+  if (only_main_head) return -1;
+  const std::vector<std::string> blocks = model.blocks(), cuts = model.cut_points();
+  for (int i = static_cast<int>(cuts.size()) - 1; i >= 0; --i) {
+    const auto end = std::find(blocks.begin(), blocks.end(), cuts[static_cast<size_t>(i)]);
+    if (end == blocks.end()) continue;
+    bool frozen = true;
+    for (const auto& [name, p] : params)
+      for (auto b = blocks.begin(); frozen && b != end + 1; ++b) frozen = !(p.trainable() && under(name, *b));
+    if (frozen) return i;
+  }
+  return -2;
+}
+
+int64_t cache_numel(models::Model& model, int cut, int64_t image_size) {
+  if (cut < 0) return model.feature_numel(image_size);
+  const Tensor& any = model.named_parameters().front().second.value();
+  const bool training = model.is_training();
+  NoGradGuard no_grad;
+  model.eval();  // one image through the frozen part: its running statistics stay as they are
+  const Tensor h = model.forward_until(Variable(Tensor::zeros({1, 3, image_size, image_size}, any.dtype(),
+                                                              any.device())), cut).value();
+  model.train(training);
+  return h.numel();
+}
+
 FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
                                     bool requested, int views, int64_t bytes_needed, int64_t budget_bytes) {
-  const std::string head = model.head_name() + ".";
-  const bool only_head = !plan.first_trainable.empty() && plan.first_trainable.rfind(head, 0) == 0;
-  if (!only_head && model.in_head(plan.first_trainable))
-    return {false, false, detail::concat("feature cache: off (the auxiliary head ", plan.first_trainable.substr(0,
+  const int cut = cache_cut(model);
+  if (cut == -2 && model.in_head(plan.first_trainable) && plan.first_trainable.rfind(model.head_name() + ".", 0) != 0)
+    return {false, -1, false, detail::concat("feature cache: off (the auxiliary head ", plan.first_trainable.substr(0,
                           plan.first_trainable.rfind('.')), " trains on inner features; --no-aux drops it)")};
-  if (!only_head)
-    return {false, false, "feature cache: off (layers below the head train, so their output changes every step)"};
-  if (!requested) return {false, false, "feature cache: off (--no-cache)"};
+  if (cut == -2)
+    return {false, -1, false, detail::concat("feature cache: off (layers below the head train, so their output changes "
+                                             "every step, and ", model.arch(), " cannot be cut above them)")};
+  if (!requested) return {false, cut, false, "feature cache: off (--no-cache)"};
   if (!plan.freeze_bn)
-    return {false, false,
+    return {false, cut, false,
             "feature cache: off: the frozen batch norm layers use batch statistics (PyTorch's train() semantics), so "
             "the backbone's output depends on the other images of the batch. Add --freeze-bn (frozen batch norm on "
             "its running statistics, as Keras does) and --no-augment to run the backbone once per image instead of "
             "once per epoch: every epoch after the first then costs about as much as training the head alone ("
             "the backbone's forward pass is most of a feature-extraction step)"};
-  if (model.stochastic_features())
-    return {false, false,
+  if (cut < 0 && model.stochastic_features())
+    return {false, cut, false,
             "feature cache: off (dropout below the head draws new masks every step; --dropout 0 removes it)"};
   if (!deterministic_transform && views <= 0)
-    return {false, false,
+    return {false, cut, false,
             "feature cache: off (random crops and flips change every image every epoch; --no-augment trains on the "
             "val transform, the feature-extractor recipe for small data close to ImageNet, and enables the cache; "
             "--cache-views K caches K augmented views per image instead, an approximation of fresh augmentation)"};
@@ -42,22 +83,32 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
                              " MiB RAM budget, --cache-budget)")
             : detail::concat(mib, " MiB in RAM");
   if (!deterministic_transform)
-    return {true, spill, detail::concat("feature cache: on with ", views, " augmented views per image (--cache-views): "
+    return {true, cut, spill, detail::concat("feature cache: on with ", views, " augmented views per image (--cache-views): "
                                         "the backbone runs ", views, " times per train image, and each epoch trains on "
                                         "one of the stored views per image, drawn at random. This APPROXIMATES fresh "
                                         "augmentation (the model sees ", views, " crops and flips per image, not new "
                                         "ones every epoch); ", where)};
-  return {true, spill, detail::concat("feature cache: on (everything below ", model.head_name(),
-                                      " is frozen, uses running statistics and sees a deterministic transform): the "
-                                      "backbone runs once per image, ", where, "; --no-cache to run it every epoch")};
+  if (cut >= 0) {
+    const std::string block = model.cut_points()[static_cast<size_t>(cut)];
+    return {true, cut, spill, detail::concat("feature cache: on at ", block, " (every block up to it is frozen, uses "
+                                             "running statistics and sees a deterministic transform): the frozen part "
+                                             "runs once per image and the blocks after ", block, " train on its stored "
+                                             "output, ", where, "; --no-cache to run it every epoch")};
+  }
+  return {true, cut, spill, detail::concat("feature cache: on (everything below ", model.head_name(),
+                                           " is frozen, uses running statistics and sees a deterministic transform): "
+                                           "the backbone runs once per image, ", where,
+                                           "; --no-cache to run it every epoch")};
 }
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                            const std::string& what, bool quiet, std::ostream& log, int views,
-                           const std::string& spill_path, DType storage)
+                           const std::string& spill_path, DType storage, int cut)
     : loader_(loader),
       dev_(dev),
       dtype_(dtype == DType::F64 ? DType::F64 : DType::F32),
+      layout_(layout),
+      cut_(cut),
       storage_(dtype == DType::F64 ? DType::F64 : storage),
       views_(views) {
   TL_CHECK(storage_ == DType::F32 || storage_ == DType::F64 || is_floating_half(storage_), ValueError,
@@ -85,7 +136,7 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
   for (int v = 0; v < views; ++v) {
     loader.start_epoch(v);  // view v = epoch v's transform draws
     while (const io::Batch* b = loader.next()) {
-      Tensor f = model.features(Variable(b->images_to(dev).to(dev, dtype, layout))).value();
+      Tensor f = model.forward_until(Variable(b->images_to(dev).to(dev, dtype, layout)), cut).value();
       Tensor host = f.to(Device::CPU, storage_, Layout::NCHW);  // rounded once to the storage dtype
       if (!base_) allocate(host);
       TL_CHECK(host.size(0) == b->size && host.numel() == b->size * dim_, ShapeError, "feature cache: features of "
@@ -143,7 +194,7 @@ FeatureCache::Batch FeatureCache::batch(int64_t epoch, int64_t b) {
     labels.data_as<int32_t>()[r] = label;
     out.labels_host.push_back(label);
   }
-  out.features = f.to(dev_, dtype_, Layout::NCHW);  // float16/bfloat16 rows widen to the run's dtype
+  out.features = f.to(dev_, dtype_, layout_);  // float16/bfloat16 rows widen to the run's dtype
   out.labels = labels.to(dev_);
   return out;
 }

@@ -20,9 +20,18 @@
 
 namespace tl::train {
 
+// Where the cache can cut the forward pass (Model::forward_until / forward_from): -1 at the head boundary (every
+// trainable parameter lies in the main head), or the index of the deepest of model.cut_points() up to which every
+// block is frozen (--freeze until=layer3: cut after layer3, layer4 and the head train on the stored activations);
+// -2 when neither.
+int cache_cut(const models::Model& model);
+// Values per image stored at cut `cut` for square images of `image_size` px (one image through the frozen part).
+int64_t cache_numel(models::Model& model, int cut, int64_t image_size);
+
 // Whether the cache applies to a run, and the sentence the printed plan shows for it.
 struct FeatureCachePlan {
   bool use = false;
+  int cut = -1;  // cache_cut: -1 at the head, else the cut point
   bool spill = false;  // over the RAM budget: the features live in a memory-mapped scratch file under --out
   std::string reason;
 };
@@ -43,9 +52,10 @@ class FeatureCache {
   // `spill_path` non-empty: the rows live in a memory-mapped scratch file there (io::MappedScratch), not in RAM.
   // `storage`: the rows' dtype, float32 or (half the memory, rounded once) float16 / bfloat16; float64 runs always
   // store float64.
+  // `cut`: where the pass is cut (cache_cut; -1: features()).
   FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                const std::string& what, bool quiet, std::ostream& log, int views = 1,
-               const std::string& spill_path = "", DType storage = DType::F32);
+               const std::string& spill_path = "", DType storage = DType::F32, int cut = -1);
 
   struct Batch {
     Tensor features;  // (size, feature shape...) on the run's device, in the run's dtype
@@ -60,6 +70,7 @@ class FeatureCache {
   // epoch mixes views across images and a resumed run draws the same ones.
   int64_t view_of(int64_t epoch, int64_t sample) const;
   int views() const { return views_; }
+  int cut() const { return cut_; }  // the batches go through model.forward_from(features, cut())
   int64_t batches_per_epoch() const { return loader_.batches_per_epoch(); }
   int64_t dim() const { return dim_; }  // values per sample (the product of the features' shape after the batch)
   // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built.
@@ -69,6 +80,8 @@ class FeatureCache {
   const io::DataLoader& loader_;
   Device dev_;
   DType dtype_;    // the features' dtype in a batch: the run's (float32, or float64 in fp64 runs)
+  Layout layout_;  // the run's activation layout (4-D features are handed out in it)
+  int cut_ = -1;
   DType storage_;  // the rows' dtype: dtype_, or float16 / bfloat16 (--cache-dtype) to halve the memory
   int views_ = 1;
   int64_t dim_ = 0;

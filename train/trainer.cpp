@@ -95,7 +95,7 @@ void add_to_metrics(const Variable& logits, const Tensor& labels, const int32_t*
 }
 
 // Runs the model over a loader without recording (val phase, eval command); with a feature cache of that loader,
-// only the head runs, on the cached features.
+// only the part after the cache's cut runs (the head, or the blocks after the cut point), on the cached features.
 void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precision prec, const CrossEntropyOptions& ce,
               ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr) {
   NoGradGuard no_grad;
@@ -105,7 +105,8 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
     for (int64_t b = 0; b < cache->batches_per_epoch(); ++b) {
       FeatureCache::Batch fb = cache->batch(0, b);
       if (fb.size == 0) continue;
-      add_to_metrics(model.head(Variable(fb.features)), fb.labels, fb.labels_host.data(), fb.size, ce, metrics);
+      add_to_metrics(model.forward_from(Variable(fb.features), cache->cut()), fb.labels, fb.labels_host.data(),
+                     fb.size, ce, metrics);
       if (progress) progress->update(++done, fb.size, metrics.mean_loss(), metrics.top1_accuracy());
     }
   } else {
@@ -227,8 +228,10 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
                         : o.cache_dtype == "float16"   ? DType::F16
                         : o.cache_dtype == "bfloat16" ? DType::BF16
                                                        : DType::F32;
-  const int64_t bytes = rows * model.feature_numel(models::input_size(o.arch, o.image_size).crop) *
-                        static_cast<int64_t>(dtype_size(storage));
+  const int cut = cache_cut(model);
+  const int64_t bytes = cut < -1 ? 0
+                                 : rows * cache_numel(model, cut, models::input_size(o.arch, o.image_size).crop) *
+                                       static_cast<int64_t>(dtype_size(storage));
   const FeatureCachePlan fc = plan_feature_cache(model, plan, !o.augment, o.feature_cache, views, bytes,
                                                  static_cast<int64_t>(o.cache_budget_gb * (1LL << 30)));
   log << fc.reason << "\n";
@@ -237,11 +240,11 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
   auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
-                                           views, spill(".feature_cache_train.tmp"), storage);
+                                           views, spill(".feature_cache_train.tmp"), storage, fc.cut);
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
   if (data.val->num_samples() > 0) {
     c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
-                                           spill(".feature_cache_val.tmp"), storage);
+                                           spill(".feature_cache_val.tmp"), storage, fc.cut);
     if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
   }
   return c;
@@ -335,7 +338,8 @@ struct Trainer {
   double step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
               const std::string& last_path) {
     sched.apply(epoch, batch_index);
-    Variable logits = cached ? model.head(Variable(input)) : model.forward(Variable(model_input(input, dev, prec)));
+    Variable logits = cached ? model.forward_from(Variable(input), caches.train->cut())
+                             : model.forward(Variable(model_input(input, dev, prec)));
     Variable loss = cross_entropy(logits, labels, ce);
     for (const models::Model::AuxLogits& a : model.take_aux_logits())  // Inception v3, GoogLeNet in training
       loss = add(loss, cross_entropy(a.logits, labels, ce), a.weight);
