@@ -186,6 +186,9 @@ class Dropout : public Module {
   Dropout(double p, uint64_t seed) : p(p), seed_(seed) {}
   Variable operator()(const Variable& x);
   double p;
+  // Where the next call's mask starts (a checkpoint saves it, so a resumed run draws the masks it would have drawn).
+  uint64_t offset() const { return offset_; }
+  void set_offset(uint64_t offset) { offset_ = offset; }
 
  private:
   uint64_t seed_;

@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "layers/activation.h"
-#include "layers/dropout.h"
 #include "layers/elementwise.h"
 #include "layers/fused.h"
 #include "layers/pooling.h"
@@ -23,7 +22,7 @@ class VGG : public Model {
   // `cfg`: output channels of each convolution, 0 for a max pool.
   VGG(const std::string& arch, const std::vector<int>& cfg, bool batch_norm, int64_t num_classes, uint64_t seed,
       double dropout_p = 0.5)
-      : Model(arch, num_classes, 4096), dropout_p_(dropout_p), dropout_seed_(seed ^ 0x9e3779b97f4a7c15ULL) {
+      : Model(arch, num_classes, 4096) {
     Generator gen(seed);
     auto& features = add_module<Sequential>("features");
     int64_t in = 3;
@@ -44,8 +43,11 @@ class VGG : public Model {
       stages_.push_back(s);
     }
     auto& classifier = add_module<Sequential>("classifier");
+    const uint64_t dropout_seed = seed ^ 0x9e3779b97f4a7c15ULL;
     fc_[0] = &classifier.add<Linear>("0", 512 * 7 * 7, 4096, gen);
+    drop_[0] = &classifier.add<nn::Dropout>("2", dropout_p, dropout_seed);
     fc_[1] = &classifier.add<Linear>("3", 4096, 4096, gen);
+    drop_[1] = &classifier.add<nn::Dropout>("5", dropout_p, dropout_seed + 1);
     fc_[2] = &classifier.add<Linear>("6", 4096, num_classes, gen);
     for (Linear* l : fc_) {  // torchvision: normal_(0, 0.01), bias 0
       l->weight.mutable_value() = gen.normal(l->weight.shape(), 0.01);
@@ -65,13 +67,10 @@ class VGG : public Model {
       }
     }
     h = flatten(adaptive_avg_pool2d(h, 7, 7), 1);
-    const bool train = is_training();
-    // Each forward draws fresh dropout masks: the offset advances by the elements each mask covers.
-    h = dropout(relu((*fc_[0])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
-    return dropout(relu((*fc_[1])(h)), dropout_p_, train, dropout_seed_, next_offset(h.size(0) * 4096));
+    h = (*drop_[0])(relu((*fc_[0])(h)));
+    return (*drop_[1])(relu((*fc_[1])(h)));
   }
   Variable head(const Variable& f) override { return (*fc_[2])(f); }
-  bool stochastic_features() const override { return dropout_p_ > 0; }
 
   std::vector<std::string> head_names() const override { return {"classifier.6"}; }
   std::vector<std::string> blocks() const override {
@@ -109,7 +108,6 @@ class VGG : public Model {
     return out;
   }
   void on_heads_replaced() override { fc_[2] = &module_at<Linear>("classifier.6"); }
-  void set_dropout(double p) override { dropout_p_ = p; }
 
  private:
   struct Stage {
@@ -117,16 +115,9 @@ class VGG : public Model {
     Conv2d* conv = nullptr;
     BatchNorm2d* bn = nullptr;
   };
-  uint64_t next_offset(int64_t n) {
-    uint64_t o = dropout_offset_;
-    dropout_offset_ += static_cast<uint64_t>(n);
-    return o;
-  }
   std::vector<Stage> stages_;
   Linear* fc_[3];
-  double dropout_p_;
-  uint64_t dropout_seed_;
-  uint64_t dropout_offset_ = 0;
+  nn::Dropout* drop_[2];
 };
 // torchvision's configurations A, B, D, E (0: max pool), each with and without batch norm.
 // A state dict is recognised by its convolutions' output channels in order (features.<i>.weight of rank 4)

@@ -202,30 +202,34 @@ TEST(Train, NoAuxDropsTheAuxiliaryClassifiers) {
 TEST(Train, ResumeAfterAStopGivesTheSameWeightsAsOneRun) {
   const std::string d = fresh_dir("train_resume");
   const std::string data = make_data(d + "/data");
-  train::TrainOptions a = tiny(data, d + "/straight");
-  a.augment = true;  // random crops and flips, shuffling: all must resume exactly
-  a.optimizer = "adamw";
-  a.schedule = "cosine";
-  a.warmup_epochs = 1;
-  std::ostringstream log;
-  train::run_training(a, log);
-  train::TrainOptions b = a;
-  b.out = d + "/resumed";
-  b.stop_after_steps = 3;  // mid-epoch 1 (4 steps per epoch)
-  EXPECT_TRUE(train::run_training(b, log).interrupted);
-  b.stop_after_steps = 0;
-  b.resume = true;
-  train::TrainResult r = train::run_training(b, log);
-  EXPECT_FALSE(r.interrupted);
-  EXPECT_EQ(r.epochs_done, 2);
-  train::StateDict x = train::load_state_dict(d + "/straight/last.ckpt"), y = train::load_state_dict(d + "/resumed/last.ckpt");
-  int compared = 0;
-  for (const auto& [k, t] : x.tensors) {
-    ASSERT_TRUE(y.has_tensor(k)) << k;
-    EXPECT_EQ(t.to_doubles(), y.get_tensor(k).to_doubles()) << k << " differs after resume";
-    ++compared;
+  // resnet18, and mobilenet_v2 whose classifier dropout must draw after the resume the masks it would have drawn.
+  for (const std::string arch : {"resnet18", "mobilenet_v2"}) {
+    train::TrainOptions a = tiny(data, d + "/straight_" + arch);
+    a.arch = arch;
+    a.augment = true;  // random crops and flips, shuffling: all must resume exactly
+    a.optimizer = "adamw";
+    a.schedule = "cosine";
+    a.warmup_epochs = 1;
+    std::ostringstream log;
+    train::run_training(a, log);
+    train::TrainOptions b = a;
+    b.out = d + "/resumed_" + arch;
+    b.stop_after_steps = 3;  // mid-epoch 1 (4 steps per epoch)
+    EXPECT_TRUE(train::run_training(b, log).interrupted);
+    b.stop_after_steps = 0;
+    b.resume = true;
+    train::TrainResult r = train::run_training(b, log);
+    EXPECT_FALSE(r.interrupted);
+    EXPECT_EQ(r.epochs_done, 2);
+    train::StateDict x = train::load_state_dict(a.out + "/last.ckpt"), y = train::load_state_dict(b.out + "/last.ckpt");
+    int compared = 0;
+    for (const auto& [k, t] : x.tensors) {
+      ASSERT_TRUE(y.has_tensor(k)) << k;
+      EXPECT_EQ(t.to_doubles(), y.get_tensor(k).to_doubles()) << arch << " " << k << " differs after resume";
+      ++compared;
+    }
+    EXPECT_GT(compared, 100);
   }
-  EXPECT_GT(compared, 100);
 }
 
 TEST(Train, FreezePlansAndTheirErrors) {
@@ -701,7 +705,7 @@ TEST(Train, FeatureCacheResumesExactly) {
   b.stop_after_steps = 0;
   b.resume = true;
   EXPECT_FALSE(train::run_training(b, log).interrupted);
-  train::StateDict x = train::load_state_dict(d + "/straight/last.ckpt"), y = train::load_state_dict(d + "/resumed/last.ckpt");
+  train::StateDict x = train::load_state_dict(a.out + "/last.ckpt"), y = train::load_state_dict(b.out + "/last.ckpt");
   for (const char* k : {"model.fc.weight", "model.fc.bias"})
     EXPECT_EQ(x.get_tensor(k).to_doubles(), y.get_tensor(k).to_doubles()) << k;
 }

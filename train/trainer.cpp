@@ -280,6 +280,8 @@ class Checkpointer {
     sd.set_int("best_epoch", r.best_epoch);
     sd.set_int("bad_epochs", s.bad_epochs);
     sd.set_string("history", history_json(s.history).dump());
+    for (auto& [name, m] : model_.named_modules())  // where each dropout's next mask starts
+      if (auto* d = dynamic_cast<nn::Dropout*>(m)) sd.set_int("dropout_offset." + name, static_cast<int64_t>(d->offset()));
     save_state_dict(path_, sd);
   }
 
@@ -298,6 +300,9 @@ class Checkpointer {
       f.tensors[k] = t;
     }
     models::load_weights(model_, f);
+    for (auto& [name, m] : model_.named_modules())
+      if (auto* d = dynamic_cast<nn::Dropout*>(m); d && sd.has_value("dropout_offset." + name))
+        d->set_offset(static_cast<uint64_t>(sd.get_int("dropout_offset." + name)));
     opt_.load_state_dict(sd.extract("optimizer."));
     sched_.load_state_dict(sd.extract("scheduler."));
     RunState s;
