@@ -53,6 +53,12 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules() {
   return out;
 }
 
+std::vector<std::pair<std::string, const Module*>> Module::named_modules() const {
+  std::vector<std::pair<std::string, const Module*>> out;
+  for (auto& [name, m] : const_cast<Module*>(this)->named_modules()) out.emplace_back(name, m);
+  return out;
+}
+
 void Module::train(bool on) {
   invalidate_derived_state();
   training_ = on;

@@ -47,6 +47,7 @@ class Module {
   std::vector<StateEntry> state();
   // This module and all descendants with dotted names ("" for this one).
   std::vector<std::pair<std::string, Module*>> named_modules();
+  std::vector<std::pair<std::string, const Module*>> named_modules() const;
 
   // train(true): batch statistics in batch norm, dropout on. train(false): eval mode.
   void train(bool on = true);

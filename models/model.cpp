@@ -11,8 +11,8 @@ Device Model::device() const {
 }
 
 bool Model::stochastic_features() const {
-  for (auto& [name, m] : const_cast<Model*>(this)->named_modules())
-    if (auto* d = dynamic_cast<nn::Dropout*>(m); d && d->p > 0) return true;
+  for (const auto& [name, m] : named_modules())
+    if (auto* d = dynamic_cast<const nn::Dropout*>(m); d && d->p > 0) return true;
   return false;
 }
 
