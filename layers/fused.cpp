@@ -2,7 +2,6 @@
 #include "layers/fused.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 
 #include "core/device.h"
@@ -16,7 +15,8 @@
 
 namespace tl {
 namespace {
-std::atomic<bool> g_folding{true};
+// Folding is on unless a ConvBnFoldingGuard on this thread turned it off (as autograd's NoGradGuard: scoped).
+thread_local bool t_folding = true;
 thread_local ConvBnCounts t_counts;
 
 bool on_device(const Tensor& t, Device d, DType dt) { return t.defined() && t.device() == d && t.dtype() == dt; }
@@ -69,8 +69,9 @@ std::vector<const void*> sources_of(const nn::Conv2d& conv, const nn::BatchNorm2
 }
 }  // namespace
 
-void set_conv_bn_folding(bool enabled) { g_folding.store(enabled); }
-bool conv_bn_folding() { return g_folding.load(); }
+ConvBnFoldingGuard::ConvBnFoldingGuard(bool enabled) : previous_(t_folding) { t_folding = enabled; }
+ConvBnFoldingGuard::~ConvBnFoldingGuard() { t_folding = previous_; }
+bool conv_bn_folding() { return t_folding; }
 ConvBnCounts conv_bn_counts() { return t_counts; }
 
 bool can_fold_conv_bn(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const Variable& x,

@@ -77,8 +77,18 @@ ConvBnPair add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kern
                        Generator& gen, double momentum = 0.1);
 }  // namespace nn
 
-// Process-wide switch (default on): off makes conv_bn_act always take the unfused path (tests, benchmarks).
-void set_conv_bn_folding(bool enabled);
+// Folding off for a scope on this thread (default on; restored by the destructor, like NoGradGuard): conv_bn_act
+// then always takes the unfused path (tests comparing the two, benchmarks).
+class ConvBnFoldingGuard {
+ public:
+  explicit ConvBnFoldingGuard(bool enabled);
+  ~ConvBnFoldingGuard();
+  ConvBnFoldingGuard(const ConvBnFoldingGuard&) = delete;
+  ConvBnFoldingGuard& operator=(const ConvBnFoldingGuard&) = delete;
+
+ private:
+  bool previous_;
+};
 bool conv_bn_folding();
 
 // Counters of this thread's conv_bn_act calls since it started: how many folded, and how many calls in all.

@@ -19,14 +19,7 @@ using namespace tl::testing;
 namespace {
 
 // Folding on or off for one scope (restored afterwards).
-class Folding {
- public:
-  explicit Folding(bool on) : previous_(conv_bn_folding()) { set_conv_bn_folding(on); }
-  ~Folding() { set_conv_bn_folding(previous_); }
-
- private:
-  bool previous_;
-};
+using Folding = ConvBnFoldingGuard;
 
 // Non-trivial batch norms (a fresh model has gamma 1, beta 0, mean 0, var 1, which would fold to almost nothing).
 void randomize_batch_norms(nn::Module& m, uint64_t seed) {

@@ -135,7 +135,10 @@ INSTANTIATE_TEST_SUITE_P(
                       ParityCase{"squeezenet1_0", 64}, ParityCase{"squeezenet1_1", 64}, ParityCase{"googlenet", 64},
                       ParityCase{"inception_v3", 75}, ParityCase{"inception_v3", 299}, ParityCase{"mobilenet_v2", 64},
                       ParityCase{"mobilenet_v2", 224}, ParityCase{"mnasnet0_5", 64}, ParityCase{"mnasnet1_3", 64},
-                      ParityCase{"shufflenet_v2_x0_5", 64}, ParityCase{"shufflenet_v2_x1_0", 64}),
+                      ParityCase{"shufflenet_v2_x0_5", 64}, ParityCase{"shufflenet_v2_x1_0", 64},
+                      ParityCase{"shufflenet_v2_x1_5", 64}, ParityCase{"shufflenet_v2_x2_0", 64},
+                      ParityCase{"mnasnet0_75", 64}, ParityCase{"mnasnet1_0", 64}, ParityCase{"vgg11_bn", 64},
+                      ParityCase{"vgg13", 64}, ParityCase{"vgg13_bn", 64}, ParityCase{"vgg19", 64}),
     [](const ::testing::TestParamInfo<ParityCase>& info) { return info.param.arch + "_" + std::to_string(info.param.size); });
 
 TEST(Models, RegistryHeadsAndBlocks) {
