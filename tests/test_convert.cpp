@@ -17,7 +17,7 @@ namespace {
 std::string variants_dir() {
   // model_parity.py writes zip-format files; a build without libzip refuses them (tested in test_pth.cpp).
   if (!io::pth_zip_supported()) return "";
-  std::string d = test_dir(std::string("convert_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::string d = scratch_dir(std::string("convert_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
   run_torch_script("model_parity.py", "--variants " + d);
   return d;
 }

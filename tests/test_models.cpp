@@ -47,7 +47,7 @@ bool float32_meaningful(const io::TensorFile& ref, const std::string& key) { ret
 TEST_P(ModelParity, MatchesTorchvision) {
   const ParityCase& c = GetParam();
   // One folder per case: ctest runs cases in parallel, and two sizes of one architecture write the same file names.
-  const std::string dir = test_dir("models/" + c.arch + "_" + std::to_string(c.size));
+  const std::string dir = scratch_dir("models/" + c.arch + "_" + std::to_string(c.size));
   run_torch_script("model_parity.py", c.arch + " " + std::to_string(c.size) + " " + dir);
   const std::string bin = dir + "/" + c.arch + ".bin";
   std::string log;

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -144,6 +145,43 @@ void run_torch_script(const std::string& script, const std::string& args) {
 std::string test_dir(const std::string& name) {
   std::string dir = std::string(TL_FIXTURE_DIR) + "/" + name;
   std::filesystem::create_directories(dir);
+  return dir;
+}
+
+namespace {
+// Removes the scratch folders a test made once it has passed (gtest calls OnTestEnd after the test body and its
+// fixture's TearDown). One per test process: ctest runs each test in its own process.
+class ScratchCleaner : public ::testing::EmptyTestEventListener {
+ public:
+  void add(const std::string& dir) { dirs_.push_back(dir); }
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    const char* keep = std::getenv("TL_KEEP_TEST_FILES");
+    if (info.result()->Passed() && !(keep && *keep && std::string(keep) != "0")) {
+      std::error_code ec;  // best effort: a folder that cannot be removed is not the test's failure
+      for (const std::string& d : dirs_) std::filesystem::remove_all(d, ec);
+    }
+    dirs_.clear();
+  }
+
+ private:
+  std::vector<std::string> dirs_;
+};
+
+ScratchCleaner& scratch_cleaner() {
+  static ScratchCleaner* cleaner = [] {
+    auto* c = new ScratchCleaner;  // the listener list owns it
+    ::testing::UnitTest::GetInstance()->listeners().Append(c);
+    return c;
+  }();
+  return *cleaner;
+}
+}  // namespace
+
+std::string scratch_dir(const std::string& name) {
+  const std::string dir = std::string(TL_FIXTURE_DIR) + "/" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  scratch_cleaner().add(dir);
   return dir;
 }
 

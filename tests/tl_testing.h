@@ -57,8 +57,13 @@ inline bool contains(const std::string& s, const std::string& part) { return s.f
 int run_command(const std::string& command, std::string* output = nullptr);
 // "<python> <repo>/tests/torch_ref/<script> <args>" with Debian's PyTorch; fails the test when it fails.
 void run_torch_script(const std::string& script, const std::string& args);
-// A fresh directory under the fixture directory for one test's files.
+// A directory under the fixture directory for test files (created if missing, kept; several tests may share it).
 std::string test_dir(const std::string& name);
+// An empty scratch folder under the fixture directory that belongs to the running test alone (emptied first if it
+// exists). It is removed when that test passes, so that the suite's peak disk use is what the tests running at the
+// same time hold, not the sum of all of them (the model parity folders alone add up to ~25 GB); a failed test
+// keeps it for inspection, and TL_KEEP_TEST_FILES=1 keeps every one.
+std::string scratch_dir(const std::string& name);
 
 // Inputs with |x| >= margin, so that ReLU/max kinks are never crossed by a finite-difference step.
 Tensor away_from_zero(const Shape& shape, uint64_t seed, double margin = 0.05);

@@ -9,13 +9,7 @@
 
 namespace tl::testing {
 
-// An empty scratch folder under the test directory (removed first if it exists).
-inline std::string fresh_dir(const std::string& name) {
-  const std::string d = test_dir(name);
-  std::filesystem::remove_all(d);
-  std::filesystem::create_directories(d);
-  return d;
-}
+inline std::string fresh_dir(const std::string& name) { return scratch_dir(name); }
 
 // A tiny CPU training job on an ImageFolder: resnet18, no augmentation, Resize((s, s)), constant lr 0.01, quiet;
 // the rest as given.
