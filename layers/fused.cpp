@@ -74,8 +74,10 @@ ConvBnFoldingGuard::~ConvBnFoldingGuard() { t_folding = previous_; }
 bool conv_bn_folding() { return t_folding; }
 ConvBnCounts conv_bn_counts() { return t_counts; }
 
-bool can_fold_conv_bn(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const Variable& x,
-                      const Variable* residual) {
+namespace nn {
+bool ConvBn::can_fold(const Variable& x, const Variable* residual) const {
+  const Conv2d& conv = *conv_;
+  const BatchNorm2d& bn = *bn_;
   if (!conv_bn_folding()) return false;
   if (conv.weight.trainable() || (conv.bias.defined() && conv.bias.trainable())) return false;
   if (bn.weight.trainable() || bn.bias.trainable() || !bn.uses_running_stats()) return false;
@@ -86,15 +88,16 @@ bool can_fold_conv_bn(const nn::Conv2d& conv, const nn::BatchNorm2d& bn, const V
 
 // Caching is safe because everything w' and b' are computed from is covered by the cache key: the parameter and
 // statistics tensors can change only (a) by an optimizer step, which needs an unfolded forward with gradients
-// first, and every unfolded conv_bn_act call drops the cache; (b) by training-mode batch norm, also unfolded;
+// first, and every unfolded ConvBn call drops the cache; (b) by training-mode batch norm, also unfolded;
 // (c) through Module::state() (load_weights, checkpoint restore, to, to_dtype), train()/eval() or
 // set_trainable, which bump nn::state_epoch(); (d) by direct writes, which must call
 // nn::invalidate_derived_state() (module.h). Replaced tensors also change the storage pointers in `sources`.
-const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::BatchNorm2d& bn, DType input_dtype,
-                                                  Layout input_layout) {
-  nn::BatchNorm2d::FoldedConv& f = bn.folded;
+const FoldedConvBn& ConvBn::folded(DType input_dtype, Layout input_layout) {
+  const Conv2d& conv = *conv_;
+  const BatchNorm2d& bn = *bn_;
+  FoldedConvBn& f = folded_;
   std::vector<const void*> sources = sources_of(conv, bn);
-  if (f.valid() && f.epoch == nn::state_epoch() && f.sources == sources && f.input_dtype == input_dtype &&
+  if (f.valid() && f.epoch == state_epoch() && f.sources == sources && f.input_dtype == input_dtype &&
       f.input_layout == input_layout && f.eps == bn.eps)
     return f;
   const DType p = batchnorm_param_dtype(input_dtype);
@@ -107,10 +110,10 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
   const int64_t k = w.size(0), inner = w.numel() / std::max<int64_t>(k, 1);
   for (const Tensor* t : {&gamma, &beta, &mean, &var})
     TL_CHECK(t->dtype() == p && t->device() == w.device() && t->ndim() == 1 && t->size(0) == k, ShapeError,
-             "folded_conv_bn: batch-norm tensor ", t->str(), " does not fit the convolution weight ", w.str());
+             "ConvBn::folded: batch-norm tensor ", t->str(), " does not fit the convolution weight ", w.str());
   if (bias.defined())
     TL_CHECK(bias.dtype() == p && bias.device() == w.device() && bias.numel() == k, ShapeError,
-             "folded_conv_bn: convolution bias ", bias.str(), " does not fit the weight ", w.str());
+             "ConvBn::folded: convolution bias ", bias.str(), " does not fit the weight ", w.str());
   Tensor w_out = Tensor::empty(w.shape(), w.is_cuda() ? input_dtype : p, w.device(), w.layout());
   Tensor b_out = Tensor::empty({k}, p, w.device());
   if (w.is_cuda()) {
@@ -119,7 +122,7 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
                           var.data(), bn.eps, w_out.data(), b_out.data(), input_dtype, k, inner, cuda::stream());
 #endif
   } else if (p == DType::F32) {
-    TL_CHECK(input_dtype == DType::F32, DTypeError, "folded_conv_bn: the CPU path supports float32 and float64");
+    TL_CHECK(input_dtype == DType::F32, DTypeError, "ConvBn::folded: the CPU path supports float32 and float64");
     fold_cpu(w.data_as<float>(), bias.defined() ? bias.data_as<float>() : nullptr, gamma.data_as<float>(),
              beta.data_as<float>(), mean.data_as<float>(), var.data_as<float>(), bn.eps, w_out.data_as<float>(),
              b_out.data_as<float>(), k, inner);
@@ -132,7 +135,7 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
   if (w_out.layout() != input_layout) w_out = w_out.to_layout(input_layout);
   f.weight = w_out;
   f.bias = b_out;
-  f.epoch = nn::state_epoch();
+  f.epoch = state_epoch();
   f.sources = std::move(sources);
   f.input_dtype = input_dtype;
   f.input_layout = input_layout;
@@ -140,47 +143,26 @@ const nn::BatchNorm2d::FoldedConv& folded_conv_bn(const nn::Conv2d& conv, nn::Ba
   return f;
 }
 
-namespace nn {
-ConvBnAct::ConvBnAct(int64_t in, int64_t out, Size2 kernel, const ConvBnActOptions& o, Generator& gen)
-    : conv(add_module<Conv2d>(o.conv_name, in, out, kernel, o.stride, o.padding, false, gen, o.groups)),
-      bn(add_module<BatchNorm2d>(o.bn_name, out, o.eps, o.momentum)),
-      act(o.act) {}
 
-Variable ConvBnAct::operator()(const Variable& x, const Variable* residual) {
-  Variable y = conv_bn_act(conv, bn, x, residual, act == Act::ReLU);
-  return act == Act::ReLU6 ? relu6(y) : y;
-}
-
-Variable ConvBnPair::operator()(const Variable& x, bool relu, const Variable* residual) const {
-  return conv_bn_act(*conv, *bn, x, residual, relu);
-}
-
-ConvBnPair add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups,
-                       Generator& gen, double momentum) {
-  return {&seq.add<Conv2d>(std::to_string(i), in, out, kernel, stride, kernel / 2, false, gen, groups),
-          &seq.add<BatchNorm2d>(std::to_string(i + 1), out, 1e-5, momentum)};
-}
-}  // namespace nn
-
-Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable& x, const Variable* residual,
-                     bool relu) {
+Variable ConvBn::operator()(const Variable& x, bool relu, const Variable* residual) {
+  const Conv2d& conv = *conv_;
   ++t_counts.calls;
-  if (!can_fold_conv_bn(conv, bn, x, residual)) {
-    bn.folded = nn::BatchNorm2d::FoldedConv{};  // see folded_conv_bn: unfolded calls drop the cache
-    Variable h = bn(conv(x));
+  if (!can_fold(x, residual)) {
+    folded_ = FoldedConvBn{};  // see folded(): unfolded calls drop the cache
+    Variable h = (*bn_)(conv(x));
     if (residual) h = add(h, *residual);
     return relu ? tl::relu(h) : h;
   }
   ++t_counts.folded;
   const Tensor& xv = x.value();
-  const nn::BatchNorm2d::FoldedConv& f = folded_conv_bn(conv, bn, xv.dtype(), xv.layout());
+  const FoldedConvBn& f = folded(xv.dtype(), xv.layout());
   const Shape out = conv2d_output_shape(xv.shape(), f.weight.shape(), conv.options);
   record_macs(conv.weight.value(), static_cast<double>(f.weight.numel()) * out[2] * out[3], false, false);
   Tensor r;
   if (residual) {
     r = residual->value();
     const Shape y_shape = conv2d_output_shape(xv.shape(), f.weight.shape(), conv.options);
-    TL_CHECK(r.shape() == y_shape, ShapeError, "conv_bn_act: residual ", r.str(), " does not match the output ",
+    TL_CHECK(r.shape() == y_shape, ShapeError, "ConvBn: residual ", r.str(), " does not match the output ",
              shape_str(y_shape));
     if (r.layout() != xv.layout()) r = r.to_layout(xv.layout());  // y takes x's layout
   }
@@ -203,5 +185,23 @@ Variable conv_bn_act(const nn::Conv2d& conv, nn::BatchNorm2d& bn, const Variable
   }
   return Variable(y);
 }
+
+ConvBn add_conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups,
+                   Generator& gen, double momentum) {
+  return {seq.add<Conv2d>(std::to_string(i), in, out, kernel, stride, kernel / 2, false, gen, groups),
+          seq.add<BatchNorm2d>(std::to_string(i + 1), out, 1e-5, momentum)};
+}
+
+ConvBnAct::ConvBnAct(int64_t in, int64_t out, Size2 kernel, const ConvBnActOptions& o, Generator& gen)
+    : conv(add_module<Conv2d>(o.conv_name, in, out, kernel, o.stride, o.padding, false, gen, o.groups)),
+      bn(add_module<BatchNorm2d>(o.bn_name, out, o.eps, o.momentum)),
+      act(o.act),
+      unit_(conv, bn) {}
+
+Variable ConvBnAct::operator()(const Variable& x, const Variable* residual) {
+  Variable y = unit_(x, act == Act::ReLU, residual);
+  return act == Act::ReLU6 ? relu6(y) : y;
+}
+}  // namespace nn
 
 }  // namespace tl

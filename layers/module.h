@@ -27,7 +27,7 @@ struct StateEntry {
 
 // A process-wide counter of "module state may have changed" events: bumped by Module::state() (which hands out
 // writable pointers: load_weights, checkpoint restore, to(), to_dtype() all go through it), Module::train() and
-// set_trainable(). Caches derived from parameter values (layers/fused.h: folded conv + batch norm weights) are
+// set_trainable(). Caches derived from parameter values (layers/fused.h: nn::ConvBn's folded weights) are
 // valid only while it is unchanged. Code that writes a parameter or buffer directly (weight.mutable_value(),
 // bn.buffers.running_mean) after a forward pass must call invalidate_derived_state().
 uint64_t state_epoch();
@@ -153,22 +153,6 @@ class BatchNorm2d : public Module {
   // True when this layer normalises with its running statistics in the next forward (eval mode, or frozen with
   // frozen_uses_running_stats).
   bool uses_running_stats() const;
-
-  // The preceding convolution folded into this batch norm (layers/fused.h conv_bn_act), cached: valid while
-  // `epoch` == state_epoch() and every tensor it was computed from is the same storage (`sources`). Dropped
-  // by every conv_bn_act call that does not fold (so an optimizer step, which needs an unfolded forward with
-  // gradients first, can never leave it stale).
-  struct FoldedConv {
-    Tensor weight;  // w * gamma / sqrt(running_var + eps), in the input's dtype and layout
-    Tensor bias;    // beta + (conv bias - running_mean) * gamma / sqrt(running_var + eps), parameter dtype
-    uint64_t epoch = 0;
-    std::vector<const void*> sources;
-    DType input_dtype = DType::F32;
-    Layout input_layout = Layout::NCHW;
-    double eps = 0;
-    bool valid() const { return weight.defined(); }
-  };
-  FoldedConv folded;
 };
 
 class Linear : public Module {

@@ -20,7 +20,7 @@ using nn::Sequential;
 
 constexpr double kBnMomentum = 1 - 0.9997;
 
-using ConvBn = nn::ConvBnPair;
+using ConvBn = nn::ConvBn;
 ConvBn conv_bn(Sequential& seq, int i, int64_t in, int64_t out, int kernel, int stride, int groups, Generator& gen) {
   return nn::add_conv_bn(seq, i, in, out, kernel, stride, groups, gen, kBnMomentum);
 }

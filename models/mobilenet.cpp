@@ -40,20 +40,19 @@ class InvertedResidual : public nn::Module {
     int index = 0;
     if (expand != 1) expand_ = &conv.add<ConvBnAct>(std::to_string(index++), in, hidden, 1, norm_act(1), gen);
     depthwise_ = &conv.add<ConvBnAct>(std::to_string(index++), hidden, hidden, 3, norm_act(3, stride, static_cast<int>(hidden)), gen);
-    project_ = &conv.add<Conv2d>(std::to_string(index++), hidden, out, 1, 1, 0, false, gen);
-    project_bn_ = &conv.add<BatchNorm2d>(std::to_string(index++), out);
+    Conv2d& project = conv.add<Conv2d>(std::to_string(index++), hidden, out, 1, 1, 0, false, gen);
+    project_ = {project, conv.add<BatchNorm2d>(std::to_string(index++), out)};
   }
   Variable operator()(const Variable& x) {
     Variable h = depthwise_->operator()(expand_ ? (*expand_)(x) : x);
-    return conv_bn_act(*project_, *project_bn_, h, residual_ ? &x : nullptr, false);  // linear bottleneck
+    return project_(h, false, residual_ ? &x : nullptr);  // linear bottleneck
   }
 
  private:
   bool residual_;
   ConvBnAct* expand_ = nullptr;
   ConvBnAct* depthwise_;
-  Conv2d* project_;
-  BatchNorm2d* project_bn_;
+  nn::ConvBn project_;
 };
 
 class MobileNetV2 : public Model {

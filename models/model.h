@@ -95,7 +95,7 @@ class Model : public nn::Module {
         if (auto* typed = dynamic_cast<M*>(m)) return *typed;
     throw ValueError("model " + arch_ + " has no module '" + name + "' of the expected kind");
   }
-  // Put one at the start of forward(): records the conv_bn_act counts of that forward for folded_conv_bn().
+  // Put one at the start of forward(): records the nn::ConvBn counts of that forward for folded_conv_bn().
   class CountConvBn {
    public:
     explicit CountConvBn(Model& m) : m_(m), start_(conv_bn_counts()) {}

@@ -26,45 +26,41 @@ class Block : public nn::Module {
         Generator& gen) {
     const int64_t expansion = bottleneck ? 4 : 1;
     const int64_t out = planes * expansion;
+    auto conv_bn = [&](int i, int64_t cin, int64_t cout, int kernel, int s, int g) {
+      Conv2d& c = add_module<Conv2d>("conv" + std::to_string(i), cin, cout, kernel, s, kernel / 2, false, gen, g);
+      units_.emplace_back(c, add_module<BatchNorm2d>("bn" + std::to_string(i), cout));
+    };
     if (bottleneck) {
       const int64_t width = static_cast<int64_t>(planes * (base_width / 64.0)) * groups;
-      convs_ = {&add_module<Conv2d>("conv1", inplanes, width, 1, 1, 0, false, gen)};
-      bns_ = {&add_module<BatchNorm2d>("bn1", width)};
-      convs_.push_back(&add_module<Conv2d>("conv2", width, width, 3, stride, 1, false, gen, groups));
-      bns_.push_back(&add_module<BatchNorm2d>("bn2", width));
-      convs_.push_back(&add_module<Conv2d>("conv3", width, out, 1, 1, 0, false, gen));
-      bns_.push_back(&add_module<BatchNorm2d>("bn3", out));
+      conv_bn(1, inplanes, width, 1, 1, 1);
+      conv_bn(2, width, width, 3, stride, groups);
+      conv_bn(3, width, out, 1, 1, 1);
     } else {
-      convs_ = {&add_module<Conv2d>("conv1", inplanes, planes, 3, stride, 1, false, gen)};
-      bns_ = {&add_module<BatchNorm2d>("bn1", planes)};
-      convs_.push_back(&add_module<Conv2d>("conv2", planes, planes, 3, 1, 1, false, gen));
-      bns_.push_back(&add_module<BatchNorm2d>("bn2", planes));
+      conv_bn(1, inplanes, planes, 3, stride, 1);
+      conv_bn(2, planes, planes, 3, 1, 1);
     }
     if (stride != 1 || inplanes != out) {
       auto& ds = add_module<Sequential>("downsample");
-      down_conv_ = &ds.add<Conv2d>("0", inplanes, out, 1, stride, 0, false, gen);
-      down_bn_ = &ds.add<BatchNorm2d>("1", out);
-      kaiming_fan_out(*down_conv_, gen);
+      down_ = {ds.add<Conv2d>("0", inplanes, out, 1, stride, 0, false, gen), ds.add<BatchNorm2d>("1", out)};
+      kaiming_fan_out(down_.conv(), gen);
     }
-    for (Conv2d* c : convs_) kaiming_fan_out(*c, gen);
+    for (nn::ConvBn& u : units_) kaiming_fan_out(u.conv(), gen);
   }
 
-  // relu(bn_last(conv_last(...relu(bn1(conv1(x)))...)) + identity), each conv-bn pair through conv_bn_act
-  // (folded in a frozen prefix with running statistics). The downsample branch runs just before the last pair,
-  // which keeps the tape order (and so the gradient accumulation order into x) of conv..., downsample, add.
+  // relu(bn_last(conv_last(...relu(bn1(conv1(x)))...)) + identity), each conv + batch norm an nn::ConvBn (folded
+  // in a frozen prefix with running statistics). The downsample branch runs just before the last pair, which
+  // keeps the tape order (and so the gradient accumulation order into x) of conv..., downsample, add.
   Variable operator()(const Variable& x) {
     Variable h = x;
-    const size_t last = convs_.size() - 1;
-    for (size_t i = 0; i < last; ++i) h = conv_bn_act(*convs_[i], *bns_[i], h, nullptr, true);
-    Variable identity = down_conv_ ? conv_bn_act(*down_conv_, *down_bn_, x, nullptr, false) : x;
-    return conv_bn_act(*convs_[last], *bns_[last], h, &identity, true);
+    const size_t last = units_.size() - 1;
+    for (size_t i = 0; i < last; ++i) h = units_[i](h, true);
+    Variable identity = down_ ? down_(x, false) : x;
+    return units_[last](h, true, &identity);
   }
 
  private:
-  std::vector<Conv2d*> convs_;
-  std::vector<BatchNorm2d*> bns_;
-  Conv2d* down_conv_ = nullptr;
-  BatchNorm2d* down_bn_ = nullptr;
+  std::vector<nn::ConvBn> units_;  // (conv1, bn1), (conv2, bn2) [, (conv3, bn3)]
+  nn::ConvBn down_;                // (downsample.0, downsample.1), when the shape changes
 };
 
 class ResNet : public Model {
@@ -73,9 +69,9 @@ class ResNet : public Model {
          int64_t num_classes, uint64_t seed)
       : Model(arch, num_classes, 512 * (bottleneck ? 4 : 1)) {
     Generator gen(seed);
-    conv1_ = &add_module<Conv2d>("conv1", 3, 64, 7, 2, 3, false, gen);
-    kaiming_fan_out(*conv1_, gen);
-    bn1_ = &add_module<BatchNorm2d>("bn1", 64);
+    Conv2d& conv1 = add_module<Conv2d>("conv1", 3, 64, 7, 2, 3, false, gen);
+    kaiming_fan_out(conv1, gen);
+    stem_ = {conv1, add_module<BatchNorm2d>("bn1", 64)};
     int64_t inplanes = 64;
     for (int stage = 0; stage < 4; ++stage) {
       const int64_t planes = 64LL << stage;
@@ -112,11 +108,8 @@ class ResNet : public Model {
   void on_heads_replaced() override { fc_ = &module_at<Linear>("fc"); }
 
  private:
-  Conv2d* conv1_;
-  BatchNorm2d* bn1_;
-  Variable stem(const Variable& x) {
-    return max_pool2d(conv_bn_act(*conv1_, *bn1_, x, nullptr, true), pool2d_options(3, 2, 1));
-  }
+  nn::ConvBn stem_;  // conv1, bn1
+  Variable stem(const Variable& x) { return max_pool2d(stem_(x, true), pool2d_options(3, 2, 1)); }
   // layer<first + 1> .. layer<last>
   Variable stages(Variable h, size_t first, size_t last) {
     for (size_t s = first; s < last; ++s)

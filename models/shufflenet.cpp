@@ -12,7 +12,7 @@
 
 namespace tl::models {
 namespace {
-using nn::ConvBnPair;
+using nn::ConvBn;
 using nn::Generator;
 using nn::Linear;
 using nn::Sequential;
@@ -45,7 +45,7 @@ class ShuffleUnit : public nn::Module {
 
  private:
   int stride_;
-  std::vector<ConvBnPair> b1_, b2_;
+  std::vector<ConvBn> b1_, b2_;
 };
 
 class ShuffleNetV2 : public Model {
@@ -79,7 +79,7 @@ class ShuffleNetV2 : public Model {
   void on_heads_replaced() override { fc_ = &module_at<Linear>("fc"); }
 
  private:
-  ConvBnPair conv1_, conv5_;
+  ConvBn conv1_, conv5_;
   std::vector<ShuffleUnit*> units_;
   Linear* fc_;
 };

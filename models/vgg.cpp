@@ -36,7 +36,7 @@ class VGG : public Model {
         s.conv = &features.add<Conv2d>(std::to_string(index), in, v, 3, 1, 1, true, gen);
         nn::kaiming_normal(*s.conv, gen, nn::FanMode::Out);  // torchvision: kaiming_normal_(fan_out, relu), bias 0
         s.conv->bias.mutable_value().zero_();
-        if (batch_norm) s.bn = &features.add<BatchNorm2d>(std::to_string(index + 1), v);
+        if (batch_norm) s.conv_bn = {*s.conv, features.add<BatchNorm2d>(std::to_string(index + 1), v)};
         index += batch_norm ? 3 : 2;
         in = v;
       }
@@ -58,12 +58,12 @@ class VGG : public Model {
   Variable features(const Variable& x) override {
     CountConvBn count(*this);
     Variable h = x;
-    for (const Stage& s : stages_) {
+    for (Stage& s : stages_) {
       if (s.pool) {
         h = max_pool2d(h, pool2d_options(2, 2));
       } else {
-        // vgg16_bn: conv-bn-relu through conv_bn_act (folded in a frozen prefix with running statistics)
-        h = s.bn ? conv_bn_act(*s.conv, *s.bn, h, nullptr, true) : relu((*s.conv)(h));
+        // vgg16_bn: conv-bn-relu as one nn::ConvBn (folded in a frozen prefix with running statistics)
+        h = s.conv_bn ? s.conv_bn(h, true) : relu((*s.conv)(h));
       }
     }
     h = flatten(adaptive_avg_pool2d(h, 7, 7), 1);
@@ -82,8 +82,8 @@ class VGG : public Model {
         continue;
       }
       out.push_back("features." + std::to_string(index));
-      if (s.bn) out.push_back("features." + std::to_string(index + 1));
-      index += s.bn ? 3 : 2;
+      if (s.conv_bn) out.push_back("features." + std::to_string(index + 1));
+      index += s.conv_bn ? 3 : 2;
     }
     out.insert(out.end(), {"classifier.0", "classifier.3", "classifier.6"});
     return out;
@@ -100,9 +100,9 @@ class VGG : public Model {
       }
       if (pools == 4) {
         out.push_back("features." + std::to_string(index));
-        if (s.bn) out.push_back("features." + std::to_string(index + 1));
+        if (s.conv_bn) out.push_back("features." + std::to_string(index + 1));
       }
-      index += s.bn ? 3 : 2;
+      index += s.conv_bn ? 3 : 2;
     }
     out.insert(out.end(), {"classifier.0", "classifier.3"});
     return out;
@@ -113,7 +113,7 @@ class VGG : public Model {
   struct Stage {
     bool pool = false;
     Conv2d* conv = nullptr;
-    BatchNorm2d* bn = nullptr;
+    nn::ConvBn conv_bn;  // with batch norm: the convolution and its batch norm
   };
   std::vector<Stage> stages_;
   Linear* fc_[3];

@@ -237,8 +237,9 @@ struct Pair {
   nn::Generator gen{11};
   nn::Conv2d conv;
   nn::BatchNorm2d bn;
+  nn::ConvBn unit;
   Pair(int64_t cin, int64_t cout, int stride, bool bias, int groups, DType dt, Device dev, Layout layout)
-      : conv(cin, cout, 3, stride, 1, bias, gen, groups), bn(cout) {
+      : conv(cin, cout, 3, stride, 1, bias, gen, groups), bn(cout), unit(conv, bn) {
     randomize_batch_norms(bn, 50);
     if (dt == DType::F64) {
       conv.to_dtype(dt);
@@ -252,7 +253,7 @@ struct Pair {
   }
   Variable unfolded(const Variable& x, const Variable* residual, bool relu) {
     Folding off(false);
-    return conv_bn_act(conv, bn, x, residual, relu);
+    return unit(x, relu, residual);
   }
 };
 
@@ -282,10 +283,10 @@ TEST(FusedConvBn, ConvBnActMatchesThePlainOpsAndTracksChanges) {
             const std::string what = std::string(dt == DType::F64 ? "f64" : "f32") +
                                       (layout == Layout::NHWC ? " NHWC" : " NCHW") + " cfg " + std::to_string(cfg) +
                                       (relu ? " relu" : "") + (res ? " residual" : "");
-            ASSERT_TRUE(can_fold_conv_bn(p.conv, p.bn, x, res)) << what;
+            ASSERT_TRUE(p.unit.can_fold(x, res)) << what;
             Tape tape;
             TapeScope scope(tape);
-            const Variable y = conv_bn_act(p.conv, p.bn, x, res, relu);
+            const Variable y = p.unit(x, relu, res);
             EXPECT_EQ(tape.size(), 0u) << what;
             EXPECT_EQ(y.value().layout(), layout) << what;
             expect_close(y.value(), reference(p, x, res, relu).value(), tol, what);
@@ -296,7 +297,7 @@ TEST(FusedConvBn, ConvBnActMatchesThePlainOpsAndTracksChanges) {
   // Folded weight and bias by hand: w' = w * g / sqrt(v + eps), b' = beta + (b - mean) * g / sqrt(v + eps).
   {
     Pair p(1, 2, 1, true, 1, DType::F64, Device::CPU, Layout::NCHW);
-    const auto& f = folded_conv_bn(p.conv, p.bn, DType::F64);
+    const auto& f = p.unit.folded(DType::F64);
     const std::vector<double> w = p.conv.weight.value().to_doubles(), b = p.conv.bias.value().to_doubles(),
                               g = p.bn.weight.value().to_doubles(), beta = p.bn.bias.value().to_doubles(),
                               mean = p.bn.buffers.running_mean.to_doubles(),
@@ -314,15 +315,15 @@ TEST(FusedConvBn, ConvBnActMatchesThePlainOpsAndTracksChanges) {
   {
     Pair p(3, 4, 1, false, 1, DType::F64, Device::CPU, Layout::NCHW);
     const Variable x(Tensor::randn({1, 3, 5, 5}, 12, DType::F64));
-    auto folded = [&]() { return conv_bn_act(p.conv, p.bn, x, nullptr, true).value(); };
+    auto folded = [&]() { return p.unit(x, true, nullptr).value(); };
     auto check = [&](const std::string& what) {
       expect_close(folded(), reference(p, x, nullptr, true).value(), 1e-12, what);
-      EXPECT_TRUE(p.bn.folded.valid()) << what;
+      EXPECT_TRUE(p.unit.cache().valid()) << what;
     };
     check("initial");
-    const void* cached = p.bn.folded.weight.data();
+    const void* cached = p.unit.cache().weight.data();
     const Tensor y0 = folded().clone();
-    EXPECT_EQ(p.bn.folded.weight.data(), cached) << "the cache was not reused";
+    EXPECT_EQ(p.unit.cache().weight.data(), cached) << "the cache was not reused";
     for (nn::StateEntry& e : p.bn.state())
       if (e.name == "running_var") e.buffer->copy_(Tensor::uniform({4}, 2.0, 3.0, 13, DType::F64));
     check("after a running_var write through state()");
@@ -332,9 +333,9 @@ TEST(FusedConvBn, ConvBnActMatchesThePlainOpsAndTracksChanges) {
     check("after a direct weight write + invalidate_derived_state()");
     // Unfreeze: the next call is unfolded (drops the cache); an "optimizer step"; refreeze via the Parameter.
     p.conv.weight.set_trainable(true);
-    EXPECT_FALSE(can_fold_conv_bn(p.conv, p.bn, x, nullptr));
-    conv_bn_act(p.conv, p.bn, x, nullptr, true);
-    EXPECT_FALSE(p.bn.folded.valid());
+    EXPECT_FALSE(p.unit.can_fold(x, nullptr));
+    p.unit(x, true, nullptr);
+    EXPECT_FALSE(p.unit.cache().valid());
     p.conv.weight.mutable_value().fill_(-0.02);
     p.conv.weight.set_trainable(false);
     check("after unfreeze, update, refreeze");
@@ -347,23 +348,23 @@ TEST(FusedConvBn, ConvBnActMatchesThePlainOpsAndTracksChanges) {
   {
     Pair p(3, 4, 1, false, 1, DType::F32, Device::CPU, Layout::NCHW);
     const Variable xg(Tensor::randn({1, 3, 5, 5}, 14), true), x(Tensor::randn({1, 3, 5, 5}, 14));
-    EXPECT_FALSE(can_fold_conv_bn(p.conv, p.bn, xg, nullptr));
+    EXPECT_FALSE(p.unit.can_fold(xg, nullptr));
     {
       NoGradGuard no_grad;
-      EXPECT_TRUE(can_fold_conv_bn(p.conv, p.bn, xg, nullptr));
+      EXPECT_TRUE(p.unit.can_fold(xg, nullptr));
     }
     const Variable rg(Tensor::randn({1, 4, 5, 5}, 15), true);
-    EXPECT_FALSE(can_fold_conv_bn(p.conv, p.bn, x, &rg));
+    EXPECT_FALSE(p.unit.can_fold(x, &rg));
     p.bn.train();
-    EXPECT_FALSE(can_fold_conv_bn(p.conv, p.bn, x, nullptr));
+    EXPECT_FALSE(p.unit.can_fold(x, nullptr));
     p.bn.frozen_uses_running_stats = true;
-    EXPECT_TRUE(can_fold_conv_bn(p.conv, p.bn, x, nullptr));
+    EXPECT_TRUE(p.unit.can_fold(x, nullptr));
     {
       Folding off(false);
-      EXPECT_FALSE(can_fold_conv_bn(p.conv, p.bn, x, nullptr));
+      EXPECT_FALSE(p.unit.can_fold(x, nullptr));
     }
     const Variable bad(Tensor::randn({1, 4, 4, 4}, 16));
-    EXPECT_THROW(conv_bn_act(p.conv, p.bn, x, &bad, true), ShapeError);
+    EXPECT_THROW(p.unit(x, true, &bad), ShapeError);
   }
 }
 
@@ -381,11 +382,11 @@ TEST(FusedConvBn, CudaMatchesCpu) {
       const Tensor rh = Tensor::randn({2, 6, ho, ho}, 10);
       for (const bool with_res : {false, true}) {
         const Variable xc(xh), rc(rh);
-        const Tensor want = conv_bn_act(cpu.conv, cpu.bn, xc, with_res ? &rc : nullptr, true).value();
+        const Tensor want = cpu.unit(xc, true, with_res ? &rc : nullptr).value();
         for (DType dt : {DType::F32, DType::BF16}) {
           const Variable xg(xh.to(Device::CUDA, dt, layout)), rg(rh.to(Device::CUDA, dt, layout));
-          ASSERT_TRUE(can_fold_conv_bn(gpu.conv, gpu.bn, xg, with_res ? &rg : nullptr));
-          const Tensor got = conv_bn_act(gpu.conv, gpu.bn, xg, with_res ? &rg : nullptr, true).value();
+          ASSERT_TRUE(gpu.unit.can_fold(xg, with_res ? &rg : nullptr));
+          const Tensor got = gpu.unit(xg, true, with_res ? &rg : nullptr).value();
           EXPECT_EQ(got.layout(), layout);
           const Tensor unf = gpu.unfolded(xg, with_res ? &rg : nullptr, true).value();
           const double tol = dt == DType::F32 ? kCudaTol : kBf16Tol;
