@@ -7,12 +7,14 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <random>
 #include <sstream>
 
 #include "io/image.h"
 #include "tl_testing.h"
 #include "train/metrics.h"
 #include "train/report.h"
+#include "train/running_metrics.h"
 
 using namespace tl;
 using namespace tl::train;
@@ -207,6 +209,105 @@ TEST(Metrics, TableAndJson) {
   EXPECT_FALSE(contains(big_text, "Confusion matrix"));
   EXPECT_TRUE(contains(big_text, "Most confused pairs (30 classes"));
   EXPECT_TRUE(contains(big_text, "      2  class 12 -> predicted as class 7\n")) << big_text;
+}
+
+// ---- RunningMetrics: the same counts, accumulated on the device ----
+
+namespace {
+// Batches of logits with ties, NaNs and repeated maxima, so that every ranking rule is exercised.
+struct MetricBatches {
+  std::vector<Tensor> logits, labels, losses;
+};
+MetricBatches tricky_batches(int classes, DType dt) {
+  MetricBatches b;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> small(0, 3), label(0, classes - 1);
+  for (int batch = 0; batch < 4; ++batch) {
+    const int n = 3 + batch * 2;
+    std::vector<double> x(static_cast<size_t>(n * classes)), y(static_cast<size_t>(n));
+    for (double& v : x) v = small(rng) - 1.5;  // few distinct values: many ties
+    if (batch == 2) x[4] = kNaN, x[static_cast<size_t>(classes + 1)] = kNaN;
+    for (double& v : y) v = label(rng);
+    b.logits.push_back(Tensor::from_values(x, {n, classes}, dt));
+    b.labels.push_back(labels(y));
+    b.losses.push_back(Tensor::from_values({0.25 * (batch + 1)}, {1}, dt == DType::F64 ? DType::F64 : DType::F32));
+  }
+  return b;
+}
+void expect_same_metrics(const ClassificationMetrics& got, const ClassificationMetrics& want, const std::string& what) {
+  EXPECT_EQ(got.count(), want.count()) << what;
+  EXPECT_EQ(got.correct_top1(), want.correct_top1()) << what;
+  EXPECT_EQ(got.correct_top_k(), want.correct_top_k()) << what;
+  EXPECT_EQ(got.confusion(), want.confusion()) << what;
+  EXPECT_NEAR(got.mean_loss(), want.mean_loss(), 1e-12) << what;
+}
+}  // namespace
+
+TEST(Metrics, RunningMetricsCountLikeClassificationMetrics) {
+  for (DType dt : {DType::F32, DType::F64})
+    for (int classes : {1, 3, 7}) {
+      const MetricBatches b = tricky_batches(classes, dt);
+      ClassificationMetrics want(classes), got(classes);
+      RunningMetrics running(classes, Device::CPU);
+      double loss_sum = 0;
+      int64_t count = 0;
+      for (size_t i = 0; i < b.logits.size(); ++i) {
+        const double loss = b.losses[i].to_doubles()[0];
+        want.add_batch(b.logits[i], b.labels[i], loss);
+        running.add(b.logits[i], b.labels[i], b.losses[i]);
+        loss_sum += loss * b.logits[i].size(0);
+        count += b.logits[i].size(0);
+        const RunningMetrics::Totals t = running.lagged();  // exact on the CPU
+        EXPECT_EQ(t.count, count);
+        EXPECT_EQ(t.correct, want.correct_top1());
+        EXPECT_NEAR(t.loss_sum, loss_sum, 1e-12);
+        EXPECT_EQ(t.nonfinite_batches, 0);
+      }
+      running.read_into(got);
+      expect_same_metrics(got, want, std::to_string(classes) + " classes " + dtype_name(dt));
+      EXPECT_EQ(running.exact().count, 0) << "read_into resets";
+    }
+}
+
+TEST(Metrics, RunningMetricsCountNonFiniteLossesAndRejectBadLabels) {
+  RunningMetrics running(3, Device::CPU);
+  const Tensor x = Tensor::from_values({1, 2, 3, 3, 2, 1}, {2, 3});
+  running.add(x, labels({0, 1}), Tensor::from_values({0.5}, {1}));
+  running.add(x, labels({0, 1}), Tensor::from_values({kNaN}, {1}));
+  running.add(x, labels({0, 1}), Tensor::from_values({std::numeric_limits<double>::infinity()}, {1}));
+  EXPECT_EQ(running.exact().nonfinite_batches, 2);
+  running.reset();
+  running.add(x, labels({0, 3}), Tensor::from_values({0.5}, {1}));
+  ClassificationMetrics m(3);
+  EXPECT_TRUE(contains(error_of([&] { running.read_into(m); }), "outside [0, 3)"));
+  EXPECT_EQ(m.count(), 0);
+  EXPECT_THROW(running.add(Tensor::zeros({2, 4}), labels({0, 1}), Tensor::zeros({1})), ShapeError);
+  EXPECT_THROW(running.add(x, labels({0}), Tensor::zeros({1})), ShapeError);
+  EXPECT_THROW(running.add(x, labels({0, 1}), Tensor::zeros({2})), ShapeError);
+}
+
+TEST(Metrics, RunningMetricsCudaMatchesCpu) {
+  TL_REQUIRE_CUDA();
+  for (DType dt : {DType::F32, DType::F64, DType::BF16}) {
+    const int classes = 7;
+    const MetricBatches b = tricky_batches(classes, dt == DType::BF16 ? DType::F32 : dt);
+    RunningMetrics cpu(classes, Device::CPU), gpu(classes, Device::CUDA);
+    for (size_t i = 0; i < b.logits.size(); ++i) {
+      // bf16 holds these small half-integers exactly, so the CPU reference sees the same values
+      cpu.add(b.logits[i], b.labels[i], b.losses[i]);
+      gpu.add(b.logits[i].to(Device::CUDA, dt, Layout::NCHW), b.labels[i].to(Device::CUDA), b.losses[i].to(Device::CUDA));
+      const RunningMetrics::Totals lag = gpu.lagged();  // as of the previous call: the totals before this batch
+      if (i == 0) {
+        EXPECT_EQ(lag.count, 0);
+      }
+    }
+    const RunningMetrics::Totals t = gpu.exact();
+    EXPECT_EQ(t.count, cpu.exact().count);
+    ClassificationMetrics want(classes), got(classes);
+    cpu.read_into(want);
+    gpu.read_into(got);
+    expect_same_metrics(got, want, std::string("CUDA ") + dtype_name(dt));
+  }
 }
 
 // ---- PNG charts ----

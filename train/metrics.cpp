@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "kernels/metrics_rank.h"
 
 namespace tl::train {
 namespace {
@@ -16,14 +17,6 @@ constexpr int kMaxMatrixClasses = 20;   // more classes: per-class table and con
 constexpr size_t kMaxNameWidth = 24;    // class names longer than this are shortened
 constexpr size_t kMaxColumnWidth = 10;  // confusion-matrix column headers
 constexpr size_t kConfusedPairs = 20;
-
-// a ranks above b: larger, NaN above every number (torch.argmax / torch.topk treat NaN as the maximum).
-bool ranks_above(float a, float b) {
-  if (std::isnan(a)) return !std::isnan(b);
-  if (std::isnan(b)) return false;
-  return a > b;
-}
-bool same_rank(float a, float b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
 
 std::string shorten(const std::string& s, size_t width) {
   if (s.size() <= width) return s;
@@ -89,18 +82,29 @@ void ClassificationMetrics::add_batch(const float* logits, const int32_t* labels
   for (int64_t i = 0; i < batch_size; ++i) {
     const float* row = logits + i * c;
     const int y = labels[i];
-    int predicted = 0;
-    for (int j = 1; j < c; ++j)
-      if (ranks_above(row[j], row[predicted])) predicted = j;
-    int above = 0;  // classes ranked above the true class
-    for (int j = 0; j < c && above < top_k_; ++j)
-      if (ranks_above(row[j], row[y]) || (j < y && same_rank(row[j], row[y]))) ++above;
-    if (predicted == y) ++correct_top1_;
-    if (above < top_k_) ++correct_top_k_;
-    ++confusion_[static_cast<size_t>(y) * c + predicted];
+    const rank::RowRank r = rank::rank_row([row](int64_t j) { return static_cast<double>(row[j]); }, c, y, top_k_);
+    if (r.predicted == y) ++correct_top1_;
+    if (r.in_top_k) ++correct_top_k_;
+    ++confusion_[static_cast<size_t>(y) * c + r.predicted];
   }
   count_ += batch_size;
   loss_sum_ += batch_loss * static_cast<double>(batch_size);
+}
+
+void ClassificationMetrics::add_counts(int64_t count, int64_t correct_top_k, double loss_sum,
+                                       const std::vector<int64_t>& confusion) {
+  TL_CHECK(confusion.size() == confusion_.size(), ShapeError, "ClassificationMetrics::add_counts: ",
+           confusion.size(), " confusion cells for ", num_classes_, " classes");
+  int64_t total = 0;
+  for (int64_t v : confusion) total += v;
+  TL_CHECK(count >= 0 && total == count && correct_top_k >= 0 && correct_top_k <= count, ValueError,
+           "ClassificationMetrics::add_counts: inconsistent counts (", count, " samples, ", total,
+           " in the confusion matrix, ", correct_top_k, " top-k correct)");
+  for (size_t i = 0; i < confusion_.size(); ++i) confusion_[i] += confusion[i];
+  for (int j = 0; j < num_classes_; ++j) correct_top1_ += confusion[static_cast<size_t>(j) * (num_classes_ + 1)];
+  count_ += count;
+  correct_top_k_ += correct_top_k;
+  loss_sum_ += loss_sum;
 }
 
 double ClassificationMetrics::mean_loss() const {

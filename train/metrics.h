@@ -30,6 +30,9 @@ class ClassificationMetrics {
   void add_batch(const Tensor& logits, const Tensor& labels, double batch_loss);
   // The same from raw row-major (batch_size, C) float logits and int32 labels.
   void add_batch(const float* logits, const int32_t* labels, int64_t batch_size, double batch_loss);
+  // Counts accumulated elsewhere (train::RunningMetrics, on the device): samples, top-k correct, the sum of
+  // batch_loss * batch_size and the C x C confusion counts (top-1 correct is their diagonal).
+  void add_counts(int64_t count, int64_t correct_top_k, double loss_sum, const std::vector<int64_t>& confusion);
   void reset();
 
   int num_classes() const { return num_classes_; }

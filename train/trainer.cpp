@@ -23,6 +23,7 @@
 #include "train/optimizer.h"
 #include "train/predict.h"
 #include "train/report.h"
+#include "train/running_metrics.h"
 #include "train/schedule.h"
 #include "train/state_dict.h"
 
@@ -86,37 +87,33 @@ std::vector<EpochRecord> history_from_json(const json& a) {
   return h;
 }
 
-// Loss and metrics of one batch of logits (no tape).
-void add_to_metrics(const Variable& logits, const Tensor& labels, const int32_t* labels_host, int64_t size,
-                    const CrossEntropyOptions& ce, ClassificationMetrics& metrics) {
-  const double loss = cross_entropy_forward(logits.value(), labels, ce).item();
-  Tensor host = logits.value().to(Device::CPU, DType::F32, Layout::NCHW);
-  metrics.add_batch(host.data_as<float>(), labels_host, size, loss);
-}
-
 // Runs the model over a loader without recording (val phase, eval command); with a feature cache of that loader,
 // only the part after the cache's cut runs (the head, or the blocks after the cut point), on the cached features.
+// Losses and counts stay on the device until the end of the phase (RunningMetrics): no host sync per batch.
 void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precision prec, const CrossEntropyOptions& ce,
               ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr) {
   NoGradGuard no_grad;
   model.eval();
+  RunningMetrics running(metrics.num_classes(), dev);
   int64_t done = 0;
+  auto add = [&](const Variable& logits, const Tensor& labels, int64_t size) {
+    running.add(logits.value(), labels, cross_entropy_forward(logits.value(), labels, ce));
+    if (!progress) return;
+    const RunningMetrics::Totals t = running.lagged();
+    progress->update(++done, size, t.mean_loss(), t.accuracy());
+  };
   if (cache) {
     for (int64_t b = 0; b < cache->batches_per_epoch(); ++b) {
       FeatureCache::Batch fb = cache->batch(0, b);
       if (fb.size == 0) continue;
-      add_to_metrics(model.forward_from(Variable(fb.features), cache->cut()), fb.labels, fb.labels_host.data(),
-                     fb.size, ce, metrics);
-      if (progress) progress->update(++done, fb.size, metrics.mean_loss(), metrics.top1_accuracy());
+      add(model.forward_from(Variable(fb.features), cache->cut()), fb.labels, fb.size);
     }
   } else {
     loader.start_epoch(0);
-    while (const io::Batch* b = loader.next()) {
-      add_to_metrics(model.forward(Variable(model_input(b->images_to(dev), dev, prec))), b->labels_to(dev), b->labels,
-                     b->size, ce, metrics);
-      if (progress) progress->update(++done, b->size, metrics.mean_loss(), metrics.top1_accuracy());
-    }
+    while (const io::Batch* b = loader.next())
+      add(model.forward(Variable(model_input(b->images_to(dev), dev, prec))), b->labels_to(dev), b->size);
   }
+  running.read_into(metrics);
   if (progress) progress->finish();
 }
 
@@ -338,30 +335,35 @@ struct Trainer {
   Tape& tape;
   FeatureCaches& caches;
 
-  // One step: forward (the whole model on images, or the head on cached features), loss, backward, update.
-  // Returns the loss; throws DivergedError on NaN/Inf.
-  double step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
-              const std::string& last_path) {
+  RunningMetrics running;  // the train phase's losses and counts, on the device
+
+  // One step: forward (the whole model on images, or the head on cached features), loss, backward, update. No host
+  // sync: the loss and counts go to `running` on the device. Returns the running totals (on CUDA as of the previous
+  // step, see RunningMetrics::lagged); throws DivergedError once a loss was NaN/Inf (on the CPU before this step
+  // updates anything; on CUDA one step later, and train_epoch checks again, exactly, before any checkpoint).
+  RunningMetrics::Totals step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
+                              const std::string& last_path) {
     sched.apply(epoch, batch_index);
     Variable logits = cached ? model.forward_from(Variable(input), caches.train->cut())
                              : model.forward(Variable(model_input(input, dev, prec)));
     Variable loss = cross_entropy(logits, labels, ce);
     for (const models::Model::AuxLogits& a : model.take_aux_logits())  // Inception v3, GoogLeNet in training
       loss = add(loss, cross_entropy(a.logits, labels, ce), a.weight);
-    const double loss_value = loss.value().item();
-    if (!std::isfinite(loss_value)) {
-      tape.clear();
-      throw DivergedError(detail::concat("the loss became ", loss_value, " at epoch ", epoch + 1, ", batch ",
-                                         batch_index + 1, "; nothing after the last good checkpoint was saved (",
-                                         last_path, "). Try a lower --lr (now ", o.lr, "), or --precision fp32"));
-    }
+    running.add(logits.value(), labels, loss.value());
+    const RunningMetrics::Totals t = running.lagged();
+    check_finite(t, epoch, batch_index, last_path);
     tape.backward(loss);
     opt.step();
     opt.zero_grad();
-    last_logits = logits.value().to(Device::CPU, DType::F32, Layout::NCHW);
-    return loss_value;
+    return t;
   }
-  Tensor last_logits;  // of the last step, on the host, for the metrics
+  void check_finite(const RunningMetrics::Totals& t, int epoch, int64_t batch_index, const std::string& last_path) {
+    if (t.nonfinite_batches == 0) return;
+    tape.clear();
+    throw DivergedError(detail::concat("the loss became NaN or infinite at epoch ", epoch + 1, ", by batch ",
+                                       batch_index + 1, "; nothing after the last good checkpoint was saved (",
+                                       last_path, "). Try a lower --lr (now ", o.lr, "), or --precision fp32"));
+  }
 
   // The train phase of one epoch from `state.batch`. Returns false when stopped (Ctrl-C or --stop-after-steps):
   // `state` then says where to resume.
@@ -370,13 +372,20 @@ struct Trainer {
     model.train();
     const int64_t first = state.batch;
     Progress progress("train", state.epoch + 1, o.epochs, data.train->batches_per_epoch(), log);
-    // After each step: metrics, progress, and whether to stop here.
-    auto after_step = [&](double loss, const int32_t* labels, int64_t size) {
-      m.add_batch(last_logits.data_as<float>(), labels, size, loss);
+    running.reset();
+    // Before the epoch's metrics are read or a checkpoint is written: every loss so far finite (exactly).
+    auto end_phase = [&]() {
+      check_finite(running.exact(), state.epoch, state.batch - 1, last_path);
+      running.read_into(m);
+    };
+    // After each step: progress, and whether to stop here.
+    auto after_step = [&](const RunningMetrics::Totals& t, int64_t size) {
       ++state.batch;
       ++steps;
-      if (!o.quiet) progress.update(state.batch - first, size, m.mean_loss(), m.top1_accuracy());
-      return stop_requested() || (o.stop_after_steps > 0 && steps >= o.stop_after_steps);
+      if (!o.quiet) progress.update(state.batch - first, size, t.mean_loss(), t.accuracy());
+      const bool stop = stop_requested() || (o.stop_after_steps > 0 && steps >= o.stop_after_steps);
+      if (stop) end_phase();
+      return stop;
     };
     if (caches.train) {
       for (int64_t b = first; b < caches.train->batches_per_epoch(); ++b) {
@@ -385,17 +394,18 @@ struct Trainer {
           ++state.batch;
           continue;
         }
-        const double loss = step(fb.features, fb.labels, true, state.epoch, state.batch, last_path);
-        if (after_step(loss, fb.labels_host.data(), fb.size)) return false;
+        if (after_step(step(fb.features, fb.labels, true, state.epoch, state.batch, last_path), fb.size)) return false;
       }
     } else {
       data.train->start_epoch(state.epoch, first);
       while (const io::Batch* b = data.train->next()) {
-        const double loss = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch, last_path);
-        if (after_step(loss, b->labels, b->size)) return false;
+        const RunningMetrics::Totals t = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch,
+                                              last_path);
+        if (after_step(t, b->size)) return false;
       }
       if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
     }
+    end_phase();
     if (!o.quiet) progress.finish();
     return true;
   }
@@ -529,7 +539,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   JsonLinesWriter metrics_log((fs::path(o.out) / "metrics.jsonl").string());
   Tape tape;
   TapeScope tape_scope(tape);
-  Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches, {}};
+  Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches,
+            RunningMetrics(static_cast<int>(data.num_classes()), dev)};
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
     ClassificationMetrics train_m(static_cast<int>(data.num_classes()));
