@@ -86,6 +86,9 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--early-stopping", o.early_stopping, "patience in epochs (0: off)")->capture_default_str();
   c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
   c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA) | fp64 (CPU reference run)")->capture_default_str();
+  c.add_option("--memory-format", o.memory_format,
+               "activations' layout: auto (CPU fp32: what oneDNN wants; CUDA: NHWC for bf16, NCHW for fp32) | nchw | "
+               "nhwc (channels_last)")->capture_default_str();
   c.add_flag("!--no-cache", o.feature_cache,
              "run the frozen backbone every epoch instead of once per image (the feature cache is on where it is "
              "exact: only the head trains, --freeze-bn, --no-augment)");
@@ -164,6 +167,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench_cmd->add_option("--precision", bo.precision, "fp32 (TF32 convolutions) | bf16 (NHWC, CUDA)")
       ->capture_default_str();
+  bench_cmd->add_option("--memory-format", bo.memory_format, "auto | nchw | nhwc (as train)")->capture_default_str();
   bench_cmd->add_option("--batch", bo.batch)->capture_default_str();
   bench_cmd->add_option("--image-size", bo.image_size, kImageSizeHelp)->capture_default_str();
   bench_cmd->add_option("--classes", bo.classes)->capture_default_str();

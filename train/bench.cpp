@@ -104,7 +104,7 @@ BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
            "bench: --batch must be >= 1, --image-size >= 16 and --classes >= 2");
   TL_CHECK(o.warmup >= 0 && o.steps >= 1, ValueError, "bench: --warmup must be >= 0 and --steps >= 1");
   const Device dev = parse_device(o.device);
-  const Precision prec = parse_precision(o.precision, dev);  // activations' dtype and layout, as `train` runs them
+  const Precision prec = parse_precision(o.precision, dev, o.memory_format);  // activations' dtype and layout, as `train` runs them
   if (dev == Device::CUDA) cuda::set_allow_tf32(/*conv=*/true, /*matmul=*/false);  // PyTorch's defaults
 
   BenchResult r;
@@ -139,8 +139,9 @@ BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
   r.flops = count_step_flops(*model, o.batch, o.image_size, o.image_size);
   if (dev == Device::CUDA) cuda::synchronize();
   r.build_s = seconds_since(start);
-  log << "bench " << o.model << " " << o.mode << " " << o.precision << " batch " << o.batch << " "
-      << o.image_size << "x" << o.image_size << " on " << r.device << "\n"
+  log << "bench " << o.model << " " << o.mode << " " << o.precision << " "
+      << (prec.layout == Layout::NHWC ? "NHWC" : "NCHW") << " batch " << o.batch << " " << o.image_size << "x"
+      << o.image_size << " on " << r.device << "\n"
       << r.freeze_summary << "\n";
 
   Tape tape;
@@ -201,6 +202,7 @@ nlohmann::json BenchResult::to_json() const {
           {"model", o.model},
           {"mode", o.mode},
           {"precision", o.precision},
+          {"memory_format", o.memory_format},
           {"batch", o.batch},
           {"image_size", o.image_size},
           {"classes", o.classes},

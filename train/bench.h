@@ -34,6 +34,7 @@ struct BenchOptions {
   std::string model = "resnet18";
   std::string mode = "full";        // full | last_block | head
   std::string precision = "fp32";   // fp32 | bf16
+  std::string memory_format = "auto";  // auto | nchw | nhwc (as train --memory-format)
   int64_t batch = 64;
   int64_t image_size = 0;           // 0: the architecture's (224, inception_v3 299)
   int64_t classes = 10;

@@ -36,7 +36,8 @@ std::atomic<bool>& stop_requested() {
   return flag;
 }
 
-Precision parse_precision(const std::string& name, Device dev) {
+namespace {
+Precision default_precision(const std::string& name, Device dev) {
   if (name == "fp32") return {DType::F32, dev == Device::CPU ? conv2d_cpu_float32_layout() : Layout::NCHW};
   if (name == "bf16") {
     TL_CHECK(dev == Device::CUDA, ValueError, "--precision bf16 needs a CUDA device (the CPU runs fp32 or fp64)");
@@ -47,6 +48,20 @@ Precision parse_precision(const std::string& name, Device dev) {
     return {DType::F64, Layout::NCHW};
   }
   throw ValueError("--precision must be fp32, bf16 or fp64, got '" + name + "'");
+}
+}  // namespace
+
+Precision parse_precision(const std::string& name, Device dev, const std::string& memory_format) {
+  Precision p = default_precision(name, dev);
+  if (memory_format == "nchw") {
+    p.layout = Layout::NCHW;
+  } else if (memory_format == "nhwc" || memory_format == "channels_last") {
+    p.layout = Layout::NHWC;
+  } else {
+    TL_CHECK(memory_format == "auto", ValueError, "--memory-format must be auto, nchw or nhwc (channels_last), got '",
+             memory_format, "'");
+  }
+  return p;
 }
 
 namespace {
@@ -515,7 +530,7 @@ void final_report(const TrainOptions& o, TrainData& data, models::Model& model, 
 
 TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   const Device dev = parse_device(o.device);
-  const Precision prec = parse_precision(o.precision, dev);
+  const Precision prec = parse_precision(o.precision, dev, o.memory_format);
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
   io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 

@@ -58,6 +58,7 @@ struct TrainOptions {
   std::string out = "runs/exp";
   std::string device = "auto";    // auto | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16 (CUDA) | fp64 (CPU: a float64 reference run)
+  std::string memory_format = "auto";  // auto | nchw | nhwc (channels_last): the activations' layout
   // Feature cache at the freeze boundary (train/feature_cache.h): on where it is exact (only the head trains,
   // --freeze-bn, no augmentation); false: run the backbone every epoch (--no-cache).
   bool feature_cache = true;
@@ -98,13 +99,14 @@ TrainResult run_training(const TrainOptions& options, std::ostream& log);
 
 // The numeric format of a run's activations: "fp32" (float32; NCHW on CUDA, on the CPU the layout its fast
 // convolutions take, conv2d_cpu_float32_layout()), "bf16" (CUDA: bfloat16 NHWC, float32
-// parameters), "fp64" (CPU: the whole model in float64, a reference run). Throws ValueError for other names or a
-// format the device does not run.
+// parameters), "fp64" (CPU: the whole model in float64, a reference run). `memory_format` overrides the layout:
+// "auto" (the above), "nchw", or "nhwc" / "channels_last" (e.g. float32 NHWC on CUDA, where TF32 tensor-core
+// convolutions want it). Throws ValueError for other names or a format the device does not run.
 struct Precision {
   DType dtype = DType::F32;
   Layout layout = Layout::NCHW;
 };
-Precision parse_precision(const std::string& name, Device device);
+Precision parse_precision(const std::string& name, Device device, const std::string& memory_format = "auto");
 
 // Metrics of a weights file on a data folder (`tlengine eval`): prints the report, returns top-1 accuracy.
 struct EvalOptions {
