@@ -46,8 +46,9 @@ __global__ void axpy_kernel(T* y, const T* x, int64_t n, typename Acc<T>::type a
 
 void fill(void* dst, DType dtype, int64_t n, double value, cudaStream_t stream) {
   if (n == 0) return;
-  TL_DISPATCH_ALL_AND_INT(dtype, "fill", fill_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                                      static_cast<scalar_t*>(dst), n, static_cast<typename Acc<scalar_t>::type>(value)));
+  TL_DISPATCH_ALL_AND_INT(dtype, "fill",
+                          fill_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
+                              static_cast<scalar_t*>(dst), n, static_cast<typename Acc<scalar_t>::type>(value)));
   TL_LAUNCH_CHECK();
 }
 

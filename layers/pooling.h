@@ -31,7 +31,8 @@
 //   bfloat16 and tensors of more than 2^31 elements always run the own kernels; should cuDNN answer any status of
 //   the NOT_SUPPORTED category (cuDNN 9 sub-codes 3000-3999) for a dtype/layout, the same own kernels run instead.
 //   adaptive avg pool: own kernels (the 1x1 NCHW case is a warp-reduced per-channel mean).
-// Autograd: max_pool2d saves x (and y where CUDA takes the cuDNN path); avg_pool2d and adaptive_avg_pool2d save nothing.
+// Autograd: max_pool2d saves x (and y where CUDA takes the cuDNN path); avg_pool2d and adaptive_avg_pool2d save
+// nothing.
 #pragma once
 #include "core/autograd.h"
 
