@@ -63,10 +63,11 @@ class StreamGuard {
   cudaStream_t previous_;
 };
 cudnnHandle_t cudnn();    // bound to stream()
-cublasHandle_t cublas();  // bound to stream(), its own workspace set
+cublasHandle_t cublas();  // bound to stream(), with its fixed workspace (set again after every stream change)
 
 // A scratch buffer of at least `bytes`, valid on stream() until the next call that needs more.
-// It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing.
+// It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing. Throws
+// OutOfMemoryError when it cannot grow; the old buffer is gone then (a later call allocates afresh).
 void* workspace(size_t bytes);
 #endif  // TL_WITH_CUDA
 

@@ -38,7 +38,10 @@ cudaStream_t default_stream() {
 struct Handles {
   cudnnHandle_t cudnn = nullptr;
   cublasHandle_t cublas = nullptr;
+  cudaStream_t cublas_stream = nullptr;  // the stream cuBLAS is bound to (valid once cublas_bound)
+  bool cublas_bound = false;
   void* cublas_workspace = nullptr;
+  size_t cublas_workspace_bytes = 0;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -83,29 +86,66 @@ cudnnHandle_t cudnn() {
   return h.cudnn;
 }
 
+// cublasSetStream resets cuBLAS's workspace to its default pool (cuBLAS documentation, cublasSetStream), so the
+// fixed workspace is set again after every stream change: cuBLAS then never allocates, even during graph capture.
 cublasHandle_t cublas() {
   Handles& h = handles();
-  if (!h.cublas) {
-    CUBLAS_CHECK(cublasCreate(&h.cublas));
-    // A fixed cuBLAS workspace keeps cuBLAS from allocating during graph capture.
+  if (!h.cublas) CUBLAS_CHECK(cublasCreate(&h.cublas));
+  if (!h.cublas_workspace) {
     const size_t bytes = 32u << 20;
-    CUDA_CHECK(cudaMalloc(&h.cublas_workspace, bytes));
-    CUBLAS_CHECK(cublasSetWorkspace(h.cublas, h.cublas_workspace, bytes));
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+    h.cublas_workspace = p;
+    h.cublas_workspace_bytes = bytes;
+    h.cublas_bound = false;
   }
-  CUBLAS_CHECK(cublasSetStream(h.cublas, stream()));
+  const cudaStream_t s = stream();
+  if (!h.cublas_bound || h.cublas_stream != s) {
+    h.cublas_bound = false;
+    CUBLAS_CHECK(cublasSetStream(h.cublas, s));
+    CUBLAS_CHECK(cublasSetWorkspace(h.cublas, h.cublas_workspace, h.cublas_workspace_bytes));
+    h.cublas_stream = s;
+    h.cublas_bound = true;
+  }
   CUBLAS_CHECK(cublasSetMathMode(h.cublas, allow_tf32_matmul() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   return h.cublas;
 }
 
+namespace {
+// cudaMallocAsync of `bytes` on stream(); null when the device is out of memory (the CUDA error state is cleared);
+// any other failure throws.
+void* try_malloc_async(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t st = cudaMallocAsync(&p, bytes, stream());
+  if (st == cudaSuccess) return p;
+  (void)cudaGetLastError();
+  if (st == cudaErrorMemoryAllocation) return nullptr;
+  CUDA_CHECK(st);
+  return nullptr;
+}
+}  // namespace
+
+// The old buffer is forgotten before it is freed, so that a failed allocation leaves no pointer to freed memory
+// behind (pointer null, size 0). It grows by a quarter more than asked, or exactly what is asked when that does
+// not fit; when neither fits, OutOfMemoryError (callers such as the convolution try a candidate with less).
 void* workspace(size_t bytes) {
   Handles& h = handles();
-  if (bytes > h.workspace_bytes) {
-    if (h.workspace) CUDA_CHECK(cudaFreeAsync(h.workspace, stream()));
-    size_t grown = bytes + bytes / 4;
-    CUDA_CHECK(cudaMallocAsync(&h.workspace, grown, stream()));
-    h.workspace_bytes = grown;
+  if (bytes <= h.workspace_bytes) return h.workspace;
+  void* old = h.workspace;
+  h.workspace = nullptr;
+  h.workspace_bytes = 0;
+  if (old) CUDA_CHECK(cudaFreeAsync(old, stream()));
+  size_t got = bytes + bytes / 4;
+  void* p = try_malloc_async(got);
+  if (!p) p = try_malloc_async(got = bytes);
+  if (!p) {
+    throw OutOfMemoryError(detail::concat("CUDA out of memory: the scratch workspace of ", bytes, " bytes (",
+                                          bytes >> 20, " MiB) could not be allocated; use a smaller batch size"),
+                           bytes);
   }
-  return h.workspace;
+  h.workspace = p;
+  h.workspace_bytes = got;
+  return p;
 }
 
 }  // namespace cuda

@@ -98,10 +98,10 @@ void configure_pool_once() {
   });
 }
 
-void* cuda_alloc(size_t bytes, size_t request) {
+void* cuda_alloc(size_t bytes, size_t request, cudaStream_t stream) {
   configure_pool_once();
   void* ptr = nullptr;
-  cudaError_t st = cudaMallocAsync(&ptr, request, cuda::stream());
+  cudaError_t st = cudaMallocAsync(&ptr, request, stream);
   if (st == cudaErrorMemoryAllocation) {
     (void)cudaGetLastError();
     size_t free_b = 0, total_b = 0;
@@ -132,7 +132,8 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   } else {
     TL_CHECK(cuda::available(), Error, "a CUDA tensor was requested but ", cuda::unavailable_reason());
 #if TL_WITH_CUDA
-    ptr_ = cuda_alloc(bytes, request);
+    stream_ = cuda::stream();
+    ptr_ = cuda_alloc(bytes, request, stream_);
 #endif
   }
   count_alloc(device, bytes);
@@ -144,7 +145,7 @@ Storage::~Storage() {
     if (!host_cache().give(ptr_, host_rounded(bytes_ == 0 ? 1 : bytes_))) std::free(ptr_);
   } else {
 #if TL_WITH_CUDA
-    cudaFreeAsync(ptr_, cuda::stream());  // no throw from a destructor
+    cudaFreeAsync(ptr_, stream_);  // on the allocating stream, not this thread's; no throw from a destructor
 #endif
   }
   counters(device_).current.fetch_sub(bytes_);

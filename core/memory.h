@@ -8,8 +8,13 @@
 
 #include "core/dtype.h"
 
+struct CUstream_st;  // cudaStream_t is CUstream_st*; declared here so that this header needs no CUDA header
+
 namespace tl {
 
+// CUDA memory is freed on the stream it was allocated on (the thread's cuda::stream() at allocation), whichever
+// thread destroys the storage: that stream must outlive it, and work on other streams that reads it must be
+// ordered before the free by the caller (events), as with PyTorch's record_stream.
 class Storage {
  public:
   Storage(size_t bytes, Device device);  // uninitialised memory
@@ -24,6 +29,7 @@ class Storage {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   Device device_;
+  CUstream_st* stream_ = nullptr;  // CUDA: the stream it was allocated on, and is freed on
 };
 
 struct MemoryStats {

@@ -125,16 +125,31 @@ DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOpt
 }
 
 DataLoader::~DataLoader() {
+  bool synchronize_device = false;  // an event could not be recorded: wait for the whole stream instead
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     stop_ = true;
+    // The batch the consumer still holds may have copies in flight (Batch::images_to on cuda::stream()): giving it
+    // back records its slot's event after them, so the wait below covers that batch too.
+    try {
+      release_current(lock);
+    } catch (const Error&) {
+      holding_ = false;
+      synchronize_device = true;
+    }
   }
   work_cv_.notify_all();
   for (std::thread& t : workers_) t.join();
+  if (synchronize_device) {
+    try {
+      cuda::synchronize();
+    } catch (const Error&) {
+    }  // no throw from a destructor
+  }
   for (Slot& s : slots_) {
     if (s.event) {
       try {
-        event_wait(s.event);  // GPU copies from this slot are done
+        if (s.event_recorded) event_wait(s.event);  // GPU copies from this slot are done
       } catch (const Error&) {
       }  // no throw from a destructor
       event_destroy(s.event);

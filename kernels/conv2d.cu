@@ -11,10 +11,10 @@ constexpr int kThreads = 256;    // threads per block (NCHW partial sums)
 constexpr int64_t kRowsPerChunk = 2048;
 constexpr int64_t kMaxChunks = 256;
 
-template <typename T>
-__global__ void bias_add_kernel(T* y, const T* b, int64_t total, int64_t k, int64_t hw, bool nhwc) {
-  TL_KERNEL_LOOP(i, total) {
-    const int64_t c = nhwc ? i % k : (i / hw) % k;
+template <typename T, typename I>
+__global__ void bias_add_kernel(T* y, const T* b, int64_t total, I k, I hw, bool nhwc) {
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    const I c = nhwc ? i % k : (i / hw) % k;
     y[i] = from_acc<T>(load(y, i) + load(b, c));
   }
 }
@@ -41,16 +41,19 @@ __global__ void bias_partial_nhwc_kernel(const T* dy, typename Acc<T>::type* par
 }
 
 // The same for NCHW: row j = (n, p) lives at dy[n * k * hw + c * hw + p]; one block per (channel, chunk).
-template <typename T>
-__global__ void bias_partial_nchw_kernel(const T* dy, typename Acc<T>::type* partial, int64_t rows, int64_t k,
-                                         int64_t hw, int64_t chunk_rows) {
+template <typename T, typename I>
+__global__ void bias_partial_nchw_kernel(const T* dy, typename Acc<T>::type* partial, I rows, I k, I hw,
+                                         I chunk_rows) {
   using A = typename Acc<T>::type;
   __shared__ A sums[kThreads];
-  const int64_t c = blockIdx.x;
-  const int64_t r0 = blockIdx.y * chunk_rows;
-  const int64_t r1 = min(rows, r0 + chunk_rows);
+  const I c = blockIdx.x;
+  const I r0 = blockIdx.y * chunk_rows;
+  const I r1 = min(rows, r0 + chunk_rows);
   A s = A(0);
-  for (int64_t j = r0 + threadIdx.x; j < r1; j += kThreads) s += load(dy, (j / hw) * k * hw + c * hw + j % hw);
+  for (I j = r0 + threadIdx.x; j < r1; j += kThreads) {
+    const I n = j / hw;
+    s += load(dy, (n * k + c) * hw + (j - n * hw));
+  }
   sums[threadIdx.x] = s;
   __syncthreads();
   for (int half = kThreads / 2; half > 0; half /= 2) {
@@ -82,9 +85,11 @@ void conv_bias_add(void* y, const void* b, DType dtype, int64_t n, int64_t k, in
                    cudaStream_t stream) {
   const int64_t total = n * k * hw;
   if (total == 0) return;
-  TL_DISPATCH_ALL(dtype, "conv_bias_add", bias_add_kernel<scalar_t><<<grid_for(total), 256, 0, stream>>>(
-                                              static_cast<scalar_t*>(y), static_cast<const scalar_t*>(b), total, k,
-                                              hw, nhwc));
+  TL_DISPATCH_ALL(dtype, "conv_bias_add", with_index_type({total}, [&](auto index) {
+                    using I = decltype(index);
+                    bias_add_kernel<scalar_t, I><<<grid_for(total), 256, 0, stream>>>(
+                        static_cast<scalar_t*>(y), static_cast<const scalar_t*>(b), total, I(k), I(hw), nhwc);
+                  }));
   TL_LAUNCH_CHECK();
 }
 
@@ -108,7 +113,12 @@ void conv_bias_grad(const void* dy, void* db, DType dtype, int64_t n, int64_t k,
       bias_partial_nhwc_kernel<scalar_t><<<grid, dim3(kTile, kRows), 0, stream>>>(g, partial, rows, k, chunk_rows);
     } else {
       dim3 grid(static_cast<unsigned>(k), static_cast<unsigned>(chunks));
-      bias_partial_nchw_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(g, partial, rows, k, hw, chunk_rows);
+      // j + kThreads stays below rows + kThreads: that is the bound of the 32-bit choice.
+      with_index_type({n * k * hw, rows + kThreads}, [&](auto index) {
+        using I = decltype(index);
+        bias_partial_nchw_kernel<scalar_t, I><<<grid, kThreads, 0, stream>>>(g, partial, I(rows), I(k), I(hw),
+                                                                             I(chunk_rows));
+      });
     }
     TL_LAUNCH_CHECK();
     bias_finish_kernel<scalar_t><<<grid_for(k), 256, 0, stream>>>(partial, static_cast<scalar_t*>(db), k, chunks,

@@ -28,12 +28,12 @@ __global__ void fold_conv_bn_kernel(const typename Acc<T>::type* w, const typena
   }
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void bias_add_act_kernel(T* y, const typename Acc<T>::type* b, const T* residual, bool relu,
-                                    int64_t total, int64_t k, int64_t hw, bool nhwc) {
+                                    int64_t total, I k, I hw, bool nhwc) {
   using A = typename Acc<T>::type;
-  TL_KERNEL_LOOP(i, total) {
-    const int64_t c = nhwc ? i % k : (i / hw) % k;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    const I c = nhwc ? i % k : (i / hw) % k;
     A v = load(y, i) + b[c];
     if (residual) v += load(residual, i);
     if (relu) v = v > A(0) ? v : A(0);
@@ -63,9 +63,12 @@ void bias_add_act(void* y, const void* b, const void* residual, bool relu, DType
   if (total == 0) return;
   TL_DISPATCH_ALL(dtype, "bias_add_act", {
     using P = typename Acc<scalar_t>::type;
-    bias_add_act_kernel<scalar_t><<<grid_for(total), 256, 0, stream>>>(
-        static_cast<scalar_t*>(y), static_cast<const P*>(b), static_cast<const scalar_t*>(residual), relu, total, k,
-        hw, nhwc);
+    with_index_type({total}, [&](auto index) {
+      using I = decltype(index);
+      bias_add_act_kernel<scalar_t, I><<<grid_for(total), 256, 0, stream>>>(
+          static_cast<scalar_t*>(y), static_cast<const P*>(b), static_cast<const scalar_t*>(residual), relu, total,
+          I(k), I(hw), nhwc);
+    });
   });
   TL_LAUNCH_CHECK();
 }

@@ -1,19 +1,39 @@
 // tlengine's own pooling kernels: direct max/avg pooling (forward + gather backward) and adaptive average
 // pooling (see kernels/pooling.h; the ops are in layers/pooling.h). float32 accumulation for bf16/f16.
+// Kernels that decode memory positions are templated on the index type I (int32_t when every index and product
+// fits, see kernels/index_math.h), so that the per-element division and modulo run in 32 bits where they can.
 #include "kernels/common.cuh"
 #include "kernels/pooling.h"
 
 namespace tl::kernels {
 namespace {
 
+// PoolGeom in the kernel's index type.
+template <typename I>
+struct Geom {
+  I N, C, H, W, OH, OW;
+  int kh, kw, sh, sw, ph, pw;
+};
+template <typename I>
+Geom<I> geom_as(const PoolGeom& g) {
+  return {I(g.N), I(g.C), I(g.H), I(g.W), I(g.OH), I(g.OW), g.kh, g.kw, g.sh, g.sw, g.ph, g.pw};
+}
+// The largest index or product the direct pooling kernels form: the element counts of x and y, and the window
+// arithmetic (oh * sh + kh, h * W + w).
+int64_t pool_bound(const PoolGeom& g) {
+  const int64_t x = g.N * g.C * g.H * g.W, y = g.N * g.C * g.OH * g.OW;
+  const int64_t win = (g.OH + 1) * g.sh + g.kh + (g.OW + 1) * g.sw + g.kw + (g.H + 1) * (g.W + 1);
+  return std::max(std::max(x, y), win);
+}
+
 // Memory offset of logical element (n, c, h, w) of a dense (N, C, H, W) tensor.
-__device__ __forceinline__ int64_t off4(bool nhwc, int64_t n, int64_t c, int64_t h, int64_t w, int64_t C, int64_t H,
-                                        int64_t W) {
+template <typename I>
+__device__ __forceinline__ I off4(bool nhwc, I n, I c, I h, I w, I C, I H, I W) {
   return nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w;
 }
 // Inverse: the logical coordinates of memory position i (threads walk memory order, so accesses coalesce).
-__device__ __forceinline__ void decode4(int64_t i, bool nhwc, int64_t C, int64_t H, int64_t W, int64_t& n,
-                                        int64_t& c, int64_t& h, int64_t& w) {
+template <typename I>
+__device__ __forceinline__ void decode4(I i, bool nhwc, I C, I H, I W, I& n, I& c, I& h, I& w) {
   if (nhwc) {
     c = i % C;
     i /= C;
@@ -32,18 +52,17 @@ __device__ __forceinline__ void decode4(int64_t i, bool nhwc, int64_t C, int64_t
 }
 
 // First (row-major) position h*W + w of the maximum of window (oh, ow); NaN counts as the maximum.
-template <typename T>
-__device__ __forceinline__ int64_t window_argmax(const T* x, const PoolGeom& g, bool nhwc, int64_t n, int64_t c,
-                                                 int64_t oh, int64_t ow) {
+template <typename T, typename I>
+__device__ __forceinline__ I window_argmax(const T* x, const Geom<I>& g, bool nhwc, I n, I c, I oh, I ow) {
   using A = typename Acc<T>::type;
-  int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
-  const int64_t he = min(hs + g.kh, g.H), we = min(ws + g.kw, g.W);
-  hs = max(hs, int64_t(0));
-  ws = max(ws, int64_t(0));
+  I hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+  const I he = min(hs + I(g.kh), g.H), we = min(ws + I(g.kw), g.W);
+  hs = max(hs, I(0));
+  ws = max(ws, I(0));
   A best = A(-INFINITY);
-  int64_t arg = hs * g.W + ws;
-  for (int64_t h = hs; h < he; ++h)
-    for (int64_t w = ws; w < we; ++w) {
+  I arg = hs * g.W + ws;
+  for (I h = hs; h < he; ++h)
+    for (I w = ws; w < we; ++w) {
       const A v = load(x, off4(nhwc, n, c, h, w, g.C, g.H, g.W));
       if (v > best || v != v) {
         best = v;
@@ -54,112 +73,123 @@ __device__ __forceinline__ int64_t window_argmax(const T* x, const PoolGeom& g, 
 }
 
 // PyTorch's average-pool divisor of window (oh, ow).
-__device__ __forceinline__ int64_t avg_divisor(const PoolGeom& g, int64_t oh, int64_t ow, bool count_include_pad) {
-  int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
-  int64_t he = min(hs + g.kh, g.H + g.ph), we = min(ws + g.kw, g.W + g.pw);
+template <typename I>
+__device__ __forceinline__ I avg_divisor(const Geom<I>& g, I oh, I ow, bool count_include_pad) {
+  I hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+  I he = min(hs + I(g.kh), g.H + I(g.ph)), we = min(ws + I(g.kw), g.W + I(g.pw));
   if (count_include_pad) return (he - hs) * (we - ws);
-  hs = max(hs, int64_t(0));
-  ws = max(ws, int64_t(0));
+  hs = max(hs, I(0));
+  ws = max(ws, I(0));
   he = min(he, g.H);
   we = min(we, g.W);
   return (he - hs) * (we - ws);
 }
 
 // The output windows that contain input row h: [*lo, *hi).
-__device__ __forceinline__ void covering(int64_t h, int k, int s, int p, int64_t out, int64_t* lo, int64_t* hi) {
-  const int64_t hp = h + p;
-  *lo = hp < k ? 0 : (hp - k) / s + 1;
+template <typename I>
+__device__ __forceinline__ void covering(I h, int k, int s, int p, I out, I* lo, I* hi) {
+  const I hp = h + p;
+  *lo = hp < k ? I(0) : (hp - k) / s + 1;
   *hi = min(hp / s + 1, out);
 }
 
-template <typename T>
-__global__ void max_forward_kernel(const T* x, T* y, PoolGeom g, bool nhwc) {
+template <typename T, typename I>
+__global__ void max_forward_kernel(const T* x, T* y, Geom<I> g, bool nhwc) {
   using A = typename Acc<T>::type;
-  const int64_t total = g.N * g.C * g.OH * g.OW;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, oh, ow;
+  const int64_t total = int64_t(g.N) * g.C * g.OH * g.OW;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, oh, ow;
     decode4(i, nhwc, g.C, g.OH, g.OW, n, c, oh, ow);
-    const int64_t a = window_argmax(x, g, nhwc, n, c, oh, ow);
+    const I a = window_argmax(x, g, nhwc, n, c, oh, ow);
     const A v = load(x, off4(nhwc, n, c, a / g.W, a % g.W, g.C, g.H, g.W));
     y[i] = from_acc<T>(v);
   }
 }
 
-template <typename T>
-__global__ void max_backward_kernel(const T* x, const T* dy, T* dx, PoolGeom g, bool nhwc, bool accumulate) {
+template <typename T, typename I>
+__global__ void max_backward_kernel(const T* x, const T* dy, T* dx, Geom<I> g, bool nhwc, bool accumulate) {
   using A = typename Acc<T>::type;
-  const int64_t total = g.N * g.C * g.H * g.W;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, h, w;
+  const int64_t total = int64_t(g.N) * g.C * g.H * g.W;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, h, w;
     decode4(i, nhwc, g.C, g.H, g.W, n, c, h, w);
-    int64_t oh0, oh1, ow0, ow1;
+    I oh0, oh1, ow0, ow1;
     covering(h, g.kh, g.sh, g.ph, g.OH, &oh0, &oh1);
     covering(w, g.kw, g.sw, g.pw, g.OW, &ow0, &ow1);
     A acc = A(0);
-    for (int64_t oh = oh0; oh < oh1; ++oh)
-      for (int64_t ow = ow0; ow < ow1; ++ow)
+    for (I oh = oh0; oh < oh1; ++oh)
+      for (I ow = ow0; ow < ow1; ++ow)
         if (window_argmax(x, g, nhwc, n, c, oh, ow) == h * g.W + w)
           acc += load(dy, off4(nhwc, n, c, oh, ow, g.C, g.OH, g.OW));
     dx[i] = from_acc<T>(accumulate ? load(dx, i) + acc : acc);
   }
 }
 
-template <typename T>
-__global__ void avg_forward_kernel(const T* x, T* y, PoolGeom g, bool count_include_pad, bool nhwc) {
+template <typename T, typename I>
+__global__ void avg_forward_kernel(const T* x, T* y, Geom<I> g, bool count_include_pad, bool nhwc) {
   using A = typename Acc<T>::type;
-  const int64_t total = g.N * g.C * g.OH * g.OW;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, oh, ow;
+  const int64_t total = int64_t(g.N) * g.C * g.OH * g.OW;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, oh, ow;
     decode4(i, nhwc, g.C, g.OH, g.OW, n, c, oh, ow);
-    int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
-    const int64_t he = min(hs + g.kh, g.H), we = min(ws + g.kw, g.W);
-    hs = max(hs, int64_t(0));
-    ws = max(ws, int64_t(0));
+    I hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+    const I he = min(hs + I(g.kh), g.H), we = min(ws + I(g.kw), g.W);
+    hs = max(hs, I(0));
+    ws = max(ws, I(0));
     A sum = A(0);
-    for (int64_t h = hs; h < he; ++h)
-      for (int64_t w = ws; w < we; ++w) sum += load(x, off4(nhwc, n, c, h, w, g.C, g.H, g.W));
+    for (I h = hs; h < he; ++h)
+      for (I w = ws; w < we; ++w) sum += load(x, off4(nhwc, n, c, h, w, g.C, g.H, g.W));
     y[i] = from_acc<T>(sum / A(avg_divisor(g, oh, ow, count_include_pad)));
   }
 }
 
-template <typename T>
-__global__ void avg_backward_kernel(const T* dy, T* dx, PoolGeom g, bool count_include_pad, bool nhwc,
+template <typename T, typename I>
+__global__ void avg_backward_kernel(const T* dy, T* dx, Geom<I> g, bool count_include_pad, bool nhwc,
                                     bool accumulate) {
   using A = typename Acc<T>::type;
-  const int64_t total = g.N * g.C * g.H * g.W;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, h, w;
+  const int64_t total = int64_t(g.N) * g.C * g.H * g.W;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, h, w;
     decode4(i, nhwc, g.C, g.H, g.W, n, c, h, w);
-    int64_t oh0, oh1, ow0, ow1;
+    I oh0, oh1, ow0, ow1;
     covering(h, g.kh, g.sh, g.ph, g.OH, &oh0, &oh1);
     covering(w, g.kw, g.sw, g.pw, g.OW, &ow0, &ow1);
     A acc = A(0);
-    for (int64_t oh = oh0; oh < oh1; ++oh)
-      for (int64_t ow = ow0; ow < ow1; ++ow)
+    for (I oh = oh0; oh < oh1; ++oh)
+      for (I ow = ow0; ow < ow1; ++ow)
         acc += load(dy, off4(nhwc, n, c, oh, ow, g.C, g.OH, g.OW)) / A(avg_divisor(g, oh, ow, count_include_pad));
     dx[i] = from_acc<T>(accumulate ? load(dx, i) + acc : acc);
   }
 }
 
 // Adaptive bins: [floor(i*in/out), ceil((i+1)*in/out)).
-__device__ __forceinline__ int64_t bin_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
-__device__ __forceinline__ int64_t bin_end(int64_t i, int64_t in, int64_t out) {
+template <typename I>
+__device__ __forceinline__ I bin_start(I i, I in, I out) {
+  return (i * in) / out;
+}
+template <typename I>
+__device__ __forceinline__ I bin_end(I i, I in, I out) {
   return ((i + 1) * in + out - 1) / out;
 }
+// The largest index or product of the adaptive kernels: element counts and the bin arithmetic ((i + 1) * in + out).
+int64_t adaptive_bound(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  const int64_t elems = std::max(N * C * H * W, N * C * OH * OW);
+  const int64_t bins = std::max((OH + 1) * (H + 1) + OH + H, (OW + 1) * (W + 1) + OW + W);
+  return std::max(elems, bins);
+}
 
-template <typename T>
-__global__ void adaptive_forward_kernel(const T* x, T* y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-                                        int64_t OW, bool nhwc) {
+template <typename T, typename I>
+__global__ void adaptive_forward_kernel(const T* x, T* y, I N, I C, I H, I W, I OH, I OW, bool nhwc) {
   using A = typename Acc<T>::type;
-  const int64_t total = N * C * OH * OW;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, oh, ow;
+  const int64_t total = int64_t(N) * C * OH * OW;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, oh, ow;
     decode4(i, nhwc, C, OH, OW, n, c, oh, ow);
-    const int64_t hs = bin_start(oh, H, OH), he = bin_end(oh, H, OH);
-    const int64_t ws = bin_start(ow, W, OW), we = bin_end(ow, W, OW);
+    const I hs = bin_start(oh, H, OH), he = bin_end(oh, H, OH);
+    const I ws = bin_start(ow, W, OW), we = bin_end(ow, W, OW);
     A sum = A(0);
-    for (int64_t h = hs; h < he; ++h)
-      for (int64_t w = ws; w < we; ++w) sum += load(x, off4(nhwc, n, c, h, w, C, H, W));
+    for (I h = hs; h < he; ++h)
+      for (I w = ws; w < we; ++w) sum += load(x, off4(nhwc, n, c, h, w, C, H, W));
     y[i] = from_acc<T>(sum / A((he - hs) * (we - ws)));
   }
 }
@@ -178,23 +208,23 @@ __global__ void global_avg_nchw_kernel(const T* x, T* y, int64_t planes, int64_t
   }
 }
 
-template <typename T>
-__global__ void adaptive_backward_kernel(const T* dy, T* dx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-                                         int64_t OW, bool nhwc, bool accumulate) {
+template <typename T, typename I>
+__global__ void adaptive_backward_kernel(const T* dy, T* dx, I N, I C, I H, I W, I OH, I OW, bool nhwc,
+                                         bool accumulate) {
   using A = typename Acc<T>::type;
-  const int64_t total = N * C * H * W;
-  TL_KERNEL_LOOP(i, total) {
-    int64_t n, c, h, w;
+  const int64_t total = int64_t(N) * C * H * W;
+  TL_KERNEL_LOOP_AS(I, i, total) {
+    I n, c, h, w;
     decode4(i, nhwc, C, H, W, n, c, h, w);
     // Bins containing h: i in (h*OH/H - 1, (h+1)*OH/H), re-checked below.
-    const int64_t oh0 = (h * OH) / H, oh1 = min(((h + 1) * OH + H - 1) / H, OH);
-    const int64_t ow0 = (w * OW) / W, ow1 = min(((w + 1) * OW + W - 1) / W, OW);
+    const I oh0 = (h * OH) / H, oh1 = min(((h + 1) * OH + H - 1) / H, OH);
+    const I ow0 = (w * OW) / W, ow1 = min(((w + 1) * OW + W - 1) / W, OW);
     A acc = A(0);
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      const int64_t hs = bin_start(oh, H, OH), he = bin_end(oh, H, OH);
+    for (I oh = oh0; oh < oh1; ++oh) {
+      const I hs = bin_start(oh, H, OH), he = bin_end(oh, H, OH);
       if (h < hs || h >= he) continue;
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        const int64_t ws = bin_start(ow, W, OW), we = bin_end(ow, W, OW);
+      for (I ow = ow0; ow < ow1; ++ow) {
+        const I ws = bin_start(ow, W, OW), we = bin_end(ow, W, OW);
         if (w < ws || w >= we) continue;
         acc += load(dy, off4(nhwc, n, c, oh, ow, C, OH, OW)) / A((he - hs) * (we - ws));
       }
@@ -208,8 +238,11 @@ __global__ void adaptive_backward_kernel(const T* dy, T* dx, int64_t N, int64_t 
 void max_pool2d_forward(const void* x, void* y, DType dtype, const PoolGeom& g, bool nhwc, cudaStream_t stream) {
   const int64_t n = g.N * g.C * g.OH * g.OW;
   if (n == 0) return;
-  TL_DISPATCH_ALL(dtype, "max_pool2d_forward", max_forward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                                                   static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), g, nhwc));
+  TL_DISPATCH_ALL(dtype, "max_pool2d_forward", with_index_type({pool_bound(g)}, [&](auto index) {
+                    using I = decltype(index);
+                    max_forward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                        static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), geom_as<I>(g), nhwc);
+                  }));
   TL_LAUNCH_CHECK();
 }
 
@@ -217,10 +250,12 @@ void max_pool2d_backward(const void* x, const void* dy, void* dx, DType dtype, c
                          bool accumulate, cudaStream_t stream) {
   const int64_t n = g.N * g.C * g.H * g.W;
   if (n == 0) return;
-  TL_DISPATCH_ALL(dtype, "max_pool2d_backward",
-                  max_backward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                      static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx), g,
-                      nhwc, accumulate));
+  TL_DISPATCH_ALL(dtype, "max_pool2d_backward", with_index_type({pool_bound(g)}, [&](auto index) {
+                    using I = decltype(index);
+                    max_backward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                        static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx),
+                        geom_as<I>(g), nhwc, accumulate);
+                  }));
   TL_LAUNCH_CHECK();
 }
 
@@ -228,9 +263,12 @@ void avg_pool2d_forward(const void* x, void* y, DType dtype, const PoolGeom& g, 
                         cudaStream_t stream) {
   const int64_t n = g.N * g.C * g.OH * g.OW;
   if (n == 0) return;
-  TL_DISPATCH_ALL(dtype, "avg_pool2d_forward",
-                  avg_forward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                      static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), g, count_include_pad, nhwc));
+  TL_DISPATCH_ALL(dtype, "avg_pool2d_forward", with_index_type({pool_bound(g)}, [&](auto index) {
+                    using I = decltype(index);
+                    avg_forward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                        static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), geom_as<I>(g), count_include_pad,
+                        nhwc);
+                  }));
   TL_LAUNCH_CHECK();
 }
 
@@ -238,10 +276,12 @@ void avg_pool2d_backward(const void* dy, void* dx, DType dtype, const PoolGeom& 
                          bool accumulate, cudaStream_t stream) {
   const int64_t n = g.N * g.C * g.H * g.W;
   if (n == 0) return;
-  TL_DISPATCH_ALL(dtype, "avg_pool2d_backward",
-                  avg_backward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                      static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx), g, count_include_pad, nhwc,
-                      accumulate));
+  TL_DISPATCH_ALL(dtype, "avg_pool2d_backward", with_index_type({pool_bound(g)}, [&](auto index) {
+                    using I = decltype(index);
+                    avg_backward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                        static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx), geom_as<I>(g),
+                        count_include_pad, nhwc, accumulate);
+                  }));
   TL_LAUNCH_CHECK();
 }
 
@@ -259,8 +299,12 @@ void adaptive_avg_pool2d_forward(const void* x, void* y, DType dtype, int64_t N,
                         static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), planes, H * W));
   } else {
     TL_DISPATCH_ALL(dtype, "adaptive_avg_pool2d_forward",
-                    adaptive_forward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                        static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), N, C, H, W, OH, OW, nhwc));
+                    with_index_type({adaptive_bound(N, C, H, W, OH, OW)}, [&](auto index) {
+                      using I = decltype(index);
+                      adaptive_forward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                          static_cast<const scalar_t*>(x), static_cast<scalar_t*>(y), I(N), I(C), I(H), I(W), I(OH),
+                          I(OW), nhwc);
+                    }));
   }
   TL_LAUNCH_CHECK();
 }
@@ -270,9 +314,12 @@ void adaptive_avg_pool2d_backward(const void* dy, void* dx, DType dtype, int64_t
   const int64_t n = N * C * H * W;
   if (n == 0) return;
   TL_DISPATCH_ALL(dtype, "adaptive_avg_pool2d_backward",
-                  adaptive_backward_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                      static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx), N, C, H, W, OH, OW, nhwc,
-                      accumulate));
+                  with_index_type({adaptive_bound(N, C, H, W, OH, OW)}, [&](auto index) {
+                    using I = decltype(index);
+                    adaptive_backward_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(
+                        static_cast<const scalar_t*>(dy), static_cast<scalar_t*>(dx), I(N), I(C), I(H), I(W), I(OH),
+                        I(OW), nhwc, accumulate);
+                  }));
   TL_LAUNCH_CHECK();
 }
 

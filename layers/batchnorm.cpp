@@ -2,7 +2,6 @@
 // (see batchnorm.h).
 #include "layers/batchnorm.h"
 
-#include <climits>
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -11,6 +10,7 @@
 #include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/batchnorm.h"
+#include "layers/cudnn_util.h"
 #endif
 #include "layers/layer_util.h"
 
@@ -35,7 +35,8 @@ void check_input(const Tensor& x, const char* op) {
   check_defined(x, op);
   check_rank(x, 4, op, "x (N, C, H, W)");
   if (x.is_cuda()) {
-    TL_CHECK(x.dtype() != DType::I32, DTypeError, op, ": x must be floating point, got ", x.str());
+    TL_CHECK(x.dtype() != DType::I32 && x.dtype() != DType::I64, DTypeError, op, ": x must be floating point, got ",
+             x.str());
   } else {
     check_cpu_float(x, op);
   }
@@ -51,18 +52,6 @@ void check_channel_tensor(const Tensor& t, const Tensor& x, const char* op, cons
            dtype_name(batchnorm_param_dtype(x.dtype())), " for x ", x.str(), ", got ", t.str());
   TL_CHECK(t.device() == x.device(), DTypeError, op, ": ", what, " is on ", device_name(t.device()), ", x is ",
            x.str());
-}
-
-// Gradient contract for a per-channel gradient (dgamma/dbeta) without a `like` tensor.
-void prepare_channel_grad(Tensor& g, int64_t c, DType dtype, Device device, bool accumulate, const char* op) {
-  if (accumulate) {
-    TL_CHECK(g.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(g.shape() == Shape{c} && g.dtype() == dtype && g.device() == device, ShapeError, op,
-             ": the gradient to accumulate into must be ", dtype_name(dtype), "[", c, "] ", device_name(device),
-             ", got ", g.str());
-  } else if (!g.defined() || g.shape() != Shape{c} || g.dtype() != dtype || g.device() != device || !g.is_unique()) {
-    g = Tensor::empty({c}, dtype, device);
-  }
 }
 
 // ---------------------------------------------------------------- CPU reference
@@ -384,159 +373,215 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
 #if TL_WITH_CUDA
 // ---------------------------------------------------------------- cuDNN helpers
 
-// cuDNN's BN kernels are used below PyTorch's batch-size limits (above them PyTorch also falls back).
+using cudnn_util::Scalar;
+using cudnn_util::TensorDesc;
+
+// cuDNN's BN kernels are asked below PyTorch's batch-size limits (above them PyTorch also falls back) and within
+// cuDNN's 2^31-element limit; beyond either, and for bfloat16, the own kernels run. Should cuDNN answer a status
+// of the NOT_SUPPORTED category, the own kernels run as well.
 bool use_cudnn(const Tensor& x, bool training) {
   if (x.dtype() == DType::BF16) return false;  // PyTorch keeps bfloat16 off cuDNN BN as well
   if (x.size(0) > (training ? 880801 : 65535)) return false;
-  for (int d = 0; d < 4; ++d)
-    if (x.size(d) > INT_MAX) return false;
-  return true;
+  return x.numel() <= cudnn_rules::kMaxElements;
+}
+// NHWC float32/float16 training runs CUDNN_BATCHNORM_SPATIAL_PERSISTENT through the *Ex functions (PyTorch's
+// choice for channels-last training); everything else the legacy CUDNN_BATCHNORM_SPATIAL functions.
+bool use_persistent(const Tensor& x) {
+  return x.layout() == Layout::NHWC && (x.dtype() == DType::F32 || x.dtype() == DType::F16);
 }
 
-struct TensorDesc {
-  cudnnTensorDescriptor_t d = nullptr;
-  TensorDesc() { CUDNN_CHECK(cudnnCreateTensorDescriptor(&d)); }
-  ~TensorDesc() { cudnnDestroyTensorDescriptor(d); }
-  TensorDesc(const TensorDesc&) = delete;
-  TensorDesc& operator=(const TensorDesc&) = delete;
-};
-
-cudnnDataType_t cudnn_dtype(DType t) {
-  switch (t) {
-    case DType::F32: return CUDNN_DATA_FLOAT;
-    case DType::F64: return CUDNN_DATA_DOUBLE;
-    case DType::F16: return CUDNN_DATA_HALF;
-    case DType::BF16: return CUDNN_DATA_BFLOAT16;
-    default: throw DTypeError(std::string("batch_norm2d: no cuDNN type for ") + dtype_name(t));
-  }
+// The (1, C, 1, 1) descriptor of gamma/beta/mean/var/saved statistics and their gradients, derived from x's for
+// `mode`: float for float/half/bfloat16 data, double for double data.
+void derive_param_desc(const TensorDesc& pd, const TensorDesc& xd, cudnnBatchNormMode_t mode) {
+  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(pd.get(), xd.get(), mode));
 }
-
-// A 4-D descriptor for x/y/dy/dx (logical N, C, H, W; the format says the memory order).
-void set_desc(TensorDesc& desc, const Tensor& t) {
-  CUDNN_CHECK(cudnnSetTensor4dDescriptor(desc.d, t.layout() == Layout::NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW,
-                                         cudnn_dtype(t.dtype()), static_cast<int>(t.size(0)),
-                                         static_cast<int>(t.size(1)), static_cast<int>(t.size(2)),
-                                         static_cast<int>(t.size(3))));
-}
-// The (1, C, 1, 1) descriptor of gamma/beta/mean/var/saved statistics and their gradients, derived from x's:
-// float for float/half/bfloat16 data, double for double data.
-void set_param_desc(TensorDesc& desc, const TensorDesc& x_desc) {
-  CUDNN_CHECK(cudnnDeriveBNTensorDescriptor(desc.d, x_desc.d, CUDNN_BATCHNORM_SPATIAL));
-}
-
-// cuDNN blending factors are host values of type double for double data, float otherwise.
-struct Blend {
-  float f;
-  double d;
-  explicit Blend(double v) : f(static_cast<float>(v)), d(v) {}
-  const void* ptr(DType data) const { return data == DType::F64 ? static_cast<const void*>(&d) : &f; }
-};
 
 size_t round_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// ---------------------------------------------------------------- CUDA paths
+// ---------------------------------------------------------------- CUDA forward
+
+void forward_train_own(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
+                       Tensor& save_invstd, BatchNormBuffers& buf, double factor, double eps) {
+  const kernels::BnDims d = kdims(x);
+  void* scratch = cuda::workspace(kernels::bn_reduce_scratch_bytes(x.dtype(), d));
+  kernels::bn_batch_stats(x.data(), x.dtype(), d, save_mean.data(), save_invstd.data(), buf.running_mean.data(),
+                          buf.running_var.data(), factor, eps, scratch, cuda::stream());
+  kernels::bn_normalize(x.data(), y.data(), x.dtype(), d, save_mean.data(), save_invstd.data(), false, eps,
+                        gamma.data(), beta.data(), cuda::stream());
+}
+
+// exponentialAverageFactor is PyTorch's momentum: running = running * (1 - factor) + batch * factor
+// (cudnn_ops.h: "runningMean = newMean*factor + runningMean*(1-factor)"). For the variance, the header and
+// the API reference only say "moving average of variance[x]" without naming the estimator; what cuDNN
+// averages is the UNBIASED batch variance (m/(m-1) correction), which is why PyTorch's cudnn_batch_norm
+// passes running_var straight through with factor = momentum and matches its native kernels (which apply
+// the unbiased correction explicitly). resultSaveInvVariance is 1/sqrt(biased var + eps), i.e. save_invstd.
+// The CUDA-vs-CPU test checks running_var after a step.
+
+// Legacy spatial training forward; false when cuDNN does not support it.
+bool forward_train_spatial(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
+                           Tensor& save_invstd, BatchNormBuffers& buf, double factor, double eps) {
+  const TensorDesc xd(x, "batch_norm2d"), yd(y, "batch_norm2d"), pd;
+  derive_param_desc(pd, xd, CUDNN_BATCHNORM_SPATIAL);
+  const Scalar one(1.0), zero(0.0);
+  return TL_CUDNN_RAN(cudnnBatchNormalizationForwardTraining(
+      cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.for_dtype(x.dtype()), zero.for_dtype(x.dtype()), xd.get(), x.data(),
+      yd.get(), y.data(), pd.get(), gamma.data(), beta.data(), factor, buf.running_mean.data(),
+      buf.running_var.data(), eps, save_mean.data(), save_invstd.data()));
+}
+
+// Persistent (NHWC) training forward through cudnnBatchNormalizationForwardTrainingEx (ops: BN only, no z, no
+// activation, as PyTorch calls it). Its reserve space goes to `reserve` for the backward. False when cuDNN does
+// not support it.
+bool forward_train_persistent(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y,
+                              Tensor& save_mean, Tensor& save_invstd, BatchNormBuffers& buf, double factor,
+                              double eps, Tensor& reserve) {
+  const cudnnBatchNormMode_t mode = CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
+  const cudnnBatchNormOps_t ops = CUDNN_BATCHNORM_OPS_BN;
+  cudnnHandle_t h = cuda::cudnn();
+  const TensorDesc xd(x, "batch_norm2d"), pd;
+  derive_param_desc(pd, xd, mode);
+  size_t ws_bytes = 0, reserve_bytes = 0;
+  // (handle, mode, ops, xDesc, zDesc, yDesc, bnScaleBiasMeanVarDesc, activationDesc, &bytes); y shares x's desc.
+  if (!TL_CUDNN_RAN(cudnnGetBatchNormalizationForwardTrainingExWorkspaceSize(h, mode, ops, xd.get(), xd.get(),
+                                                                             xd.get(), pd.get(), nullptr, &ws_bytes)))
+    return false;
+  // (handle, mode, ops, activationDesc, xDesc, &bytes)
+  if (!TL_CUDNN_RAN(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(h, mode, ops, nullptr, xd.get(),
+                                                                         &reserve_bytes)))
+    return false;
+  Tensor res = Tensor::empty({static_cast<int64_t>((reserve_bytes + 3) / 4)}, DType::F32, Device::CUDA);
+  void* ws = ws_bytes ? cuda::workspace(ws_bytes) : nullptr;
+  const Scalar one(1.0), zero(0.0);
+  const bool ran = TL_CUDNN_RAN(cudnnBatchNormalizationForwardTrainingEx(
+      h, mode, ops, one.for_dtype(x.dtype()), zero.for_dtype(x.dtype()), xd.get(), x.data(), nullptr, nullptr,
+      xd.get(), y.data(), pd.get(), gamma.data(), beta.data(), factor, buf.running_mean.data(),
+      buf.running_var.data(), eps, save_mean.data(), save_invstd.data(), nullptr, ws, ws_bytes,
+      reserve_bytes ? res.data() : nullptr, reserve_bytes));
+  if (ran) reserve = res;
+  return ran;
+}
 
 void forward_train_cuda(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
-                        Tensor& save_invstd, BatchNormBuffers& buf, double factor, double eps) {
-  if (!use_cudnn(x, true)) {
-    kernels::bn_batch_stats(x.data(), x.dtype(), kdims(x), save_mean.data(), save_invstd.data(),
-                            buf.running_mean.data(), buf.running_var.data(), factor, eps, cuda::stream());
-    kernels::bn_normalize(x.data(), y.data(), x.dtype(), kdims(x), save_mean.data(), save_invstd.data(), false, eps,
-                          gamma.data(), beta.data(), cuda::stream());
-    return;
+                        Tensor& save_invstd, BatchNormBuffers& buf, double factor, double eps, Tensor& reserve) {
+  if (use_cudnn(x, true)) {
+    if (use_persistent(x) &&
+        forward_train_persistent(x, gamma, beta, y, save_mean, save_invstd, buf, factor, eps, reserve))
+      return;
+    if (forward_train_spatial(x, gamma, beta, y, save_mean, save_invstd, buf, factor, eps)) return;
   }
-  TensorDesc xd, yd, pd;
-  set_desc(xd, x);
-  set_desc(yd, y);
-  set_param_desc(pd, xd);
-  const Blend one(1.0), zero(0.0);
-  // exponentialAverageFactor is PyTorch's momentum: running = running * (1 - factor) + batch * factor
-  // (cudnn_ops.h: "runningMean = newMean*factor + runningMean*(1-factor)"). For the variance, the header and
-  // the API reference only say "moving average of variance[x]" without naming the estimator; what cuDNN
-  // averages is the UNBIASED batch variance (m/(m-1) correction), which is why PyTorch's cudnn_batch_norm
-  // passes running_var straight through with factor = momentum and matches its native kernels (which apply
-  // the unbiased correction explicitly). resultSaveInvVariance is 1/sqrt(biased var + eps), i.e. save_invstd.
-  // The CUDA-vs-CPU test checks running_var after a step.
-  CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(
-      cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(x.dtype()), zero.ptr(x.dtype()), xd.d, x.data(), yd.d,
-      y.data(), pd.d, gamma.data(), beta.data(), factor, buf.running_mean.data(), buf.running_var.data(), eps,
-      save_mean.data(), save_invstd.data()));
+  forward_train_own(x, gamma, beta, y, save_mean, save_invstd, buf, factor, eps);
 }
 
 void forward_eval_cuda(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y,
                        const BatchNormBuffers& buf, double eps) {
-  if (!use_cudnn(x, false)) {
-    kernels::bn_normalize(x.data(), y.data(), x.dtype(), kdims(x), buf.running_mean.data(), buf.running_var.data(),
-                          true, eps, gamma.data(), beta.data(), cuda::stream());
-    return;
+  if (use_cudnn(x, false)) {
+    const TensorDesc xd(x, "batch_norm2d"), yd(y, "batch_norm2d"), pd;
+    derive_param_desc(pd, xd, CUDNN_BATCHNORM_SPATIAL);
+    const Scalar one(1.0), zero(0.0);
+    if (TL_CUDNN_RAN(cudnnBatchNormalizationForwardInference(
+            cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.for_dtype(x.dtype()), zero.for_dtype(x.dtype()), xd.get(),
+            x.data(), yd.get(), y.data(), pd.get(), gamma.data(), beta.data(), buf.running_mean.data(),
+            buf.running_var.data(), eps)))
+      return;
   }
-  TensorDesc xd, yd, pd;
-  set_desc(xd, x);
-  set_desc(yd, y);
-  set_param_desc(pd, xd);
-  const Blend one(1.0), zero(0.0);
-  CUDNN_CHECK(cudnnBatchNormalizationForwardInference(cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(x.dtype()),
-                                                      zero.ptr(x.dtype()), xd.d, x.data(), yd.d, y.data(), pd.d,
-                                                      gamma.data(), beta.data(), buf.running_mean.data(),
-                                                      buf.running_var.data(), eps));
+  kernels::bn_normalize(x.data(), y.data(), x.dtype(), kdims(x), buf.running_mean.data(), buf.running_var.data(),
+                        true, eps, gamma.data(), beta.data(), cuda::stream());
 }
 
-// Gradient outputs are prepared; dx (if any) has x's layout; dy has x's layout when x is defined.
-void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
-                   bool training, double eps, const BatchNormGrads& gr) {
-  const DType dt = dy.dtype(), pdt = batchnorm_param_dtype(dt);
-  const int64_t C = dy.size(1);
-  const size_t psize = dtype_size(pdt);
-  void* dgamma = gr.dgamma ? gr.dgamma->data() : nullptr;
-  void* dbeta = gr.dbeta ? gr.dbeta->data() : nullptr;
+// ---------------------------------------------------------------- CUDA backward
+
+// Own kernels: every case (eval mode, no dx, bfloat16, beyond cuDNN's limits, or refused by cuDNN). Gradient
+// outputs are prepared; dx (if any) has x's layout; dy has x's layout when x is defined.
+void backward_own(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                  bool training, const BatchNormGrads& gr) {
+  const DType dt = dy.dtype();
+  const kernels::BnDims d = kdims(dy);
   const bool need_x = gr.dgamma || (gr.dx && training);
+  const bool need_sums = gr.dx && training;
+  const bool reduce = gr.dgamma || gr.dbeta || need_sums;
+  const size_t sums_bytes = need_sums ? round_up(2 * static_cast<size_t>(d.c) * dtype_size(batchnorm_param_dtype(dt)))
+                                      : 0;
+  const size_t reduce_bytes = reduce ? kernels::bn_reduce_scratch_bytes(dt, d) : 0;
+  char* ws = (sums_bytes + reduce_bytes) ? static_cast<char*>(cuda::workspace(sums_bytes + reduce_bytes)) : nullptr;
+  void* sums = need_sums ? ws : nullptr;
+  if (reduce)
+    kernels::bn_backward_reduce(need_x ? x.data() : nullptr, dy.data(), dt, d, need_x ? mean.data() : nullptr,
+                                need_x ? invstd.data() : nullptr, gr.dgamma ? gr.dgamma->data() : nullptr,
+                                gr.dgamma_accumulate, gr.dbeta ? gr.dbeta->data() : nullptr, gr.dbeta_accumulate,
+                                sums, ws + sums_bytes, cuda::stream());
+  if (gr.dx)
+    kernels::bn_backward_dx(training ? x.data() : nullptr, dy.data(), gr.dx->data(), dt, d,
+                            training ? mean.data() : nullptr, invstd.data(), gamma.data(), sums, training,
+                            gr.dx_accumulate, cuda::stream());
+}
 
-  if (!need_x || !training || !use_cudnn(dy, true)) {
-    // Own kernels: eval mode, dbeta only, bfloat16, or batches beyond cuDNN's limit.
-    const kernels::BnDims d = kdims(dy);
-    void* sums = nullptr;
-    if (gr.dx && training) sums = cuda::workspace(2 * static_cast<size_t>(C) * psize);
-    if (gr.dgamma || gr.dbeta || sums)
-      kernels::bn_backward_reduce(need_x ? x.data() : nullptr, dy.data(), dt, d, need_x ? mean.data() : nullptr,
-                                  need_x ? invstd.data() : nullptr, dgamma, gr.dgamma_accumulate, dbeta,
-                                  gr.dbeta_accumulate, sums, cuda::stream());
-    if (gr.dx)
-      kernels::bn_backward_dx(training ? x.data() : nullptr, dy.data(), gr.dx->data(), dt, d,
-                              training ? mean.data() : nullptr, invstd.data(), gamma.data(), sums, training,
-                              gr.dx_accumulate, cuda::stream());
-    return;
-  }
-
-  // cuDNN (training statistics). It always writes dx, dgamma and dbeta: outputs that are not requested go to
-  // workspace scratch. One blend pair covers dgamma and dbeta: with different accumulate flags the assigned one
-  // is zeroed first and both accumulate.
-  const size_t param_bytes = static_cast<size_t>(C) * psize;
-  size_t ws_bytes = 0;
-  if (!gr.dgamma) ws_bytes += round_up(param_bytes);
-  if (!gr.dbeta) ws_bytes += round_up(param_bytes);
-  if (!gr.dx) ws_bytes += round_up(x.nbytes());
-  char* ws = ws_bytes ? static_cast<char*>(cuda::workspace(ws_bytes)) : nullptr;
-  if (!gr.dgamma) dgamma = ws, ws += round_up(param_bytes);
-  if (!gr.dbeta) dbeta = ws, ws += round_up(param_bytes);
-  void* dx = gr.dx ? gr.dx->data() : static_cast<void*>(ws);
-
-  bool param_acc;
+// The blending factors of a cuDNN backward call and where its outputs go. cuDNN always writes dx, dgamma and
+// dbeta: dgamma/dbeta that are not requested go to workspace scratch. One blend pair covers dgamma and dbeta:
+// with different accumulate flags the assigned one is zeroed first and both accumulate.
+struct CudnnGradOut {
+  void* dgamma;
+  void* dbeta;
+  bool param_acc, data_acc;
+};
+CudnnGradOut cudnn_grad_out(const BatchNormGrads& gr, char* scratch, size_t dbeta_offset) {
+  CudnnGradOut o{gr.dgamma ? gr.dgamma->data() : scratch, gr.dbeta ? gr.dbeta->data() : scratch + dbeta_offset,
+                 false, gr.dx_accumulate};
   if (gr.dgamma && gr.dbeta && gr.dgamma_accumulate != gr.dbeta_accumulate) {
     (gr.dgamma_accumulate ? gr.dbeta : gr.dgamma)->zero_();
-    param_acc = true;
+    o.param_acc = true;
   } else {
-    param_acc = gr.dgamma ? gr.dgamma_accumulate : (gr.dbeta ? gr.dbeta_accumulate : false);
+    o.param_acc = gr.dgamma ? gr.dgamma_accumulate : (gr.dbeta ? gr.dbeta_accumulate : false);
   }
-  const bool data_acc = gr.dx && gr.dx_accumulate;
+  return o;
+}
 
-  TensorDesc xd, pd;
-  set_desc(xd, x);  // x, dy and dx share one layout and dtype, hence one descriptor
-  set_param_desc(pd, xd);
-  const Blend one(1.0), zero(0.0);
-  CUDNN_CHECK(cudnnBatchNormalizationBackward(
-      cuda::cudnn(), CUDNN_BATCHNORM_SPATIAL, one.ptr(dt), (data_acc ? one : zero).ptr(dt), one.ptr(dt),
-      (param_acc ? one : zero).ptr(dt), xd.d, x.data(), xd.d, dy.data(), xd.d, dx, pd.d, gamma.data(), dgamma, dbeta,
-      eps, mean.data(), invstd.data()));
+// cuDNN training backward with dx requested (x, dy, dx in one layout and dtype, hence one descriptor): the
+// persistent *Ex function (`persistent`: the forward ran it and gave its reserve space), or the legacy spatial
+// one. False when cuDNN does not support it (nothing written).
+bool backward_cudnn(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                    double eps, const BatchNormGrads& gr, bool persistent, const Tensor& reserve) {
+  const DType dt = dy.dtype();
+  const cudnnBatchNormMode_t mode = persistent ? CUDNN_BATCHNORM_SPATIAL_PERSISTENT : CUDNN_BATCHNORM_SPATIAL;
+  const cudnnBatchNormOps_t ops = CUDNN_BATCHNORM_OPS_BN;
+  cudnnHandle_t h = cuda::cudnn();
+  const TensorDesc xd(x, "batch_norm2d_backward"), pd;
+  derive_param_desc(pd, xd, mode);
+  size_t ex_bytes = 0;
+  // (handle, mode, ops, xDesc, yDesc, dyDesc, dzDesc, dxDesc, dBnScaleBiasDesc, activationDesc, &bytes)
+  if (persistent && !TL_CUDNN_RAN(cudnnGetBatchNormalizationBackwardExWorkspaceSize(
+                        h, mode, ops, xd.get(), xd.get(), xd.get(), nullptr, xd.get(), pd.get(), nullptr, &ex_bytes)))
+    return false;
+  const size_t param_bytes = round_up(static_cast<size_t>(dy.size(1)) * dtype_size(batchnorm_param_dtype(dt)));
+  const size_t scratch_bytes = (gr.dgamma ? 0 : param_bytes) + (gr.dbeta ? 0 : param_bytes);
+  char* ws = (scratch_bytes + ex_bytes) ? static_cast<char*>(cuda::workspace(scratch_bytes + ex_bytes)) : nullptr;
+  const CudnnGradOut o = cudnn_grad_out(gr, ws, gr.dgamma ? 0 : param_bytes);
+  const Scalar one(1.0), zero(0.0);
+  const void* beta_data = (o.data_acc ? one : zero).for_dtype(dt);
+  const void* beta_param = (o.param_acc ? one : zero).for_dtype(dt);
+  if (persistent) {
+    return TL_CUDNN_RAN(cudnnBatchNormalizationBackwardEx(
+        h, mode, ops, one.for_dtype(dt), beta_data, one.for_dtype(dt), beta_param, xd.get(), x.data(), nullptr,
+        nullptr, xd.get(), dy.data(), nullptr, nullptr, xd.get(), gr.dx->data(), pd.get(), gamma.data(), nullptr,
+        o.dgamma, o.dbeta, eps, mean.data(), invstd.data(), nullptr, ex_bytes ? ws + scratch_bytes : nullptr,
+        ex_bytes, reserve.numel() ? reserve.data() : nullptr, reserve.nbytes()));
+  }
+  return TL_CUDNN_RAN(cudnnBatchNormalizationBackward(
+      h, mode, one.for_dtype(dt), beta_data, one.for_dtype(dt), beta_param, xd.get(), x.data(), xd.get(), dy.data(),
+      xd.get(), gr.dx->data(), pd.get(), gamma.data(), o.dgamma, o.dbeta, eps, mean.data(), invstd.data()));
+}
+
+// Gradient outputs are prepared; dx (if any) has x's layout; dy has x's layout when x is defined. cuDNN runs only
+// for training-mode backward with dx requested: without dx, the own reduction reads dy (and x) once and needs no
+// scratch of x's size. `reserve`: the persistent forward's reserve space (undefined when it did not run).
+void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
+                   bool training, double eps, const BatchNormGrads& gr, const Tensor& reserve) {
+  if (training && gr.dx && use_cudnn(dy, true)) {
+    if (use_persistent(x) && reserve.defined() && backward_cudnn(x, dy, gamma, mean, invstd, eps, gr, true, reserve))
+      return;
+    if (backward_cudnn(x, dy, gamma, mean, invstd, eps, gr, false, Tensor())) return;
+  }
+  backward_own(x, dy, gamma, mean, invstd, training, gr);
 }
 
 #endif  // TL_WITH_CUDA
@@ -545,7 +590,8 @@ void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
 // ---------------------------------------------------------------- public API
 
 DType batchnorm_param_dtype(DType x) {
-  TL_CHECK(x != DType::I32, DTypeError, "batch_norm2d: x must be floating point, got ", dtype_name(x));
+  TL_CHECK(x != DType::I32 && x != DType::I64, DTypeError, "batch_norm2d: x must be floating point, got ",
+           dtype_name(x));
   return x == DType::F64 ? DType::F64 : DType::F32;
 }
 
@@ -557,7 +603,7 @@ BatchNormBuffers batchnorm_buffers(int64_t channels, DType param_dtype, Device d
 }
 
 Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormBuffers& buffers,
-                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd) {
+                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd, Tensor* reserve) {
   const char* op = "batchnorm_forward_train";
   check_input(x, op);
   check_channel_tensor(gamma, x, op, "gamma");
@@ -578,9 +624,10 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
   save_mean = Tensor::empty({C}, pdt, x.device());
   save_invstd = Tensor::empty({C}, pdt, x.device());
+  Tensor cudnn_reserve;
   if (x.is_cuda()) {
 #if TL_WITH_CUDA
-    forward_train_cuda(x, gamma, beta, y, save_mean, save_invstd, buffers, factor, opt.eps);
+    forward_train_cuda(x, gamma, beta, y, save_mean, save_invstd, buffers, factor, opt.eps, cudnn_reserve);
 #endif
   } else if (x.dtype() == DType::F32) {
     forward_train_fast(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var, factor,
@@ -589,6 +636,7 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
     forward_train_cpu<double>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
                               factor, opt.eps);
   }
+  if (reserve) *reserve = cudnn_reserve;
   return y;
 }
 
@@ -636,7 +684,8 @@ Tensor batchnorm_invstd(const Tensor& running_var, double eps) {
 }
 
 void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamma, const Tensor& mean,
-                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads) {
+                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads,
+                        const Tensor& reserve) {
   const char* op = "batchnorm_backward";
   check_input(dy_in, op);
   const bool need_x = grads.dgamma || (grads.dx && training);
@@ -650,7 +699,7 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamm
     check_channel_tensor(mean, dy, op, "mean");
   }
   if (need_stats) check_channel_tensor(invstd, dy, op, "invstd");
-  if (grads.dx || (x.is_cuda() && training && need_x)) check_channel_tensor(gamma, dy, op, "gamma");
+  if (grads.dx) check_channel_tensor(gamma, dy, op, "gamma");
   const Tensor& like = need_x ? x : dy;  // dx takes x's layout (dy's when x is not needed)
   const int64_t C = dy.size(1);
   const DType pdt = batchnorm_param_dtype(dy.dtype());
@@ -662,18 +711,19 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamm
     BatchNormGrads g = grads;
     g.dx = &fresh;
     g.dx_accumulate = false;
-    batchnorm_backward(x, dy, gamma, mean, invstd, training, eps, g);
+    batchnorm_backward(x, dy, gamma, mean, invstd, training, eps, g, reserve);
     grads.dx->add_(fresh.to_layout(grads.dx->layout()));
     return;
   }
   if (grads.dx) prepare_grad(*grads.dx, like, grads.dx_accumulate, op);
-  if (grads.dgamma) prepare_channel_grad(*grads.dgamma, C, pdt, dy.device(), grads.dgamma_accumulate, op);
-  if (grads.dbeta) prepare_channel_grad(*grads.dbeta, C, pdt, dy.device(), grads.dbeta_accumulate, op);
+  const GradSpec channel_spec{{C}, pdt, dy.device()};
+  if (grads.dgamma) prepare_grad(*grads.dgamma, channel_spec, grads.dgamma_accumulate, op);
+  if (grads.dbeta) prepare_grad(*grads.dbeta, channel_spec, grads.dbeta_accumulate, op);
   if (!grads.dx && !grads.dgamma && !grads.dbeta) return;
 
   if (dy.is_cuda()) {
 #if TL_WITH_CUDA
-    backward_cuda(x, dy, gamma, mean, invstd, training, eps, grads);
+    backward_cuda(x, dy, gamma, mean, invstd, training, eps, grads, reserve);
 #endif
   } else if (dy.dtype() == DType::F32) {
     backward_fast(x, dy, gamma, mean, invstd, training, grads);
@@ -691,22 +741,24 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
   const double eps = opt.eps;
 
   if (opt.training) {
-    Tensor save_mean, save_invstd;
-    Tensor y = batchnorm_forward_train(x.value(), gamma.value(), beta.value(), buffers, opt, save_mean, save_invstd);
+    Tensor save_mean, save_invstd, reserve;
+    Tensor y =
+        batchnorm_forward_train(x.value(), gamma.value(), beta.value(), buffers, opt, save_mean, save_invstd, &reserve);
     if (!record) return Variable(y);  // running statistics were updated all the same
-    // dbeta = sum(dy) needs nothing; dx and dgamma need x and the batch statistics; dx needs gamma, and so does
-    // cuDNN's backward whenever it runs (dx or dgamma on CUDA).
+    // dbeta = sum(dy) needs nothing; dx and dgamma need x and the batch statistics; dx needs gamma (cuDNN's
+    // backward runs only when dx is needed).
     const bool keep_stats = gx || gg;
     const Tensor xs = keep_stats ? x.value() : Tensor();
     const Tensor ms = keep_stats ? save_mean : Tensor(), is = keep_stats ? save_invstd : Tensor();
-    const Tensor gs = (gx || (gg && x.value().is_cuda())) ? gamma.value() : Tensor();
-    return record_op("batch_norm2d", y, {&x, &gamma, &beta}, bytes_of({xs, ms, is, gs}),
-                     [xs, ms, is, gs, eps](const Tensor& dy, std::vector<GradSlot>& s) {
+    const Tensor gs = gx ? gamma.value() : Tensor();
+    const Tensor rs = gx ? reserve : Tensor();  // cuDNN's persistent backward reads it (dx only)
+    return record_op("batch_norm2d", y, {&x, &gamma, &beta}, bytes_of({xs, ms, is, gs, rs}),
+                     [xs, ms, is, gs, rs, eps](const Tensor& dy, std::vector<GradSlot>& s) {
                        BatchNormGrads g;
                        if (s[0].needed) g.dx = &s[0].grad, g.dx_accumulate = s[0].accumulate;
                        if (s[1].needed) g.dgamma = &s[1].grad, g.dgamma_accumulate = s[1].accumulate;
                        if (s[2].needed) g.dbeta = &s[2].grad, g.dbeta_accumulate = s[2].accumulate;
-                       batchnorm_backward(xs, dy, gs, ms, is, true, eps, g);
+                       batchnorm_backward(xs, dy, gs, ms, is, true, eps, g, rs);
                      });
   }
 

@@ -18,9 +18,12 @@
 // Types: gamma, beta, running stats, saved mean/invstd and dgamma/dbeta have the "parameter dtype":
 // float64 when x is float64, otherwise float32 (x/y/dy/dx may be bfloat16/float16 on CUDA; this is cuDNN's
 // derived BN descriptor rule). x in NCHW or NHWC; y and dx take x's layout.
-// CPU: float32/float64 reference with sums in double. CUDA: cuDNN's legacy BN (spatial mode) for float32,
-// float16 and float64 training forward/backward and eval forward; own kernels (kernels/batchnorm.cu) for
-// bfloat16 (PyTorch also keeps bfloat16 off cuDNN BN), for eval-mode backward and for dbeta-only backward.
+// CPU: float32/float64 reference with sums in double. CUDA: cuDNN for float32, float16 and float64 training
+// forward, training backward with dx, and eval forward: NHWC float32/float16 training in
+// CUDNN_BATCHNORM_SPATIAL_PERSISTENT mode through the *Ex functions (PyTorch's choice), everything else legacy
+// spatial mode. Own kernels (kernels/batchnorm.cu) for bfloat16 (PyTorch also keeps bfloat16 off cuDNN BN),
+// eval-mode backward, backward without dx, tensors beyond cuDNN's limits (2^31 elements, PyTorch's batch
+// limits), and whatever cuDNN answers with a status of the NOT_SUPPORTED category.
 // gamma/beta and the running statistics are required (affine=True, track_running_stats=True).
 //
 // Gradient contract (the same for every backward function in layers/), per requested output:
@@ -29,8 +32,8 @@
 //
 // Autograd (batch_norm2d): in training mode the running statistics update even when nothing needs a
 // gradient, and then nothing is recorded. Saved for backward, only what the needed gradients use:
-//   training: x, save_mean, save_invstd when dx or dgamma is needed (+ gamma when dx is needed, or on CUDA
-//             where cuDNN's backward reads it); nothing when only dbeta is needed;
+//   training: x, save_mean, save_invstd when dx or dgamma is needed (+ gamma, and cuDNN's reserve space where
+//             the persistent path ran, when dx is needed); nothing when only dbeta is needed;
 //   eval:     invstd (of the running variance) and gamma when dx is needed; x, mean, invstd when dgamma is
 //             needed; nothing when only dbeta is needed.
 #pragma once
@@ -60,9 +63,12 @@ DType batchnorm_param_dtype(DType x);
 BatchNormBuffers batchnorm_buffers(int64_t channels, DType param_dtype = DType::F32, Device device = Device::CPU);
 
 // Training-mode forward: returns y; writes save_mean and save_invstd (shape C, parameter dtype; allocated
-// here) and updates `buffers` (running stats and num_batches_tracked) following `opt`.
+// here) and updates `buffers` (running stats and num_batches_tracked) following `opt`. `reserve` (optional)
+// receives cuDNN's reserve space when the persistent NHWC path ran (else an undefined tensor): passing it to
+// batchnorm_backward lets the backward run the matching persistent kernel.
 Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormBuffers& buffers,
-                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd);
+                               const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd,
+                               Tensor* reserve = nullptr);
 // Eval-mode forward with the running statistics (buffers unchanged).
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                               const BatchNormBuffers& buffers, double eps);
@@ -82,10 +88,11 @@ struct BatchNormGrads {
 // Backward of either mode. training == true: mean/invstd are save_mean/save_invstd from
 // batchnorm_forward_train; training == false: mean = running_mean, invstd = batchnorm_invstd(running_var).
 // What must be defined: dy always; x and mean when dx (training) or dgamma is requested; invstd when dx or
-// dgamma is requested; gamma when dx is requested (and for training-mode dx/dgamma on CUDA, read by cuDNN).
-// eps is the forward's (cuDNN asks for it).
+// dgamma is requested; gamma when dx is requested.
+// eps is the forward's (cuDNN asks for it); `reserve` is the forward's (optional, see batchnorm_forward_train).
 void batchnorm_backward(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean,
-                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads);
+                        const Tensor& invstd, bool training, double eps, const BatchNormGrads& grads,
+                        const Tensor& reserve = Tensor());
 
 // Autograd op (see the top of this file). x: (N, C, H, W); gamma, beta: (C).
 Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& beta, BatchNormBuffers& buffers,

@@ -116,19 +116,12 @@ void slice_out(const Tensor& src, int d, int64_t start, int64_t length, Tensor& 
            start + length, ") of dim ", d, " is outside ", src.str());
   Shape xs = src.shape();
   xs[static_cast<size_t>(d)] = length;
-  if (accumulate) {
-    TL_CHECK(out.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(out.shape() == xs && out.dtype() == src.dtype() && out.device() == src.device() &&
-                 (out.ndim() != 4 || out.layout() == src.layout()),
-             ShapeError, op, ": the gradient to accumulate into is ", out.str(), ", expected ",
-             dtype_name(src.dtype()), shape_str(xs), " like ", src.str());
-  } else if (!out.defined() || out.shape() != xs || out.dtype() != src.dtype() || out.device() != src.device() ||
-             out.layout() != src.layout() || !out.is_unique()) {
-    out = Tensor::empty(xs, src.dtype(), src.device(), src.layout());
-  }
   const Blocks b = blocks_of(src.shape(), src.layout(), d);
   const int64_t cols = length * b.inner;
-  copy_blocks(src, src.size(d) * b.inner, start * b.inner, out, cols, 0, b.rows, cols, accumulate);
+  write_grad(out, GradSpec{xs, src.dtype(), src.device(), src.layout()}, src.layout(), accumulate, op,
+             [&](Tensor& o, bool add) {
+               copy_blocks(src, src.size(d) * b.inner, start * b.inner, o, cols, 0, b.rows, cols, add);
+             });
 }
 }  // namespace
 
@@ -191,19 +184,9 @@ void narrow_backward(const Tensor& dy, const Shape& x_shape, int dim, int64_t st
   TL_CHECK(dy.shape() == expect && start >= 0 && start + length <= x_shape[static_cast<size_t>(d)], ShapeError,
            "narrow_backward: dy ", dy.str(), " is not the slice from ", start, " along dim ", d, " of ",
            shape_str(x_shape));
-  Tensor src = dy;
-  if (accumulate) {
-    TL_CHECK(dx.defined(), ValueError, "narrow_backward: accumulate=true needs an existing gradient tensor");
-    TL_CHECK(dx.shape() == x_shape && dx.dtype() == dy.dtype() && dx.device() == dy.device(), ShapeError,
-             "narrow_backward: the gradient to accumulate into is ", dx.str(), ", expected ", dtype_name(dy.dtype()),
-             shape_str(x_shape), " like ", dy.str());
-    if (rank == 4 && dx.layout() != dy.layout()) src = dy.to_layout(dx.layout());
-  } else {
-    if (!dx.defined() || dx.shape() != x_shape || dx.dtype() != dy.dtype() || dx.device() != dy.device() ||
-        dx.layout() != dy.layout() || !dx.is_unique())
-      dx = Tensor::empty(x_shape, dy.dtype(), dy.device(), dy.layout());
-    dx.zero_();
-  }
+  prepare_grad(dx, GradSpec{x_shape, dy.dtype(), dy.device(), dy.layout()}, accumulate, "narrow_backward");
+  if (!accumulate) dx.zero_();
+  const Tensor src = rank == 4 && dx.layout() != dy.layout() ? dy.to_layout(dx.layout()) : dy;
   const Blocks b = blocks_of(x_shape, dx.layout(), d);
   const int64_t cols = length * b.inner;
   copy_blocks(src, cols, 0, dx, x_shape[static_cast<size_t>(d)] * b.inner, start * b.inner, b.rows, cols, accumulate);

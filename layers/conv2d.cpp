@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "core/blas.h"
@@ -12,6 +13,7 @@
 #include "core/parallel.h"
 #if TL_WITH_CUDA
 #include "kernels/conv2d.h"
+#include "layers/cudnn_util.h"
 #endif
 #include "layers/conv2d_depthwise.h"
 #include "layers/conv2d_dnnl.h"
@@ -81,31 +83,6 @@ void check_dy(const Tensor& dy, const Geometry& g, const Shape& x_shape, const S
 }
 
 Tensor as_layout(const Tensor& t, Layout layout) { return t.layout() == layout ? t : t.to_layout(layout); }
-
-// Runs compute(out, add) on a tensor in `compute_layout` and delivers the result into `grad` following the
-// gradient contract: accumulate adds into grad; otherwise grad is overwritten (reused when shape, dtype and
-// device fit, else allocated in `alloc_layout`). `add` tells compute to add into `out` (beta = 1).
-template <typename F>
-void write_grad(Tensor& grad, const Shape& shape, DType dtype, Device device, Layout compute_layout,
-                Layout alloc_layout, bool accumulate, const char* op, F&& compute) {
-  if (accumulate) {
-    TL_CHECK(grad.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(grad.shape() == shape, ShapeError, op, ": gradient ", grad.str(), " does not match ", shape_str(shape));
-    TL_CHECK(grad.dtype() == dtype && grad.device() == device, DTypeError, op, ": gradient ", grad.str(),
-             " must be ", dtype_name(dtype), " on ", device_name(device));
-  } else if (!grad.defined() || grad.shape() != shape || grad.dtype() != dtype || grad.device() != device ||
-             !grad.is_unique()) {
-    grad = Tensor::empty(shape, dtype, device, shape.size() == 4 ? alloc_layout : Layout::NCHW);
-  }
-  if (shape.size() != 4 || grad.layout() == compute_layout) {
-    compute(grad, accumulate);
-    return;
-  }
-  Tensor tmp = Tensor::empty(shape, dtype, device, compute_layout);
-  compute(tmp, false);
-  if (accumulate) grad.add_(tmp.to_layout(grad.layout()));
-  else grad.copy_(tmp);
-}
 
 // The oneDNN path overwrites its output: with `add`, it computes into a fresh tensor that is then added.
 template <typename F>
@@ -228,20 +205,34 @@ void backward_bias_cpu(const T* dy, T* db, int64_t n_img, int64_t k_ch, int64_t 
 
 // ---------------------------------------------------------------------------------------------------------
 #if TL_WITH_CUDA
-// CUDA: cuDNN legacy convolution API.
+// CUDA: cuDNN legacy convolution API. Each problem keeps the heuristic's whole ranked list of usable algorithms;
+// a call tries the one that ran last time first, falls through to the next on a NOT_SUPPORTED status, a failed
+// execution or a workspace that cannot be allocated, and remembers the one that ran (PyTorch's try_all).
+
+using cudnn_rules::ConvMath;
+using cudnn_rules::Outcome;
+using cudnn_util::Scalar;
+using cudnn_util::TensorDesc;
 
 constexpr size_t kMaxWorkspace = size_t(1) << 30;  // never pick an algorithm that needs more scratch
 
-cudnnDataType_t cudnn_dtype(DType t) {
-  switch (t) {
-    case DType::F32: return CUDNN_DATA_FLOAT;
-    case DType::F64: return CUDNN_DATA_DOUBLE;
-    case DType::BF16: return CUDNN_DATA_BFLOAT16;
-    case DType::F16: return CUDNN_DATA_HALF;
-    default: throw DTypeError(detail::concat("conv2d: unsupported dtype ", dtype_name(t), " on CUDA"));
+cudnnMathType_t to_cudnn(ConvMath m) {
+  switch (m) {
+    case ConvMath::TensorOp: return CUDNN_TENSOR_OP_MATH;
+    case ConvMath::TensorOpAllowConversion: return CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+    case ConvMath::Fma: return CUDNN_FMA_MATH;
+    case ConvMath::Default: break;
+  }
+  return CUDNN_DEFAULT_MATH;
+}
+ConvMath from_cudnn(cudnnMathType_t m) {
+  switch (m) {
+    case CUDNN_TENSOR_OP_MATH: return ConvMath::TensorOp;
+    case CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: return ConvMath::TensorOpAllowConversion;
+    case CUDNN_FMA_MATH: return ConvMath::Fma;
+    default: return ConvMath::Default;
   }
 }
-cudnnTensorFormat_t cudnn_format(Layout l) { return l == Layout::NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW; }
 
 // Float32 uses TF32 tensor cores only when allowed (CUDNN_FMA_MATH forbids them); half types use tensor cores.
 cudnnMathType_t math_for(DType t) {
@@ -250,72 +241,65 @@ cudnnMathType_t math_for(DType t) {
   return CUDNN_DEFAULT_MATH;
 }
 
-// Scaling factors: float for float/half/bfloat16 data, double for double data (cuDNN's rule).
-struct Scalar {
-  float f;
-  double d;
-  explicit Scalar(double v) : f(static_cast<float>(v)), d(v) {}
-  const void* for_dtype(DType t) const { return t == DType::F64 ? static_cast<const void*>(&d) : &f; }
-};
-
 // The descriptors of one problem (x, w, y in one layout), created and destroyed with the object.
 class CudnnConv {
  public:
-  CudnnConv(const Geometry& g, DType dtype, Layout layout) : math_(math_for(dtype)) {
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&x_));
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&y_));
-    CUDNN_CHECK(cudnnCreateFilterDescriptor(&w_));
-    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv_));
-    const cudnnDataType_t dt = cudnn_dtype(dtype);
-    const cudnnTensorFormat_t fmt = cudnn_format(layout);
-    // Argument orders: tensor (desc, format, dtype, n, c, h, w); filter (desc, dtype, format, k, c, h, w).
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(x_, fmt, dt, (int)g.n, (int)g.c, (int)g.h, (int)g.w));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(y_, fmt, dt, (int)g.n, (int)g.k, (int)g.ho, (int)g.wo));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w_, dt, fmt, (int)g.k, (int)g.cg, (int)g.r, (int)g.s));
+  CudnnConv(const Geometry& g, DType dtype, Layout layout)
+      : dtype_(dtype),
+        math_(math_for(dtype)),
+        x_(dtype, layout, g.n, g.c, g.h, g.w, "conv2d x"),
+        y_(dtype, layout, g.n, g.k, g.ho, g.wo, "conv2d y") {
+    TL_CHECK(g.k * g.cg * g.r * g.s <= cudnn_rules::kMaxElements, ShapeError, "conv2d: the weight (", g.k, ", ",
+             g.cg, ", ", g.r, ", ", g.s, ") has more than 2^31 elements, beyond cuDNN's limit");
+    // Filter argument order: (desc, dtype, format, k, c, h, w).
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w_.get(), cudnn_util::data_type(dtype, "conv2d"),
+                                           cudnn_util::format(layout), (int)g.k, (int)g.cg, (int)g.r, (int)g.s));
     const cudnnDataType_t compute = dtype == DType::F64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;
     const Conv2dOptions& o = g.o;
-    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_, o.pad_h, o.pad_w, o.stride_h, o.stride_w, o.dilation_h,
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_.get(), o.pad_h, o.pad_w, o.stride_h, o.stride_w, o.dilation_h,
                                                 o.dilation_w, CUDNN_CROSS_CORRELATION, compute));
-    CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv_, o.groups));
-    CUDNN_CHECK(cudnnSetConvolutionMathType(conv_, math_));
+    CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv_.get(), o.groups));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv_.get(), math_));
     int n = 0, c = 0, h = 0, w = 0;
-    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(conv_, x_, w_, &n, &c, &h, &w));
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(conv_.get(), x(), this->w(), &n, &c, &h, &w));
     TL_CHECK(n == g.n && c == g.k && h == g.ho && w == g.wo, Error, "conv2d: cuDNN output dims ", n, "x", c, "x", h,
              "x", w, " differ from ", shape_str(out_shape(g)));
   }
-  ~CudnnConv() {
-    cudnnDestroyConvolutionDescriptor(conv_);
-    cudnnDestroyFilterDescriptor(w_);
-    cudnnDestroyTensorDescriptor(y_);
-    cudnnDestroyTensorDescriptor(x_);
-  }
-  CudnnConv(const CudnnConv&) = delete;
-  CudnnConv& operator=(const CudnnConv&) = delete;
 
-  cudnnTensorDescriptor_t x() const { return x_; }
-  cudnnTensorDescriptor_t y() const { return y_; }
-  cudnnFilterDescriptor_t w() const { return w_; }
-  cudnnConvolutionDescriptor_t conv() const { return conv_; }
+  cudnnTensorDescriptor_t x() const { return x_.get(); }
+  cudnnTensorDescriptor_t y() const { return y_.get(); }
+  cudnnFilterDescriptor_t w() const { return w_.get(); }
+  cudnnConvolutionDescriptor_t conv() const { return conv_.get(); }
+  DType dtype() const { return dtype_; }
   cudnnMathType_t wanted_math() const { return math_; }
 
  private:
-  cudnnTensorDescriptor_t x_ = nullptr, y_ = nullptr;
-  cudnnFilterDescriptor_t w_ = nullptr;
-  cudnnConvolutionDescriptor_t conv_ = nullptr;
+  DType dtype_;
   cudnnMathType_t math_;
+  TensorDesc x_, y_;
+  cudnn_util::FilterDesc w_;
+  cudnn_util::ConvDesc conv_;
 };
 
 enum class Direction { Forward, BackwardData, BackwardFilter };
+const char* direction_name(Direction dir) {
+  return dir == Direction::Forward ? "forward" : dir == Direction::BackwardData ? "backward-data" : "backward-filter";
+}
 
 struct AlgoChoice {
   int algo = 0;
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
   size_t workspace = 0;
 };
+// The usable heuristic offers of one problem, best first, and the one that ran last (candidates.size(): none yet).
+struct AlgoEntry {
+  std::vector<AlgoChoice> candidates;
+  size_t ran = 0;
+};
 
 // Algorithm cache: one entry per full problem (direction, shapes, options, dtype, layout, math mode).
-std::map<std::vector<int64_t>, AlgoChoice>& algo_cache() {
-  static std::map<std::vector<int64_t>, AlgoChoice> cache;
+std::map<std::vector<int64_t>, AlgoEntry>& algo_cache() {
+  static std::map<std::vector<int64_t>, AlgoEntry> cache;
   return cache;
 }
 std::mutex& algo_cache_mutex() {
@@ -329,107 +313,166 @@ std::vector<int64_t> algo_key(Direction dir, const Geometry& g, DType dtype, Lay
           static_cast<int64_t>(math)};
 }
 
-// Picks the first heuristic result (best first) that succeeded, honours the TF32 switch and fits kMaxWorkspace.
-// With FMA math wanted (float32, TF32 off) tensor-core entries are skipped and the descriptor stays FMA;
-// otherwise the entry's own math type is used (cuDNN needs algorithm and math type together).
-// `workspace_of(algo, &bytes)` queries the exact workspace with the descriptor's math type already set.
+// The heuristic results (best first) that succeeded, whose math type the data may take (cudnn_rules::conv_math_for:
+// FMA only for float32 with TF32 off, never ALLOW_CONVERSION for float32/float64 data) and whose exact workspace
+// (queried with the math type set) fits kMaxWorkspace. `workspace_of(algo, &bytes)` returns a cudnnStatus_t.
 template <typename Perf, typename WorkspaceFn>
-AlgoChoice pick_algo(const Perf* perf, int returned, const CudnnConv& d, WorkspaceFn workspace_of, const char* what) {
+std::vector<AlgoChoice> usable_algos(const Perf* perf, int returned, const CudnnConv& d, WorkspaceFn workspace_of) {
   const bool fma_only = d.wanted_math() == CUDNN_FMA_MATH;
+  std::vector<AlgoChoice> out;
   for (int i = 0; i < returned; ++i) {
     if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-    if (fma_only && perf[i].mathType != CUDNN_FMA_MATH && perf[i].mathType != CUDNN_DEFAULT_MATH) continue;
-    const cudnnMathType_t math = fma_only ? CUDNN_FMA_MATH : perf[i].mathType;
-    if (cudnnSetConvolutionMathType(d.conv(), math) != CUDNN_STATUS_SUCCESS) continue;
+    const std::optional<ConvMath> math =
+        cudnn_rules::conv_math_for(is_floating_half(d.dtype()), fma_only, from_cudnn(perf[i].mathType));
+    if (!math) continue;
+    if (cudnnSetConvolutionMathType(d.conv(), to_cudnn(*math)) != CUDNN_STATUS_SUCCESS) continue;
     size_t bytes = 0;
     if (workspace_of(perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspace) continue;
-    AlgoChoice c;
-    c.algo = static_cast<int>(perf[i].algo);
-    c.math = math;
-    c.workspace = bytes;
-    return c;
+    out.push_back(AlgoChoice{static_cast<int>(perf[i].algo), to_cudnn(*math), bytes});
   }
-  throw CudnnError(detail::concat("conv2d: cuDNN offers no usable ", what, " algorithm (", returned,
-                                  " candidates, workspace limit ", kMaxWorkspace, " bytes)"));
+  return out;
 }
 
-AlgoChoice choose_algo(Direction dir, const CudnnConv& d, const Geometry& g, DType dtype, Layout layout) {
-  const std::vector<int64_t> key = algo_key(dir, g, dtype, layout, d.wanted_math());
+// The ranked candidates of cuDNN's heuristic (v7) for one direction.
+std::vector<AlgoChoice> heuristic_algos(Direction dir, const CudnnConv& d) {
+  cudnnHandle_t h = cuda::cudnn();
+  int returned = 0;
+  if (dir == Direction::Forward) {
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x(), d.w(), d.conv(), d.y(),
+                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
+    return usable_algos(perf, returned, d, [&](cudnnConvolutionFwdAlgo_t a, size_t* bytes) {
+      return cudnnGetConvolutionForwardWorkspaceSize(h, d.x(), d.w(), d.conv(), d.y(), a, bytes);
+    });
+  }
+  if (dir == Direction::BackwardData) {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    // (handle, wDesc, dyDesc, convDesc, dxDesc, ...)
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w(), d.y(), d.conv(), d.x(),
+                                                            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
+    return usable_algos(perf, returned, d, [&](cudnnConvolutionBwdDataAlgo_t a, size_t* bytes) {
+      return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w(), d.y(), d.conv(), d.x(), a, bytes);
+    });
+  }
+  cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+  // (handle, xDesc, dyDesc, convDesc, dwDesc, ...)
+  CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x(), d.y(), d.conv(), d.w(),
+                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, perf));
+  return usable_algos(perf, returned, d, [&](cudnnConvolutionBwdFilterAlgo_t a, size_t* bytes) {
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x(), d.y(), d.conv(), d.w(), a, bytes);
+  });
+}
+
+// The cached entry of a problem, or a fresh one from the heuristic (no candidate has run yet).
+AlgoEntry algo_entry(const std::vector<int64_t>& key, Direction dir, const CudnnConv& d) {
   {
     std::lock_guard<std::mutex> lock(algo_cache_mutex());
     auto it = algo_cache().find(key);
     if (it != algo_cache().end()) return it->second;
   }
-  cudnnHandle_t h = cuda::cudnn();
-  int returned = 0;
-  AlgoChoice choice;
-  if (dir == Direction::Forward) {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x(), d.w(), d.conv(), d.y(),
-                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
-    choice = pick_algo(perf, returned, d, [&](cudnnConvolutionFwdAlgo_t a, size_t* bytes) {
-      return cudnnGetConvolutionForwardWorkspaceSize(h, d.x(), d.w(), d.conv(), d.y(), a, bytes);
-    }, "forward");
-  } else if (dir == Direction::BackwardData) {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    // (handle, wDesc, dyDesc, convDesc, dxDesc, ...)
-    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w(), d.y(), d.conv(), d.x(),
-                                                            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
-    choice = pick_algo(perf, returned, d, [&](cudnnConvolutionBwdDataAlgo_t a, size_t* bytes) {
-      return cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w(), d.y(), d.conv(), d.x(), a, bytes);
-    }, "backward-data");
-  } else {
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    // (handle, xDesc, dyDesc, convDesc, dwDesc, ...)
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x(), d.y(), d.conv(), d.w(),
-                                                              CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned,
-                                                              perf));
-    choice = pick_algo(perf, returned, d, [&](cudnnConvolutionBwdFilterAlgo_t a, size_t* bytes) {
-      return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x(), d.y(), d.conv(), d.w(), a, bytes);
-    }, "backward-filter");
-  }
-  std::lock_guard<std::mutex> lock(algo_cache_mutex());
-  algo_cache()[key] = choice;
-  return choice;
+  AlgoEntry e;
+  e.candidates = heuristic_algos(dir, d);
+  e.ran = e.candidates.size();
+  TL_CHECK(!e.candidates.empty(), CudnnError, "conv2d: cuDNN offers no usable ", direction_name(dir),
+           " algorithm for this problem (workspace limit ", kMaxWorkspace, " bytes)");
+  return e;
 }
 
-// Sets the chosen math type on the descriptor and returns the workspace (null when none is needed).
-void* prepare(const CudnnConv& d, const AlgoChoice& a) {
-  CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv(), a.math));
-  return a.workspace ? cuda::workspace(a.workspace) : nullptr;
+// Runs one convolution call over the candidates of its problem: run(choice, workspace) makes the cuDNN call and
+// returns its status. `beta_one`: the call adds into its output, which a failed execution may have half written,
+// so only NOT_SUPPORTED and a workspace allocation failure fall through then.
+template <typename Run>
+void run_conv(Direction dir, const CudnnConv& d, const Geometry& g, Layout layout, bool beta_one, const char* call,
+              Run&& run) {
+  const std::vector<int64_t> key = algo_key(dir, g, d.dtype(), layout, d.wanted_math());
+  const AlgoEntry e = algo_entry(key, dir, d);
+  auto attempt = [&](size_t i) {
+    const AlgoChoice& a = e.candidates[i];
+    CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv(), a.math));
+    void* ws = nullptr;
+    if (a.workspace) {
+      try {
+        ws = cuda::workspace(a.workspace);
+      } catch (const OutOfMemoryError&) {
+        return Outcome::OutOfMemory;
+      }
+    }
+    const cudnnStatus_t st = run(a, ws);
+    if (beta_one && cudnn_rules::execution_failed(static_cast<int>(st)))
+      detail::throw_cudnn(static_cast<int>(st), call, __FILE__, __LINE__);
+    return cudnn_util::attempt_outcome(st, call, __FILE__, __LINE__);
+  };
+  const size_t ran = cudnn_rules::run_first_that_works(e.candidates.size(), e.ran, attempt,
+                                                       detail::concat("conv2d ", direction_name(dir)));
+  if (ran == e.ran) return;
+  std::lock_guard<std::mutex> lock(algo_cache_mutex());
+  AlgoEntry& cached = algo_cache()[key];
+  cached.candidates = e.candidates;
+  cached.ran = ran;
+}
+
+// Calls fn(sub, first_image) over slices of the batch that cuDNN takes in one call (each tensor within 2^31
+// elements, as PyTorch splits them); `sub` is the geometry of the slice.
+template <typename F>
+void for_batch_slices(const Geometry& g, const char* op, F&& fn) {
+  const int64_t per_image = std::max(g.c * g.h * g.w, g.k * g.ho * g.wo);
+  const int64_t step = cudnn_rules::images_per_call(g.n, per_image);
+  TL_CHECK(step >= 1, ShapeError, op, ": one image of x [", g.n, ", ", g.c, ", ", g.h, ", ", g.w, "] or y ",
+           shape_str(out_shape(g)), " has more than 2^31 elements, beyond cuDNN's limit: use smaller images");
+  for (int64_t n0 = 0; n0 < g.n; n0 += step) {
+    Geometry sub = g;
+    sub.n = std::min(step, g.n - n0);
+    fn(sub, n0);
+  }
+}
+// The address of image n0 of a 4-D tensor (the batch is the outermost dimension in both layouts).
+void* image_ptr(const Tensor& t, int64_t n0) {
+  return static_cast<char*>(t.data()) + n0 * (t.numel() / t.size(0)) * static_cast<int64_t>(dtype_size(t.dtype()));
 }
 
 // y = conv(x, w); x, w and y share one layout.
 void forward_cuda(const Tensor& x, const Tensor& w, Tensor& y, const Geometry& g) {
-  CudnnConv d(g, x.dtype(), x.layout());
-  const AlgoChoice a = choose_algo(Direction::Forward, d, g, x.dtype(), x.layout());
-  void* ws = prepare(d, a);
-  const Scalar one(1.0), zero(0.0);
-  CUDNN_CHECK(cudnnConvolutionForward(cuda::cudnn(), one.for_dtype(x.dtype()), d.x(), x.data(), d.w(), w.data(),
-                                      d.conv(), static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws, a.workspace,
-                                      zero.for_dtype(x.dtype()), d.y(), y.data()));
+  for_batch_slices(g, "conv2d", [&](const Geometry& sub, int64_t n0) {
+    CudnnConv d(sub, x.dtype(), x.layout());
+    const Scalar one(1.0), zero(0.0);
+    run_conv(Direction::Forward, d, sub, x.layout(), false, "cudnnConvolutionForward",
+             [&](const AlgoChoice& a, void* ws) {
+               return cudnnConvolutionForward(cuda::cudnn(), one.for_dtype(x.dtype()), d.x(), image_ptr(x, n0), d.w(),
+                                              w.data(), d.conv(), static_cast<cudnnConvolutionFwdAlgo_t>(a.algo), ws,
+                                              a.workspace, zero.for_dtype(x.dtype()), d.y(), image_ptr(y, n0));
+             });
+  });
 }
 
 // dx (+)= conv_transpose(dy, w); dy, w and dx share one layout.
 void backward_data_cuda(const Tensor& dy, const Tensor& w, Tensor& dx, const Geometry& g, bool add) {
-  CudnnConv d(g, dy.dtype(), dy.layout());
-  const AlgoChoice a = choose_algo(Direction::BackwardData, d, g, dy.dtype(), dy.layout());
-  void* ws = prepare(d, a);
-  const Scalar one(1.0), beta(add ? 1.0 : 0.0);
-  CUDNN_CHECK(cudnnConvolutionBackwardData(cuda::cudnn(), one.for_dtype(dy.dtype()), d.w(), w.data(), d.y(),
-                                           dy.data(), d.conv(), static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo),
-                                           ws, a.workspace, beta.for_dtype(dy.dtype()), d.x(), dx.data()));
+  for_batch_slices(g, "conv2d_backward_data", [&](const Geometry& sub, int64_t n0) {
+    CudnnConv d(sub, dy.dtype(), dy.layout());
+    const Scalar one(1.0), beta(add ? 1.0 : 0.0);
+    run_conv(Direction::BackwardData, d, sub, dy.layout(), add, "cudnnConvolutionBackwardData",
+             [&](const AlgoChoice& a, void* ws) {
+               return cudnnConvolutionBackwardData(cuda::cudnn(), one.for_dtype(dy.dtype()), d.w(), w.data(), d.y(),
+                                                   image_ptr(dy, n0), d.conv(),
+                                                   static_cast<cudnnConvolutionBwdDataAlgo_t>(a.algo), ws, a.workspace,
+                                                   beta.for_dtype(dy.dtype()), d.x(), image_ptr(dx, n0));
+             });
+  });
 }
 
-// dw (+)= sum_n dy (*) x; x, dy and dw share one layout.
+// dw (+)= sum_n dy (*) x; x, dy and dw share one layout. Batch slices after the first add into dw.
 void backward_filter_cuda(const Tensor& dy, const Tensor& x, Tensor& dw, const Geometry& g, bool add) {
-  CudnnConv d(g, x.dtype(), x.layout());
-  const AlgoChoice a = choose_algo(Direction::BackwardFilter, d, g, x.dtype(), x.layout());
-  void* ws = prepare(d, a);
-  const Scalar one(1.0), beta(add ? 1.0 : 0.0);
-  CUDNN_CHECK(cudnnConvolutionBackwardFilter(cuda::cudnn(), one.for_dtype(x.dtype()), d.x(), x.data(), d.y(),
-                                             dy.data(), d.conv(), static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo),
-                                             ws, a.workspace, beta.for_dtype(x.dtype()), d.w(), dw.data()));
+  for_batch_slices(g, "conv2d_backward_weight", [&](const Geometry& sub, int64_t n0) {
+    CudnnConv d(sub, x.dtype(), x.layout());
+    const bool beta_one = add || n0 > 0;
+    const Scalar one(1.0), beta(beta_one ? 1.0 : 0.0);
+    run_conv(Direction::BackwardFilter, d, sub, x.layout(), beta_one, "cudnnConvolutionBackwardFilter",
+             [&](const AlgoChoice& a, void* ws) {
+               return cudnnConvolutionBackwardFilter(cuda::cudnn(), one.for_dtype(x.dtype()), d.x(), image_ptr(x, n0),
+                                                     d.y(), image_ptr(dy, n0), d.conv(),
+                                                     static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.algo), ws,
+                                                     a.workspace, beta.for_dtype(x.dtype()), d.w(), dw.data());
+             });
+  });
 }
 
 #endif  // TL_WITH_CUDA
@@ -517,7 +560,8 @@ void conv2d_backward_data(const Tensor& dy, const Tensor& w, const Shape& x_shap
   const bool depthwise = use_depthwise(dy, x_shape, w.shape(), o, dy.layout());
   const bool fast_cpu = dnnl_conv::takes(dy);
   const Layout compute_layout = dy.is_cuda() || fast_cpu || depthwise ? dy.layout() : Layout::NCHW;
-  write_grad(dx, x_shape, dy.dtype(), dy.device(), compute_layout, dy.layout(), accumulate, "conv2d_backward_data",
+  write_grad(dx, GradSpec{x_shape, dy.dtype(), dy.device(), dy.layout()}, compute_layout, accumulate,
+             "conv2d_backward_data",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
 #if TL_WITH_CUDA
@@ -549,7 +593,8 @@ void conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sh
   const bool depthwise = use_depthwise(x, x.shape(), w_shape, o, x.layout());
   const bool fast_cpu = dnnl_conv::takes(x);
   const Layout compute_layout = x.is_cuda() || fast_cpu || depthwise ? x.layout() : Layout::NCHW;
-  write_grad(dw, w_shape, x.dtype(), x.device(), compute_layout, x.layout(), accumulate, "conv2d_backward_weight",
+  write_grad(dw, GradSpec{w_shape, x.dtype(), x.device(), x.layout()}, compute_layout, accumulate,
+             "conv2d_backward_weight",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
 #if TL_WITH_CUDA
@@ -592,7 +637,7 @@ void conv2d_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
   check_rank(dy, 4, "conv2d_backward_bias", "dy");
   if (!dy.is_cuda()) check_cpu_float(dy, "conv2d_backward_bias");
   const int64_t n = dy.size(0), k = dy.size(1), plane = dy.size(2) * dy.size(3);
-  write_grad(db, Shape{k}, dy.dtype(), dy.device(), Layout::NCHW, Layout::NCHW, accumulate, "conv2d_backward_bias",
+  write_grad(db, GradSpec{Shape{k}, dy.dtype(), dy.device()}, Layout::NCHW, accumulate, "conv2d_backward_bias",
              [&](Tensor& out, bool add) {
                if (out.is_cuda()) {
 #if TL_WITH_CUDA

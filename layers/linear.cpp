@@ -46,17 +46,6 @@ void check_dy(const Tensor& dy, const Tensor& like, const char* op) {
   check_same_dtype_device(dy, like, op);
   check_float(dy, op);
 }
-// prepare_grad for a gradient shaped `shape` with the dtype and device of `ref` (same contract).
-void prepare_grad_as(Tensor& grad, const Shape& shape, const Tensor& ref, bool accumulate, const char* op) {
-  if (accumulate) {
-    TL_CHECK(grad.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(grad.shape() == shape, ShapeError, op, ": gradient ", grad.str(), " expected ", shape_str(shape));
-    check_same_dtype_device(grad, ref, op);
-  } else if (!grad.defined() || grad.shape() != shape || grad.dtype() != ref.dtype() ||
-             grad.device() != ref.device() || grad.layout() != Layout::NCHW || !grad.is_unique()) {
-    grad = Tensor::empty(shape, ref.dtype(), ref.device());
-  }
-}
 }  // namespace
 
 Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
@@ -109,7 +98,7 @@ void linear_backward_data(const Tensor& dy, const Tensor& w, Tensor& dx, bool ac
   TL_CHECK(dy.size(1) == w.size(0), ShapeError, "linear_backward_data: dy ", shape_str(dy.shape()),
            " does not match w ", shape_str(w.shape()));
   const int64_t N = dy.size(0), in = w.size(1), out = w.size(0);
-  prepare_grad_as(dx, {N, in}, w, accumulate, "linear_backward_data");
+  prepare_grad(dx, GradSpec{{N, in}, w.dtype(), w.device()}, accumulate, "linear_backward_data");
   if (out == 0) {
     if (!accumulate) dx.zero_();
     return;
@@ -125,7 +114,7 @@ void linear_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dw, bool 
   TL_CHECK(dy.size(0) == x.size(0), ShapeError, "linear_backward_weight: dy ", shape_str(dy.shape()),
            " and x ", shape_str(x.shape()), " have different batch sizes");
   const int64_t N = x.size(0), in = x.size(1), out = dy.size(1);
-  prepare_grad_as(dw, {out, in}, x, accumulate, "linear_backward_weight");
+  prepare_grad(dw, GradSpec{{out, in}, x.dtype(), x.device()}, accumulate, "linear_backward_weight");
   if (N == 0) {
     if (!accumulate) dw.zero_();
     return;
@@ -139,7 +128,7 @@ void linear_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
   check_rank(dy, 2, "linear_backward_bias", "dy");
   check_float(dy, "linear_backward_bias");
   const int64_t N = dy.size(0), out = dy.size(1);
-  prepare_grad_as(db, {out}, dy, accumulate, "linear_backward_bias");
+  prepare_grad(db, GradSpec{{out}, dy.dtype(), dy.device()}, accumulate, "linear_backward_bias");
   if (dy.is_cuda()) {
 #if TL_WITH_CUDA
     kernels::bias_grad(dy.data(), db.data(), dy.dtype(), N, out, accumulate, cuda::stream());

@@ -76,18 +76,6 @@ void check_smoothing(double e, const char* op) {
   TL_CHECK(e >= 0.0 && e <= 1.0, ValueError, op, ": label_smoothing must be in [0, 1], got ", e);
 }
 
-// Allocates (or checks, when accumulating) a gradient of `shape`/`dtype` on `device`.
-void prepare_grad_spec(Tensor& grad, const Shape& shape, DType dtype, Device device, bool accumulate, const char* op) {
-  if (accumulate) {
-    TL_CHECK(grad.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(grad.shape() == shape && grad.dtype() == dtype && grad.device() == device, ShapeError, op,
-             ": gradient ", grad.str(), " expected ", dtype_name(dtype), shape_str(shape), " ", device_name(device));
-  } else if (!grad.defined() || grad.shape() != shape || grad.dtype() != dtype || grad.device() != device ||
-             grad.layout() != Layout::NCHW || !grad.is_unique()) {
-    grad = Tensor::empty(shape, dtype, device);
-  }
-}
-
 template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? t.data_as<T>() : nullptr;
@@ -224,7 +212,7 @@ void log_softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool ac
   check_scores(y, "log_softmax_backward");
   check_same_shape(y, dy, "log_softmax_backward");
   check_same_dtype_device(y, dy, "log_softmax_backward");
-  prepare_grad_spec(dx, y.shape(), y.dtype(), y.device(), accumulate, "log_softmax_backward");
+  prepare_grad(dx, GradSpec{y.shape(), y.dtype(), y.device()}, accumulate, "log_softmax_backward");
   const int64_t N = y.size(0), C = y.size(1);
   if (y.is_cuda()) {
 #if TL_WITH_CUDA
@@ -278,7 +266,7 @@ void nll_loss_backward(const Tensor& dloss, const Tensor& target, const Tensor& 
   check_stats(stats, dtype, dev, op);
   const Tensor g = prepare_dloss(dloss, dtype, dev, op);
   validate_targets_cpu(target, C, ignore_index, op);
-  prepare_grad_spec(dlogp, {N, C}, dtype, dev, accumulate, op);
+  prepare_grad(dlogp, GradSpec{{N, C}, dtype, dev}, accumulate, op);
   if (dev == Device::CUDA) {
 #if TL_WITH_CUDA
     kernels::nll_backward(g.data(), target.data_as<int32_t>(), void_or_null(wd), stats.data(), dlogp.data(), dtype, N,
@@ -343,7 +331,7 @@ void cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Ten
   check_stats(stats, logits.dtype(), dev, op);
   const Tensor g = prepare_dloss(dloss, logits.dtype(), dev, op);
   validate_targets_cpu(target, C, opt.ignore_index, op);
-  prepare_grad_spec(dlogits, logits.shape(), logits.dtype(), dev, accumulate, op);
+  prepare_grad(dlogits, GradSpec{logits.shape(), logits.dtype(), dev}, accumulate, op);
   if (logits.is_cuda()) {
 #if TL_WITH_CUDA
     kernels::cross_entropy_backward(g.data(), logits.data(), target.data_as<int32_t>(), void_or_null(w), lse.data(),

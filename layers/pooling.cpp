@@ -9,8 +9,10 @@
 #include "core/device.h"
 #include "core/parallel.h"
 #include "kernels/pool_geom.h"
+#include "layers/cudnn_rules.h"
 #if TL_WITH_CUDA
 #include "kernels/pooling.h"
+#include "layers/cudnn_util.h"
 #endif
 #include "layers/layer_util.h"
 
@@ -76,103 +78,51 @@ bool cudnn_can_run(const Shape& x, const Shape& y, const Pool2dOptions& o) {
          y[3] == raw_output_size(x[3], o.kernel_w, stride_w(o), o.pad_w, false);
 }
 
-// Gradient output for a tensor of `shape` (see the contract in pooling.h).
-void prepare_grad_shaped(Tensor& g, const Shape& shape, DType dtype, Device device, Layout layout, bool accumulate,
-                         const char* op) {
-  if (accumulate) {
-    TL_CHECK(g.defined(), ValueError, op, ": accumulate=true needs an existing gradient tensor");
-    TL_CHECK(g.shape() == shape && g.dtype() == dtype && g.device() == device && g.layout() == layout, ShapeError,
-             op, ": the gradient to accumulate into is ", g.str(), ", expected ", dtype_name(dtype), shape_str(shape),
-             " ", device_name(device), " ", layout_name(layout));
-  } else if (!g.defined() || g.shape() != shape || g.dtype() != dtype || g.device() != device ||
-             g.layout() != layout || !g.is_unique()) {
-    g = Tensor::empty(shape, dtype, device, layout);
-  }
+// Whether cuDNN's legacy pooling is asked at all: only for CUDA tensors, not for bfloat16 (legacy pooling need not
+// support it; the own kernels compute in float), not beyond its 2^31-element limit, and in ceil mode only where
+// the floor-mode size it computes is the same.
+bool cudnn_pooling_takes(const Tensor& x, const Shape& y, const Pool2dOptions& o) {
+  if (!x.is_cuda() || x.dtype() == DType::BF16 || x.numel() > cudnn_rules::kMaxElements) return false;
+  return cudnn_can_run(x.shape(), y, o);
 }
 
 #if TL_WITH_CUDA
 // ---------------------------------------------------------------- cuDNN plumbing
 
-cudnnDataType_t cudnn_dtype(DType t, const char* op) {
-  switch (t) {
-    case DType::F32: return CUDNN_DATA_FLOAT;
-    case DType::F64: return CUDNN_DATA_DOUBLE;
-    case DType::BF16: return CUDNN_DATA_BFLOAT16;
-    case DType::F16: return CUDNN_DATA_HALF;
-    default: break;
-  }
-  throw DTypeError(detail::concat(op, ": unsupported dtype ", dtype_name(t)));
+using cudnn_util::Scalar;
+using cudnn_util::TensorDesc;
+
+void set_pool_desc(const cudnn_util::PoolDesc& d, cudnnPoolingMode_t mode, const Pool2dOptions& o) {
+  // (mode, NaN option, window h, window w, vertical pad, horizontal pad, vertical stride, horizontal stride)
+  CUDNN_CHECK(cudnnSetPooling2dDescriptor(d.get(), mode, CUDNN_PROPAGATE_NAN, o.kernel_h, o.kernel_w, o.pad_h,
+                                          o.pad_w, stride_h(o), stride_w(o)));
 }
 
-class TensorDesc {
- public:
-  explicit TensorDesc(const Tensor& t, const char* op) {
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_));
-    // Dimensions are always given as (n, c, h, w); the format says how they lie in memory.
-    const cudnnStatus_t st = cudnnSetTensor4dDescriptor(
-        d_, t.layout() == Layout::NHWC ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW, cudnn_dtype(t.dtype(), op),
-        static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), static_cast<int>(t.size(2)),
-        static_cast<int>(t.size(3)));
-    if (st != CUDNN_STATUS_SUCCESS) {
-      cudnnDestroyTensorDescriptor(d_);
-      CUDNN_CHECK(st);
-    }
-  }
-  ~TensorDesc() { cudnnDestroyTensorDescriptor(d_); }
-  TensorDesc(const TensorDesc&) = delete;
-  TensorDesc& operator=(const TensorDesc&) = delete;
-  cudnnTensorDescriptor_t get() const { return d_; }
-
- private:
-  cudnnTensorDescriptor_t d_ = nullptr;
-};
-
-class PoolDesc {
- public:
-  PoolDesc(cudnnPoolingMode_t mode, const Pool2dOptions& o) {
-    CUDNN_CHECK(cudnnCreatePoolingDescriptor(&d_));
-    // (mode, NaN option, window h, window w, vertical pad, horizontal pad, vertical stride, horizontal stride)
-    const cudnnStatus_t st = cudnnSetPooling2dDescriptor(d_, mode, CUDNN_PROPAGATE_NAN, o.kernel_h, o.kernel_w,
-                                                         o.pad_h, o.pad_w, stride_h(o), stride_w(o));
-    if (st != CUDNN_STATUS_SUCCESS) {
-      cudnnDestroyPoolingDescriptor(d_);
-      CUDNN_CHECK(st);
-    }
-  }
-  ~PoolDesc() { cudnnDestroyPoolingDescriptor(d_); }
-  PoolDesc(const PoolDesc&) = delete;
-  PoolDesc& operator=(const PoolDesc&) = delete;
-  cudnnPoolingDescriptor_t get() const { return d_; }
-
- private:
-  cudnnPoolingDescriptor_t d_ = nullptr;
-};
-
-// cuDNN scaling factors: double for double data, float otherwise (bf16/f16 compute in float).
-struct Scale {
-  double d;
-  float f;
-  explicit Scale(double v) : d(v), f(static_cast<float>(v)) {}
-  const void* for_dtype(DType t) const { return t == DType::F64 ? static_cast<const void*>(&d) : &f; }
-};
-
-// A cuDNN pooling call's status: true when it ran; false when this cuDNN build does not support the
-// configuration (CUDNN_STATUS_NOT_SUPPORTED, e.g. some dtype/layout pair), and the caller falls back to our own
-// kernels, which compute the same thing; any other failure throws.
-bool cudnn_ran(cudnnStatus_t st, const char* call) {
-  if (st == CUDNN_STATUS_NOT_SUPPORTED) return false;
-  if (st != CUDNN_STATUS_SUCCESS) detail::throw_cudnn(static_cast<int>(st), call, __FILE__, __LINE__);
-  return true;
-}
-
+// y = pool(x) through cuDNN: true when it ran, false when cuDNN does not support the configuration (any status of
+// the NOT_SUPPORTED category, e.g. some dtype/layout pair) and the caller takes the own kernels, which compute the
+// same thing; any other failure throws.
 bool cudnn_pool_forward(cudnnPoolingMode_t mode, const Pool2dOptions& o, const Tensor& x, Tensor& y) {
-  PoolDesc pd(mode, o);
-  TensorDesc xd(x, "pool2d"), yd(y, "pool2d");
-  const Scale one(1.0), zero(0.0);
+  const cudnn_util::PoolDesc pd;
+  set_pool_desc(pd, mode, o);
+  const TensorDesc xd(x, "pool2d"), yd(y, "pool2d");
+  const Scalar one(1.0), zero(0.0);
   // y = 1 * pool(x) + 0 * y
-  return cudnn_ran(cudnnPoolingForward(cuda::cudnn(), pd.get(), one.for_dtype(x.dtype()), xd.get(), x.data(),
-                                       zero.for_dtype(x.dtype()), yd.get(), y.data()),
-                   "cudnnPoolingForward");
+  return TL_CUDNN_RAN(cudnnPoolingForward(cuda::cudnn(), pd.get(), one.for_dtype(x.dtype()), xd.get(), x.data(),
+                                          zero.for_dtype(x.dtype()), yd.get(), y.data()));
+}
+
+// dx (+)= max_pool_backward(y, dy, x) through cuDNN (the forward output y is needed); false when not supported.
+bool cudnn_max_backward(const Pool2dOptions& o, const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx,
+                        bool add) {
+  const cudnn_util::PoolDesc pd;
+  set_pool_desc(pd, CUDNN_POOLING_MAX_DETERMINISTIC, o);
+  const char* op = "max_pool2d_backward";
+  const TensorDesc yd(y, op), dyd(dy, op), xd(x, op), dxd(dx, op);
+  const Scalar one(1.0), beta(add ? 1.0 : 0.0);
+  // dx = 1 * pool_backward(y, dy, x) + beta * dx  (argument order: y, dy, x, then dx)
+  return TL_CUDNN_RAN(cudnnPoolingBackward(cuda::cudnn(), pd.get(), one.for_dtype(x.dtype()), yd.get(), y.data(),
+                                           dyd.get(), dy.data(), xd.get(), x.data(), beta.for_dtype(x.dtype()),
+                                           dxd.get(), dx.data()));
 }
 
 #endif  // TL_WITH_CUDA
@@ -330,7 +280,7 @@ Tensor max_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
   if (y.numel() == 0) return y;
   if (x.is_cuda()) {
 #if TL_WITH_CUDA
-    if (!cudnn_can_run(x.shape(), ys, o) || !cudnn_pool_forward(CUDNN_POOLING_MAX_DETERMINISTIC, o, x, y)) {
+    if (!cudnn_pooling_takes(x, ys, o) || !cudnn_pool_forward(CUDNN_POOLING_MAX_DETERMINISTIC, o, x, y)) {
       kernels::max_pool2d_forward(x.data(), y.data(), x.dtype(), g, x.layout() == Layout::NHWC, cuda::stream());
     }
 #endif
@@ -344,48 +294,41 @@ Tensor max_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
 
 void max_pool2d_backward(const Tensor& x, const Tensor& y, const Tensor& dy_in, const Pool2dOptions& o, Tensor& dx,
                          bool accumulate) {
-  check_pool_input(x, "max_pool2d_backward");
+  const char* op = "max_pool2d_backward";
+  check_pool_input(x, op);
   const Shape ys = pool2d_output_shape(x.shape(), o);
-  check_grad_out(dy_in, ys, "max_pool2d_backward");
-  check_same_dtype_device(x, dy_in, "max_pool2d_backward");
+  check_grad_out(dy_in, ys, op);
+  check_same_dtype_device(x, dy_in, op);
   const Tensor dy = dy_in.layout() == x.layout() ? dy_in : dy_in.to_layout(x.layout());
-  prepare_grad_shaped(dx, x.shape(), x.dtype(), x.device(), x.layout(), accumulate, "max_pool2d_backward");
   const kernels::PoolGeom g = geom_of(x.shape(), ys, o);
-  if (x.numel() == 0) return;
-  if (x.is_cuda()) {
+  write_grad(dx, grad_spec_like(x), x.layout(), accumulate, op, [&](Tensor& out, bool add) {
+    if (x.numel() == 0) return;
+    if (x.is_cuda()) {
 #if TL_WITH_CUDA
-    bool done = false;
-    if (cudnn_can_run(x.shape(), ys, o) && y.defined()) {  // cuDNN needs the forward output y
-      check_same_shape(y, dy, "max_pool2d_backward");
-      check_same_dtype_device(x, y, "max_pool2d_backward");
-      PoolDesc pd(CUDNN_POOLING_MAX_DETERMINISTIC, o);
-      TensorDesc yd(y, "max_pool2d_backward"), dyd(dy, "max_pool2d_backward"), xd(x, "max_pool2d_backward"),
-          dxd(dx, "max_pool2d_backward");
-      const Scale one(1.0), beta(accumulate ? 1.0 : 0.0);
-      // dx = 1 * pool_backward(y, dy, x) + beta * dx  (argument order: y, dy, x, then dx)
-      done = cudnn_ran(cudnnPoolingBackward(cuda::cudnn(), pd.get(), one.for_dtype(x.dtype()), yd.get(), y.data(),
-                                            dyd.get(), dy.data(), xd.get(), x.data(), beta.for_dtype(x.dtype()),
-                                            dxd.get(), dx.data()),
-                       "cudnnPoolingBackward");
-    }
-    if (!done) {
-      kernels::max_pool2d_backward(x.data(), dy.data(), dx.data(), x.dtype(), g, x.layout() == Layout::NHWC,
-                                   accumulate, cuda::stream());
-    }
+      bool done = false;
+      if (cudnn_pooling_takes(x, ys, o) && y.defined()) {  // cuDNN needs the forward output y
+        check_same_shape(y, dy, op);
+        check_same_dtype_device(x, y, op);
+        done = cudnn_max_backward(o, x, y.layout() == x.layout() ? y : y.to_layout(x.layout()), dy, out, add);
+      }
+      if (!done)
+        kernels::max_pool2d_backward(x.data(), dy.data(), out.data(), x.dtype(), g, x.layout() == Layout::NHWC, add,
+                                     cuda::stream());
 #endif
-  } else if (x.dtype() == DType::F32) {
-    max_backward_cpu(x.data_as<float>(), dy.data_as<float>(), dx.data_as<float>(), g, x.layout(), accumulate);
-  } else {
-    max_backward_cpu(x.data_as<double>(), dy.data_as<double>(), dx.data_as<double>(), g, x.layout(), accumulate);
-  }
+    } else if (x.dtype() == DType::F32) {
+      max_backward_cpu(x.data_as<float>(), dy.data_as<float>(), out.data_as<float>(), g, x.layout(), add);
+    } else {
+      max_backward_cpu(x.data_as<double>(), dy.data_as<double>(), out.data_as<double>(), g, x.layout(), add);
+    }
+  });
 }
 
 Variable max_pool2d(const Variable& x, const Pool2dOptions& o) {
   Tensor y = max_pool2d_forward(x.value(), o);
   if (!should_record({&x})) return Variable(y);
   const Tensor xs = x.value();
-  // y is needed only by cuDNN's backward; the CPU and the ceil-mode kernels recompute the argmax from x.
-  const Tensor ys = xs.is_cuda() && cudnn_can_run(xs.shape(), y.shape(), o) ? y : Tensor();
+  // y is needed only by cuDNN's backward; the CPU and the own kernels recompute the argmax from x.
+  const Tensor ys = cudnn_pooling_takes(xs, y.shape(), o) ? y : Tensor();
   return record_op("max_pool2d", y, {&x}, bytes_of({xs, ys}), [xs, ys, o](const Tensor& dy, std::vector<GradSlot>& s) {
     if (s[0].needed) max_pool2d_backward(xs, ys, dy, o, s[0].grad, s[0].accumulate);
   });
@@ -403,7 +346,7 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
 #if TL_WITH_CUDA
     const cudnnPoolingMode_t mode = o.count_include_pad ? CUDNN_POOLING_AVERAGE_COUNT_INCLUDE_PADDING
                                                         : CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING;
-    if (!cudnn_can_run(x.shape(), ys, o) || !cudnn_pool_forward(mode, o, x, y)) {
+    if (!cudnn_pooling_takes(x, ys, o) || !cudnn_pool_forward(mode, o, x, y)) {
       kernels::avg_pool2d_forward(x.data(), y.data(), x.dtype(), g, o.count_include_pad, x.layout() == Layout::NHWC,
                                   cuda::stream());
     }
@@ -418,21 +361,24 @@ Tensor avg_pool2d_forward(const Tensor& x, const Pool2dOptions& o) {
 
 void avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, const Pool2dOptions& o, Tensor& dx,
                          bool accumulate) {
+  const char* op = "avg_pool2d_backward";
   const Shape ys = pool2d_output_shape(x_shape, o);
-  check_grad_out(dy, ys, "avg_pool2d_backward");
-  prepare_grad_shaped(dx, x_shape, dy.dtype(), dy.device(), dy.layout(), accumulate, "avg_pool2d_backward");
+  check_grad_out(dy, ys, op);
   const kernels::PoolGeom g = geom_of(x_shape, ys, o);
-  if (dx.numel() == 0) return;
-  if (dy.is_cuda()) {
+  const GradSpec spec{x_shape, dy.dtype(), dy.device(), dy.layout()};
+  write_grad(dx, spec, dy.layout(), accumulate, op, [&](Tensor& out, bool add) {
+    if (out.numel() == 0) return;
+    if (dy.is_cuda()) {
 #if TL_WITH_CUDA
-    kernels::avg_pool2d_backward(dy.data(), dx.data(), dy.dtype(), g, o.count_include_pad,
-                                 dy.layout() == Layout::NHWC, accumulate, cuda::stream());
+      kernels::avg_pool2d_backward(dy.data(), out.data(), dy.dtype(), g, o.count_include_pad,
+                                   dy.layout() == Layout::NHWC, add, cuda::stream());
 #endif
-  } else if (dy.dtype() == DType::F32) {
-    avg_backward_cpu(dy.data_as<float>(), dx.data_as<float>(), g, o.count_include_pad, dy.layout(), accumulate);
-  } else {
-    avg_backward_cpu(dy.data_as<double>(), dx.data_as<double>(), g, o.count_include_pad, dy.layout(), accumulate);
-  }
+    } else if (dy.dtype() == DType::F32) {
+      avg_backward_cpu(dy.data_as<float>(), out.data_as<float>(), g, o.count_include_pad, dy.layout(), add);
+    } else {
+      avg_backward_cpu(dy.data_as<double>(), out.data_as<double>(), g, o.count_include_pad, dy.layout(), add);
+    }
+  });
 }
 
 Variable avg_pool2d(const Variable& x, const Pool2dOptions& o) {
@@ -475,23 +421,26 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& x, int64_t out_h, int64_t out_w
 }
 
 void adaptive_avg_pool2d_backward(const Tensor& dy, const Shape& x_shape, Tensor& dx, bool accumulate) {
-  check_defined(dy, "adaptive_avg_pool2d_backward");
-  check_rank(dy, 4, "adaptive_avg_pool2d_backward", "the output gradient");
-  const Shape ys = adaptive_output_shape(x_shape, dy.size(2), dy.size(3), "adaptive_avg_pool2d_backward");
-  check_grad_out(dy, ys, "adaptive_avg_pool2d_backward");
-  prepare_grad_shaped(dx, x_shape, dy.dtype(), dy.device(), dy.layout(), accumulate, "adaptive_avg_pool2d_backward");
-  if (dx.numel() == 0) return;
+  const char* op = "adaptive_avg_pool2d_backward";
+  check_defined(dy, op);
+  check_rank(dy, 4, op, "the output gradient");
+  const Shape ys = adaptive_output_shape(x_shape, dy.size(2), dy.size(3), op);
+  check_grad_out(dy, ys, op);
   const kernels::PoolGeom g{ys[0], ys[1], x_shape[2], x_shape[3], ys[2], ys[3], 1, 1, 1, 1, 0, 0};
-  if (dy.is_cuda()) {
+  const GradSpec spec{x_shape, dy.dtype(), dy.device(), dy.layout()};
+  write_grad(dx, spec, dy.layout(), accumulate, op, [&](Tensor& out, bool add) {
+    if (out.numel() == 0) return;
+    if (dy.is_cuda()) {
 #if TL_WITH_CUDA
-    kernels::adaptive_avg_pool2d_backward(dy.data(), dx.data(), dy.dtype(), g.N, g.C, g.H, g.W, g.OH, g.OW,
-                                          dy.layout() == Layout::NHWC, accumulate, cuda::stream());
+      kernels::adaptive_avg_pool2d_backward(dy.data(), out.data(), dy.dtype(), g.N, g.C, g.H, g.W, g.OH, g.OW,
+                                            dy.layout() == Layout::NHWC, add, cuda::stream());
 #endif
-  } else if (dy.dtype() == DType::F32) {
-    adaptive_cpu(dy.data_as<float>(), dx.data_as<float>(), g, dy.layout(), true, accumulate);
-  } else {
-    adaptive_cpu(dy.data_as<double>(), dx.data_as<double>(), g, dy.layout(), true, accumulate);
-  }
+    } else if (dy.dtype() == DType::F32) {
+      adaptive_cpu(dy.data_as<float>(), out.data_as<float>(), g, dy.layout(), true, add);
+    } else {
+      adaptive_cpu(dy.data_as<double>(), out.data_as<double>(), g, dy.layout(), true, add);
+    }
+  });
 }
 
 Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w) {

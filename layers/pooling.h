@@ -15,7 +15,7 @@
 //             avg_pool2d_forward(x, o) -> y                           avg_pool2d_backward(dy, x_shape, o, dx, acc)
 //             adaptive_avg_pool2d_forward(x, oh, ow) -> y             adaptive_avg_pool2d_backward(dy, x_shape, dx, acc)
 //   dx has x's shape and dtype/device; its layout is x's for max pooling (dy is converted if it differs) and dy's
-//   for the average poolings. An accumulated-into dx must already have that shape, dtype, device and layout.
+//   for the average poolings (a fresh dx takes that layout; one accumulated into may have either layout).
 //
 // Gradient contract (as every backward in layers/): accumulate == false ASSIGNS dx (allocated when undefined or
 // unusable), accumulate == true ADDS into the existing dx.
@@ -28,9 +28,11 @@
 //   ceil_mode: cuDNN has no ceil mode (its output size is always the floor one and its padding symmetric). When
 //             ceil_mode changes the output size, max and avg pooling run on our own direct kernels
 //             (kernels/pooling.cu), which implement PyTorch's windows above exactly; otherwise cuDNN is used.
-//   Should cuDNN answer CUDNN_STATUS_NOT_SUPPORTED for a dtype/layout, the same own kernels run instead.
+//   bfloat16 and tensors of more than 2^31 elements always run the own kernels; should cuDNN answer any status of
+//   the NOT_SUPPORTED category (cuDNN 9 sub-codes 3000-3999) for a dtype/layout, the same own kernels run instead.
 //   adaptive avg pool: own kernels (the 1x1 NCHW case is a warp-reduced per-channel mean).
-// Autograd: max_pool2d saves x (and y on CUDA's cuDNN path); avg_pool2d and adaptive_avg_pool2d save nothing.
+// Autograd: max_pool2d saves x (and y where CUDA takes the cuDNN path); avg_pool2d and adaptive_avg_pool2d save
+// nothing.
 #pragma once
 #include "core/autograd.h"
 

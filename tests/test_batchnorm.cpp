@@ -419,6 +419,46 @@ TEST(BatchNormCuda, TrainMatchesCpu) {
   }
 }
 
+// The own kernels' two-level reductions (bfloat16 always takes them) on a tensor with several channel tiles (a
+// partial last one), several row chunks per channel (a partial last one) and a mean far from zero, in both
+// layouts, against the CPU reference on the same rounded values. Also the dgamma/dbeta-only backward, which takes
+// the own reduction for every dtype.
+TEST(BatchNormCuda, TiledReductionMatchesCpu) {
+  TL_REQUIRE_CUDA();
+  const Shape shape{6, 80, 23, 21};  // 80 channels: 3 tiles of 32; 2898 rows per channel: 6 chunks of 512
+  const Tensor gamma = Tensor::uniform({80}, 0.5, 1.5, 21), beta = Tensor::randn({80}, 22);
+  const Tensor gg = gamma.to(Device::CUDA), bg = beta.to(Device::CUDA);
+  BatchNormOptions opt;
+  opt.momentum = 0.2;
+  for (Layout layout : {Layout::NHWC, Layout::NCHW}) {
+    for (DType dt : {DType::BF16, DType::F32}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " " << layout_name(layout));
+      Tensor x1 = Tensor::uniform(shape, 60.0, 70.0, 23).to(Device::CUDA, dt, layout);
+      Tensor x2 = Tensor::randn(shape, 24).to(Device::CUDA, dt, layout);
+      Tensor dy = Tensor::randn(shape, 25).to(Device::CUDA, dt, layout);
+      auto cpu = [](const Tensor& t) { return t.to(Device::CPU, DType::F32, Layout::NCHW); };
+      const TrainResult c = train_two_steps(cpu(x1), cpu(x2), cpu(dy), gamma, beta, opt);
+      const TrainResult g = train_two_steps(x1, x2, dy, gg, bg, opt);
+      const double tol = dt == DType::F32 ? kCudaTol : kBf16Tol;
+      expect_close(g.y, c.y, tol, "y");
+      expect_close(g.save_mean, c.save_mean, kCudaTol, "save_mean");
+      expect_close(g.save_invstd, c.save_invstd, kCudaTol, "save_invstd");
+      expect_close(g.running_mean, c.running_mean, kCudaTol, "running_mean (first batch: mean 65)");
+      expect_close(g.running_var, c.running_var, kCudaTol, "running_var");
+      expect_close(g.g.dx, c.g.dx, tol, "dx");
+      expect_close(g.g.dgamma, c.g.dgamma, tol, "dgamma");
+      expect_close(g.g.dbeta, c.g.dbeta, tol, "dbeta");
+      Tensor dgamma, dbeta;
+      BatchNormGrads r;
+      r.dgamma = &dgamma;
+      r.dbeta = &dbeta;
+      batchnorm_backward(x2, dy, Tensor(), g.save_mean, g.save_invstd, true, 1e-5, r);
+      expect_close(dgamma, c.g.dgamma, tol, "dgamma without dx");
+      expect_close(dbeta, c.g.dbeta, tol, "dbeta without dx");
+    }
+  }
+}
+
 TEST(BatchNormCuda, CumulativeAverageMatchesCpu) {
   TL_REQUIRE_CUDA();
   Tensor gamma = Tensor::uniform({3}, 0.5, 1.5, 1), beta = Tensor::randn({3}, 2);

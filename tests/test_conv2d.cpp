@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "layers/conv2d.h"
+#include "layers/cudnn_rules.h"
 #include "layers/module.h"
 #include "tl_testing.h"
 
@@ -432,4 +433,84 @@ TEST(Conv2dCuda, AutogradMixedLayoutsAndLargeBias) {
     conv2d_backward_bias(dy.to(Device::CUDA, DType::F32, layout), db, false);
     expect_close(db, db_ref, kCudaTol, std::string("large db ") + layout_name(layout));
   }
+}
+
+// ---------------------------------------------------------------- cuDNN rules (host logic, no GPU needed)
+
+TEST(Conv2dCudnnRules, NotSupportedIsTheWholeCategory) {
+  using namespace tl::cudnn_rules;
+  for (int code : {3000, 3001, 3002, 3003, 3004, 3010, 3014, 3999}) {
+    EXPECT_TRUE(not_supported(code)) << code;
+    EXPECT_EQ(outcome_of(code), Outcome::NotSupported) << code;
+  }
+  for (int code : {5000, 5001, 5003}) EXPECT_EQ(outcome_of(code), Outcome::ExecutionFailed) << code;
+  EXPECT_EQ(outcome_of(0), Outcome::Ran);
+  // Bad parameters and internal errors end the search: the caller throws them.
+  for (int code : {1001, 2000, 2002, 2999, 4000, 4001, 4004}) {
+    EXPECT_FALSE(not_supported(code)) << code;
+    EXPECT_FALSE(outcome_of(code).has_value()) << code;
+  }
+  EXPECT_EQ(category(3012), 3000);
+  EXPECT_EQ(category(5004), 5000);
+}
+
+TEST(Conv2dCudnnRules, CandidatesFallThroughInRankOrder) {
+  using namespace tl::cudnn_rules;
+  // Candidate 0 is not supported, 1 has no workspace, 2 fails to execute, 3 runs: 3 is taken, after 0, 1, 2.
+  const std::vector<Outcome> fate{Outcome::NotSupported, Outcome::OutOfMemory, Outcome::ExecutionFailed, Outcome::Ran,
+                                  Outcome::Ran};
+  std::vector<size_t> tried;
+  auto attempt = [&](size_t i) {
+    tried.push_back(i);
+    return fate[i];
+  };
+  EXPECT_EQ(run_first_that_works(fate.size(), fate.size(), attempt, "test"), 3u);
+  EXPECT_EQ(tried, (std::vector<size_t>{0, 1, 2, 3}));
+  // The one that ran last time is tried first; it runs: nothing else is tried.
+  tried.clear();
+  EXPECT_EQ(run_first_that_works(fate.size(), 4, attempt, "test"), 4u);
+  EXPECT_EQ(tried, (std::vector<size_t>{4}));
+  // It no longer runs (e.g. out of workspace): the others follow in rank order, without it again.
+  tried.clear();
+  EXPECT_EQ(run_first_that_works(fate.size(), 1, attempt, "test"), 3u);
+  EXPECT_EQ(tried, (std::vector<size_t>{1, 0, 2, 3}));
+  // None runs: CudnnError naming the op and each candidate's outcome.
+  const std::vector<Outcome> none{Outcome::NotSupported, Outcome::OutOfMemory};
+  const std::string err = error_of([&] {
+    run_first_that_works(none.size(), none.size(), [&](size_t i) { return none[i]; }, "conv2d forward");
+  });
+  EXPECT_TRUE(contains(err, "conv2d forward")) << err;
+  EXPECT_TRUE(contains(err, "#0 not supported")) << err;
+  EXPECT_TRUE(contains(err, "#1 workspace out of memory")) << err;
+  EXPECT_THROW(run_first_that_works(0, 0, attempt, "empty"), CudnnError);
+  // An attempt that throws ends the search with its error.
+  EXPECT_THROW(run_first_that_works(2, 2, [](size_t) -> Outcome { throw CudnnError("bad param"); }, "x"),
+               CudnnError);
+}
+
+TEST(Conv2dCudnnRules, MathTypesTheDataMayTake) {
+  using namespace tl::cudnn_rules;
+  // float32, TF32 off: FMA only; tensor-op offers are skipped.
+  EXPECT_EQ(conv_math_for(false, true, ConvMath::Default), ConvMath::Fma);
+  EXPECT_EQ(conv_math_for(false, true, ConvMath::Fma), ConvMath::Fma);
+  EXPECT_FALSE(conv_math_for(false, true, ConvMath::TensorOp));
+  EXPECT_FALSE(conv_math_for(false, true, ConvMath::TensorOpAllowConversion));
+  // float32 with TF32, or float64: never down-conversion to half precision.
+  EXPECT_EQ(conv_math_for(false, false, ConvMath::TensorOp), ConvMath::TensorOp);
+  EXPECT_EQ(conv_math_for(false, false, ConvMath::Default), ConvMath::Default);
+  EXPECT_FALSE(conv_math_for(false, false, ConvMath::TensorOpAllowConversion));
+  // Half-precision data takes what is offered.
+  EXPECT_EQ(conv_math_for(true, false, ConvMath::TensorOpAllowConversion), ConvMath::TensorOpAllowConversion);
+  EXPECT_EQ(conv_math_for(true, false, ConvMath::TensorOp), ConvMath::TensorOp);
+}
+
+TEST(Conv2dCudnnRules, BatchSlicesStayWithin2To31Elements) {
+  using namespace tl::cudnn_rules;
+  EXPECT_EQ(images_per_call(256, 3 * 224 * 224), 256);  // fits: one call
+  const int64_t per_image = 64 * 512 * 512;               // 2^24: 128 images per call
+  EXPECT_EQ(images_per_call(300, per_image), 127);        // 127 * 2^24 < 2^31 - 1 < 128 * 2^24
+  EXPECT_LE(images_per_call(300, per_image) * per_image, kMaxElements);
+  EXPECT_GT((images_per_call(300, per_image) + 1) * per_image, kMaxElements);
+  EXPECT_EQ(images_per_call(4, int64_t(1) << 31), 0);     // one image alone is too large: refused
+  EXPECT_EQ(images_per_call(0, 10), 0);
 }

@@ -163,6 +163,33 @@ TEST(Pooling, GradContract) {
                        "adaptive dx");
 }
 
+// A gradient accumulated into a dx of the other layout is added after conversion (layers/layer_util.h
+// write_grad), in all three poolings.
+TEST(Pooling, AccumulatesIntoTheOtherLayout) {
+  const Tensor x = distinct_values({2, 3, 7, 6}, 24);
+  const Pool2dOptions o = opts(3, 2, 1, false);
+  const Tensor y = max_pool2d_forward(x, o);
+  const Tensor dy = Tensor::randn(y.shape(), 25, DType::F64);
+  const Tensor ady = Tensor::randn({2, 3, 2, 2}, 26, DType::F64);
+  const Tensor base = Tensor::randn(x.shape(), 27, DType::F64);
+  for (int which = 0; which < 3; ++which) {
+    SCOPED_TRACE(which);
+    auto run = [&](Tensor& dx, bool acc) {
+      if (which == 0) max_pool2d_backward(x, y, dy, o, dx, acc);
+      if (which == 1) avg_pool2d_backward(dy, x.shape(), o, dx, acc);
+      if (which == 2) adaptive_avg_pool2d_backward(ady, x.shape(), dx, acc);
+    };
+    Tensor fresh;
+    run(fresh, false);
+    Tensor expected = base.clone();
+    expected.add_(fresh);
+    Tensor dx = base.to_layout(Layout::NHWC);
+    run(dx, true);
+    EXPECT_EQ(dx.layout(), Layout::NHWC);
+    expect_close(dx, expected, 1e-12, "accumulated into NHWC");
+  }
+}
+
 // float32 NCHW and NHWC (the CPU model layout) and float64, against PyTorch's float32 results.
 TEST(Pooling, MatchesPyTorch) {
   const auto& f = fixture("pooling");

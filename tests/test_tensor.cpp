@@ -1,5 +1,6 @@
 // Tensor core: construction, views, dtype/layout/device conversion, errors.
 #include "core/tensor.h"
+#include "kernels/index_math.h"
 #include "tl_testing.h"
 
 using namespace tl;
@@ -92,4 +93,45 @@ TEST(TensorCuda, RoundTripAllDtypesAndLayouts) {
   }
   Tensor z = Tensor::zeros({3, 3}, DType::F32, Device::CUDA).fill_(2.5);
   EXPECT_EQ(z.to_doubles()[8], 2.5);
+}
+
+// The index type of the element-wise CUDA kernels (kernels/index_math.h): 32-bit only when every bound fits.
+TEST(Device, KernelIndexTypeChoice) {
+  using kernels::fits_int32;
+  using kernels::with_index_type;
+  EXPECT_TRUE(fits_int32({0, 1, INT32_MAX}));
+  EXPECT_FALSE(fits_int32({int64_t(INT32_MAX) + 1}));
+  EXPECT_FALSE(fits_int32({10, int64_t(1) << 40}));  // any bound beyond 2^31 - 1 forces 64 bits
+  EXPECT_FALSE(fits_int32({-1}));
+  auto bits = [](std::initializer_list<int64_t> b) {
+    return with_index_type(b, [](auto index) { return int(sizeof(index) * 8); });
+  };
+  EXPECT_EQ(bits({256 * 64 * 56 * 56}), 32);             // a ResNet activation
+  EXPECT_EQ(bits({int64_t(512) * 256 * 128 * 128}), 64);  // 2^32 elements
+}
+
+TEST(TensorCuda, IntegerFillAndCast) {
+  TL_REQUIRE_CUDA();
+  for (DType it : {DType::I32, DType::I64}) {
+    SCOPED_TRACE(dtype_name(it));
+    Tensor z = Tensor::zeros({5, 7}, it, Device::CUDA).fill_(-3.0);
+    for (double v : z.to_doubles()) EXPECT_EQ(v, -3.0);
+    Tensor big = Tensor::full({3}, 2147483647.0, it, Device::CUDA);  // exact through double
+    EXPECT_EQ(big.to_doubles()[2], 2147483647.0);
+    // Integers to every float type and back, and float values truncated toward zero as on the host.
+    const Tensor labels = Tensor::from_values({0, 5, -7, 1000}, {4}, it);
+    for (DType ft : {DType::F32, DType::F64, DType::BF16, DType::F16}) {
+      const Tensor g = labels.to(Device::CUDA).to(ft);
+      EXPECT_EQ(g.to_doubles(), labels.to(ft).to_doubles()) << dtype_name(ft);
+      EXPECT_EQ(g.to(it).to_doubles(), labels.to_doubles()) << dtype_name(ft);
+    }
+    const Tensor f = Tensor::from_values({2.75, -2.75, 0.5, 1e3}, {4}, DType::F32);
+    EXPECT_EQ(f.to(Device::CUDA).to(it).to_doubles(), f.to(it).to_doubles());
+    // int32 <-> int64, and a 4-D integer tensor through a layout change.
+    const DType other = it == DType::I32 ? DType::I64 : DType::I32;
+    EXPECT_EQ(labels.to(Device::CUDA).to(other).to_doubles(), labels.to_doubles());
+    const Tensor t4 = Tensor::from_values({1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 2, 2}, it);
+    const Tensor nhwc = t4.to(Device::CUDA, it, Layout::NHWC);
+    EXPECT_EQ(nhwc.to(Device::CPU, it, Layout::NCHW).to_doubles(), t4.to_doubles());
+  }
 }
