@@ -789,3 +789,37 @@ TEST(Train, MemoryFormatIsSelectableAndGivesTheSameRun) {
   ASSERT_EQ(losses[1].size(), 2u);
   for (size_t k = 0; k < 2; ++k) EXPECT_NEAR(losses[0][k], losses[1][k], 1e-9 * std::fabs(losses[0][k])) << k;
 }
+
+// One spelling everywhere: --model is --arch (timm's name), -b is --batch-size, -j is --workers; the resolved
+// options land in <out>/args.json; --version.
+TEST(Cli, AliasesGiveTheSameRunAndArgsJsonRecordsIt) {
+  const std::string d = fresh_dir("cli_aliases");
+  const std::string data = make_data(d + "/data", 4, 2);
+  const std::string common = " train --data " + data + " --epochs 1 --image-size 32 --device cpu --no-augment";
+  std::string log;
+  ASSERT_EQ(run_command(std::string(TL_CLI) + common + " --arch resnet18 --batch-size 4 --workers 1 --out " + d +
+                            "/a",
+                        &log),
+            0)
+      << log;
+  ASSERT_EQ(run_command(std::string(TL_CLI) + common + " --model resnet18 -b 4 -j 1 --out " + d + "/b", &log), 0)
+      << log;
+  auto metrics = [&](const std::string& run) {
+    std::vector<nlohmann::json> lines = read_jsonl(d + "/" + run + "/metrics.jsonl");
+    return lines.empty() ? nlohmann::json() : lines.back();
+  };
+  EXPECT_FALSE(metrics("a").is_null());
+  EXPECT_EQ(metrics("a").dump(), metrics("b").dump()) << "--model/-b/-j did not give the --arch/--batch-size run";
+  for (const char* run : {"a", "b"}) {
+    const nlohmann::json args = nlohmann::json::parse(slurp(d + "/" + run + "/args.json"));
+    EXPECT_EQ(args.at("command"), "train");
+    EXPECT_EQ(args.at("args").at("arch"), "resnet18") << args.dump();
+    EXPECT_EQ(args.at("args").at("batch-size"), "4") << args.dump();
+    EXPECT_EQ(args.at("args").at("workers"), "1") << args.dump();
+    EXPECT_EQ(args.at("args").at("lr"), "0.001") << "a default is recorded too: " << args.dump();
+    EXPECT_EQ(args.at("args").at("no-augment"), true) << args.dump();
+    EXPECT_EQ(args.at("args").at("nesterov"), false) << args.dump();
+  }
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " --version", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "tlengine 0.")) << log;
+}

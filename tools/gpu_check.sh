@@ -601,8 +601,8 @@ dry_run_selftests() {
   local ok=1 d=$OUT/selftest
   EXTRA_STAGES=(timeout-probe)
   run_stage timeout-probe 2
-  if [ "${STATUS[timeout-probe]}" != TIMEOUT ] || [ "${TIME[timeout-probe]}" -gt 14 ]; then
-    echo "self-test FAILED: a stage sleeping 30 s under a 2-s limit ended ${STATUS[timeout-probe]} after ${TIME[timeout-probe]} s"
+  if [ "${STATUS[timeout-probe]:-}" != TIMEOUT ] || [ "${TIME[timeout-probe]:-0}" -gt 14 ]; then
+    echo "self-test FAILED: a stage sleeping 30 s under a 2-s limit ended ${STATUS[timeout-probe]:-unknown} after ${TIME[timeout-probe]:-?} s"
     ok=0
   fi
   mkdir -p "$d"

@@ -10,6 +10,8 @@
 
 #include <chrono>
 #include <csignal>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -33,12 +35,34 @@ void on_sigint(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
 }
 
+// <out>/args.json: every option of the command as it was resolved (given on the command line, or its default),
+// keyed by its long name, as strings (flags: true when given); with the program version. Enough to repeat a run (timm writes args.yaml).
+void write_args_json(const CLI::App& cmd, const std::string& path) {
+  nlohmann::json args = nlohmann::json::object();
+  for (const CLI::Option* opt : cmd.get_options()) {
+    const std::string name = opt->get_name();
+    if (name.rfind("--", 0) != 0 || name == "--help") continue;
+    const std::vector<std::string>& given = opt->results();
+    if (opt->get_expected_max() == 0)  // a flag: whether it was given
+      args[name.substr(2)] = opt->count() > 0;
+    else if (opt->count() > 0)
+      args[name.substr(2)] = given.size() == 1 ? nlohmann::json(given[0]) : nlohmann::json(given);
+    else if (!opt->get_default_str().empty())
+      args[name.substr(2)] = opt->get_default_str();
+    else
+      args[name.substr(2)] = nullptr;
+  }
+  const std::string text =
+      nlohmann::json{{"command", cmd.get_name()}, {"version", TL_VERSION}, {"args", args}}.dump(2) + "\n";
+  io::write_file_atomic(path, text.data(), text.size());
+}
+
 constexpr const char* kImageSizeHelp =
     "crop size; 0: the architecture's (224; inception_v3 299, resized from 342 for evaluation)";
 
 void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--data", o.data, "ImageFolder root: train/<class>/*.jpg and val/<class>/*.jpg")->required();
-  c.add_option("--arch", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
+  c.add_option("--arch,--model", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
   c.add_option("--weights", o.weights, "pretrained weights (tlengine .bin, safetensors or PyTorch .pth); the head is replaced "
                                        "when the class count differs");
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,
@@ -47,7 +71,7 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png")
       ->capture_default_str();
   c.add_option("--epochs", o.epochs)->capture_default_str();
-  c.add_option("--batch-size", o.batch_size)->capture_default_str();
+  c.add_option("--batch-size,-b", o.batch_size)->capture_default_str();
   c.add_option("--optimizer", o.optimizer, "sgd | adam | adamw")->capture_default_str();
   c.add_option("--lr", o.lr, "learning rate of the new head")->capture_default_str();
   c.add_option("--backbone-lr", o.backbone_lr, "learning rate of the pretrained body (default: --lr x --backbone-lr-mult)");
@@ -78,7 +102,7 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--val-transform", o.val_transform, "crop: Resize+CenterCrop; resize: Resize((s, s))")->capture_default_str();
   c.add_flag("!--no-augment", o.augment, "train on the val transform (no random crop / flip)");
   c.add_flag("!--no-shuffle", o.shuffle, "keep the folder order (to compare with another framework)");
-  c.add_option("--workers", o.workers, "image decoding threads")->capture_default_str();
+  c.add_option("--workers,-j", o.workers, "image decoding threads")->capture_default_str();
   c.add_option("--cache-images", o.cache_images,
                "keep decoded images in RAM so each file is decoded once: auto (up to a quarter of the memory) | off "
                "| <GB>")->capture_default_str();
@@ -118,6 +142,7 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
   CLI::App app{"tlengine: fine-tune pretrained CNNs (ResNet, DenseNet, VGG) on your images, on the GPU or CPU."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("tlengine ") + TL_VERSION);
   train::TrainOptions to;
   auto* train_cmd = app.add_subcommand("train", "fine-tune a model on an ImageFolder data set");
   add_train_options(*train_cmd, to);
@@ -127,7 +152,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--weights", eo.weights)->required();
   eval_cmd->add_option("--data", eo.data, "ImageFolder root (its <split>/ sub-folder when present)")->required();
   eval_cmd->add_option("--split", eo.split)->capture_default_str();
-  eval_cmd->add_option("--batch-size", eo.batch_size)->capture_default_str();
+  eval_cmd->add_option("--batch-size,-b", eo.batch_size)->capture_default_str();
   eval_cmd->add_option("--image-size", eo.image_size, kImageSizeHelp)->capture_default_str();
   eval_cmd->add_option("--val-transform", eo.val_transform)->capture_default_str();
   eval_cmd->add_option("--device", eo.device)->capture_default_str();
@@ -143,7 +168,7 @@ int main(int argc, char** argv) {
   pred_cmd->add_option("--topk", po.topk)->capture_default_str();
   pred_cmd->add_option("--format", po.format, "json | csv")->capture_default_str();
   pred_cmd->add_option("--logits", po.logits, "write the raw logits (N, C) to this .npy");
-  pred_cmd->add_option("--batch-size", po.batch_size)->capture_default_str();
+  pred_cmd->add_option("--batch-size,-b", po.batch_size)->capture_default_str();
   pred_cmd->add_option("--image-size", po.image_size, kImageSizeHelp)->capture_default_str();
   pred_cmd->add_option("--val-transform", po.val_transform)->capture_default_str();
   pred_cmd->add_option("--device", po.device)->capture_default_str();
@@ -152,7 +177,7 @@ int main(int argc, char** argv) {
   train::ExampleOptions xo;
   auto* ex_cmd = app.add_subcommand("example", "built-in example: synthetic data, pretrain, fine-tune vs scratch");
   ex_cmd->add_option("--out", xo.out)->capture_default_str();
-  ex_cmd->add_option("--arch", xo.arch)->capture_default_str();
+  ex_cmd->add_option("--arch,--model", xo.arch)->capture_default_str();
   ex_cmd->add_option("--device", xo.device)->capture_default_str();
   ex_cmd->add_option("--image-size", xo.image_size)->capture_default_str();
   ex_cmd->add_option("--pretrain-epochs", xo.pretrain_epochs)->capture_default_str();
@@ -162,13 +187,13 @@ int main(int argc, char** argv) {
   std::string bench_json;
   auto* bench_cmd = app.add_subcommand("bench", "time training steps on a random batch: ms/step, img/s, peak memory, "
                                                 "TFLOP/s, start-up (see README, 'tlengine bench')");
-  bench_cmd->add_option("--model", bo.model, "architecture, as for train --arch")->capture_default_str();
+  bench_cmd->add_option("--arch,--model", bo.model, "architecture, as for train")->capture_default_str();
   bench_cmd->add_option("--mode", bo.mode, "full | last_block (layer4 / denseblock4 + head) | head")
       ->capture_default_str();
   bench_cmd->add_option("--precision", bo.precision, "fp32 (TF32 convolutions) | bf16 (NHWC, CUDA)")
       ->capture_default_str();
   bench_cmd->add_option("--memory-format", bo.memory_format, "auto | nchw | nhwc (as train)")->capture_default_str();
-  bench_cmd->add_option("--batch", bo.batch)->capture_default_str();
+  bench_cmd->add_option("--batch-size,-b,--batch", bo.batch)->capture_default_str();
   bench_cmd->add_option("--image-size", bo.image_size, kImageSizeHelp)->capture_default_str();
   bench_cmd->add_option("--classes", bo.classes)->capture_default_str();
   bench_cmd->add_option("--warmup", bo.warmup, "untimed steps first")->capture_default_str();
@@ -184,8 +209,8 @@ int main(int argc, char** argv) {
                                                         "flip + normalise): images/s");
   loader_cmd->add_option("--data", lbo.data, "ImageFolder root (its train/ when present)")->required();
   loader_cmd->add_option("--image-size", lbo.image_size)->capture_default_str();
-  loader_cmd->add_option("--batch-size", lbo.batch_size)->capture_default_str();
-  loader_cmd->add_option("--workers", lbo.workers, "image decoding threads")->capture_default_str();
+  loader_cmd->add_option("--batch-size,-b", lbo.batch_size)->capture_default_str();
+  loader_cmd->add_option("--workers,-j", lbo.workers, "image decoding threads")->capture_default_str();
   loader_cmd->add_option("--epochs", lbo.epochs)->capture_default_str();
   loader_cmd->add_option("--cache-images", lbo.cache_images, "off | auto | <GB>, as for train")->capture_default_str();
   loader_cmd->add_option("--seed", lbo.seed)->capture_default_str();
@@ -217,6 +242,8 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_sigint);
   try {
     if (*train_cmd) {
+      io::ensure_writable_folder(to.out, "--out");
+      write_args_json(*train_cmd, (std::filesystem::path(to.out) / "args.json").string());
       train::TrainResult r = train::run_training(to, std::cerr);
       return r.interrupted ? 130 : 0;
     }
@@ -259,7 +286,7 @@ int main(int argc, char** argv) {
     if (cuda::available()) cuda::memory_info(&free_b, &total_b);
     const bool bench = bench_cmd->parsed();
     const int64_t batch = bench ? bo.batch : to.batch_size;
-    const char* flag = bench ? "--batch" : "--batch-size";
+    const char* flag = "--batch-size";
     std::cerr << "tlengine: out of memory with " << flag << " " << batch;
     if (total_b > 0) std::cerr << " (GPU: " << free_b / (1 << 20) << " MiB free of " << total_b / (1 << 20) << " MiB)";
     std::cerr << ": try " << flag << " " << std::max<int64_t>(1, batch / 2) << "\n  (" << e.what() << ")\n";
