@@ -109,7 +109,7 @@ TEST(Faults, HostOutOfMemoryGivesAClearMessageAndExitCode) {
                              &out);
   EXPECT_EQ(rc, 2) << out;
   EXPECT_TRUE(contains(out, "host out of memory")) << out;
-  EXPECT_TRUE(contains(out, "try --batch 128")) << out;
+  EXPECT_TRUE(contains(out, "try --batch-size 128")) << out;
 }
 
 // ---- 1. Disk full / file-size limit during an atomic write -------------------------------------------------------

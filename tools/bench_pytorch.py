@@ -61,10 +61,10 @@ def trainable_prefixes(name, mode):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet18")
+    p.add_argument("--model", "--arch", dest="model", default="resnet18")
     p.add_argument("--mode", default="full", choices=["full", "last_block", "head"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", "--batch-size", "-b", dest="batch", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--warmup", type=int, default=10)
