@@ -823,3 +823,47 @@ TEST(Cli, AliasesGiveTheSameRunAndArgsJsonRecordsIt) {
   ASSERT_EQ(run_command(std::string(TL_CLI) + " --version", &log), 0) << log;
   EXPECT_TRUE(contains(log, "tlengine 0.")) << log;
 }
+
+// `train --config FILE`: an earlier run's args.json repeats the run; the command line wins over the file; a key
+// that is not an option is an error that names it.
+TEST(Cli, ConfigFileRepeatsARunAndTheCommandLineWins) {
+  const std::string d = fresh_dir("cli_config");
+  const std::string data = make_data(d + "/data", 4, 2);
+  std::string log;
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " train --data " + data + " --epochs 2 --image-size 32 --device cpu " +
+                            "--no-augment --arch resnet18 -b 4 -j 1 --lr 0.01 --out " + d + "/a",
+                        &log),
+            0)
+      << log;
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " train --config " + d + "/a/args.json --out " + d + "/b", &log), 0)
+      << log;
+  EXPECT_EQ(slurp(d + "/a/metrics.jsonl"), slurp(d + "/b/metrics.jsonl")) << "args.json did not repeat the run";
+  nlohmann::json a = nlohmann::json::parse(slurp(d + "/a/args.json"));
+  nlohmann::json b = nlohmann::json::parse(slurp(d + "/b/args.json"));
+  EXPECT_NE(a["args"]["out"], b["args"]["out"]);
+  a["args"].erase("out");
+  b["args"].erase("out");
+  EXPECT_EQ(a.dump(), b.dump()) << "the repeated run resolved different options";
+
+  // The command line wins: one epoch instead of the file's two.
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " train --config " + d + "/a/args.json --epochs 1 --out " + d + "/c", &log),
+            0)
+      << log;
+  EXPECT_EQ(read_jsonl(d + "/c/metrics.jsonl").size() * 2, read_jsonl(d + "/a/metrics.jsonl").size());
+  EXPECT_EQ(nlohmann::json::parse(slurp(d + "/c/args.json"))["args"]["epochs"], "1");
+  EXPECT_EQ(nlohmann::json::parse(slurp(d + "/c/args.json"))["args"]["lr"], "0.01") << "the file's value is kept";
+
+  // A plain hand-written file with numbers and flags, and one misspelt key.
+  {
+    std::ofstream f(d + "/bad.json");
+    f << R"({"data": ")" << data << R"(", "epochs": 1, "image-size": 32, "device": "cpu", "no-augment": true, "bogus-option": 3})";
+  }
+  EXPECT_NE(run_command(std::string(TL_CLI) + " train --config " + d + "/bad.json --out " + d + "/d", &log), 0);
+  EXPECT_TRUE(contains(log, "bogus-option")) << log;
+  {
+    std::ofstream f(d + "/list.json");
+    f << "[1, 2]";
+  }
+  EXPECT_NE(run_command(std::string(TL_CLI) + " train --config " + d + "/list.json --out " + d + "/e", &log), 0);
+  EXPECT_TRUE(contains(log, "JSON object")) << log;
+}

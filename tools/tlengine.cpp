@@ -35,13 +35,54 @@ void on_sigint(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
 }
 
+// --config FILE: a JSON object whose keys are the command's long option names without "--" (values: strings,
+// numbers, booleans for flags, arrays; null means unset), or an earlier run's args.json (its "args" object), so
+// that `--config runs/x/args.json --out runs/y` repeats a run. Options given on the command line win (CLI11 only
+// fills options the command line left unset).
+class JsonConfig : public CLI::Config {
+ public:
+  std::string to_config(const CLI::App*, bool, bool, std::string) const override {
+    throw CLI::ConversionError("tlengine writes configurations as args.json (train --out)");
+  }
+  std::vector<CLI::ConfigItem> from_config(std::istream& in) const override {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+      throw CLI::ConversionError(std::string("--config: not valid JSON: ") + e.what());
+    }
+    if (j.is_object() && j.contains("args") && j["args"].is_object()) j = nlohmann::json(j["args"]);
+    if (!j.is_object()) throw CLI::ConversionError("--config: the file must hold a JSON object of option names");
+    std::vector<CLI::ConfigItem> items;
+    for (const auto& [key, v] : j.items()) {
+      if (v.is_null() || v == false || key == "config") continue;  // unset, or a flag not given
+      CLI::ConfigItem item;
+      item.parents = {"train"};  // the one command that takes a configuration
+      item.name = key;
+      auto text = [&key](const nlohmann::json& x) -> std::string {
+        if (x.is_string()) return x.get<std::string>();
+        if (x.is_boolean()) return x.get<bool>() ? "true" : "false";
+        if (x.is_number()) return x.dump();
+        throw CLI::ConversionError("--config: option '" + key + "' must be a string, number, boolean or array of them");
+      };
+      if (v.is_array()) {
+        for (const nlohmann::json& x : v) item.inputs.push_back(text(x));
+      } else {
+        item.inputs.push_back(text(v));
+      }
+      items.push_back(item);
+    }
+    return items;
+  }
+};
+
 // <out>/args.json: every option of the command as it was resolved (given on the command line, or its default),
 // keyed by its long name, as strings (flags: true when given); with the program version. Enough to repeat a run (timm writes args.yaml).
 void write_args_json(const CLI::App& cmd, const std::string& path) {
   nlohmann::json args = nlohmann::json::object();
   for (const CLI::Option* opt : cmd.get_options()) {
     const std::string name = opt->get_name();
-    if (name.rfind("--", 0) != 0 || name == "--help") continue;
+    if (name.rfind("--", 0) != 0 || name == "--help" || name == "--config") continue;
     const std::vector<std::string>& given = opt->results();
     if (opt->get_expected_max() == 0)  // a flag: whether it was given
       args[name.substr(2)] = opt->count() > 0;
@@ -146,6 +187,13 @@ int main(int argc, char** argv) {
   train::TrainOptions to;
   auto* train_cmd = app.add_subcommand("train", "fine-tune a model on an ImageFolder data set");
   add_train_options(*train_cmd, to);
+  // `train --config FILE`: the option belongs to the top level (CLI11 reads config files there, before the
+  // subcommand's required options are checked); train passes it through.
+  train_cmd->fallthrough();
+  app.set_config("--config", "", "train: JSON file of options (keys: the long names without --; an earlier run's "
+                                 "args.json works); the command line wins");
+  app.config_formatter(std::make_shared<JsonConfig>());
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not silently ignored
 
   train::EvalOptions eo;
   auto* eval_cmd = app.add_subcommand("eval", "metrics of a weights file on a folder");
