@@ -4,7 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -866,4 +868,120 @@ TEST(Cli, ConfigFileRepeatsARunAndTheCommandLineWins) {
   }
   EXPECT_NE(run_command(std::string(TL_CLI) + " train --config " + d + "/list.json --out " + d + "/e", &log), 0);
   EXPECT_TRUE(contains(log, "JSON object")) << log;
+}
+
+// Gradual unfreezing: --freeze backbone --unfreeze layer4@2,layer3@3. Epoch 1 trains only fc, epoch 2 also layer4,
+// epoch 3 also layer3; layers below never change (their parameters equal the seeded start). A run stopped at the
+// end of each epoch and resumed ends with the same checkpoint, bit for bit, as one straight run. The feature cache
+// (on for epoch 1: --freeze-bn, no augmentation) is released at the first unfreeze.
+TEST(Train, GradualUnfreezingTrainsTheRightLayersAndResumesExactly) {
+  const std::string d = fresh_dir("train_unfreeze");
+  const std::string data = make_data(d + "/data");
+  train::TrainOptions a = tiny(data, d + "/straight");
+  a.epochs = 3;
+  a.freeze.freeze = "backbone";
+  a.freeze.freeze_bn = true;
+  a.unfreeze = {"layer4@2", "layer3@3"};
+  a.optimizer = "adam";  // per-parameter step counts: the unfrozen layers' Adam state starts at their first update
+  std::ostringstream log_a;
+  train::run_training(a, log_a);
+  EXPECT_TRUE(contains(log_a.str(), "gradual unfreezing: epoch 2: layer4; epoch 3: layer3")) << log_a.str();
+  EXPECT_TRUE(contains(log_a.str(), "epoch 2: unfreezing layer4")) << log_a.str();
+  EXPECT_TRUE(contains(log_a.str(), "feature cache released")) << log_a.str();
+
+  auto start = models::create_model("resnet18", 4, a.seed);  // the seeded initialisation every run starts from
+  std::map<std::string, std::vector<double>> initial;
+  for (auto& [name, p] : start->named_parameters()) initial[name] = p.value().to_doubles();
+  // Which parameter groups moved, by name prefix, in a checkpoint.
+  auto moved = [&](const train::StateDict& sd, const std::string& prefix) {
+    bool any = false, all = true;
+    for (const auto& [name, values] : initial) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      const bool changed = sd.get_tensor("model." + name).to_doubles() != values;
+      any = any || changed;
+      all = all && changed;
+    }
+    return any ? (all ? 2 : 1) : 0;  // 0: none, 1: some, 2: every tensor
+  };
+
+  train::TrainOptions b = a;
+  b.out = d + "/resumed";
+  const int64_t steps_per_epoch = 4;  // 32 images, batch 8
+  std::ostringstream log_b;
+  std::vector<std::array<int, 4>> seen;  // per epoch: fc, layer4, layer3, (conv1 + layer1 + layer2)
+  for (int epoch = 1; epoch <= 3; ++epoch) {
+    b.stop_after_steps = steps_per_epoch;
+    b.resume = epoch > 1;
+    train::run_training(b, log_b);
+    const train::StateDict sd = train::load_state_dict(b.out + "/last.ckpt");
+    seen.push_back({moved(sd, "fc."), moved(sd, "layer4."), moved(sd, "layer3."),
+                    std::max({moved(sd, "conv1."), moved(sd, "bn1."), moved(sd, "layer1."), moved(sd, "layer2.")})});
+  }
+  EXPECT_EQ(seen[0], (std::array<int, 4>{2, 0, 0, 0})) << "epoch 1 trains fc only";
+  EXPECT_EQ(seen[1], (std::array<int, 4>{2, 2, 0, 0})) << "epoch 2 trains layer4 too";
+  EXPECT_EQ(seen[2], (std::array<int, 4>{2, 2, 2, 0})) << "epoch 3 trains layer3 too";
+  b.stop_after_steps = 0;
+  b.resume = true;
+  EXPECT_FALSE(train::run_training(b, log_b).interrupted);
+
+  const train::StateDict x = train::load_state_dict(a.out + "/last.ckpt"), y = train::load_state_dict(b.out + "/last.ckpt");
+  int compared = 0;
+  for (const auto& [k, t] : x.tensors) {
+    ASSERT_TRUE(y.has_tensor(k)) << k;
+    EXPECT_EQ(t.to_doubles(), y.get_tensor(k).to_doubles()) << k << " differs after resuming across the unfreezes";
+    ++compared;
+  }
+  EXPECT_GT(compared, 100);
+  const std::vector<nlohmann::json> lines = read_jsonl(a.out + "/metrics.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["unfrozen"].size(), 0u);
+  EXPECT_EQ(lines[1]["unfrozen"], nlohmann::json::array({"layer4"}));
+  EXPECT_EQ(lines[2]["unfrozen"], nlohmann::json::array({"layer3"}));
+  EXPECT_LT(lines[0]["trainable_params"].get<int64_t>(), lines[1]["trainable_params"].get<int64_t>());
+  EXPECT_LT(lines[1]["trainable_params"].get<int64_t>(), lines[2]["trainable_params"].get<int64_t>());
+}
+
+// --freeze-epochs N (fastai's fine_tune): N epochs with the head alone, then everything, the body at 0.1 x --lr
+// unless --backbone-lr-mult is given. And the schedule's errors.
+TEST(Train, FreezeEpochsThenEverythingAndUnfreezeErrors) {
+  const std::string d = fresh_dir("train_freeze_epochs");
+  const std::string data = make_data(d + "/data");
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.freeze_epochs = 1;
+  o.stop_after_steps = 4;  // the end of epoch 1
+  std::ostringstream log;
+  train::run_training(o, log);
+  auto start = models::create_model("resnet18", 4, o.seed);
+  const std::vector<double> conv1 = start->named_parameters().front().second.value().to_doubles();
+  train::StateDict sd = train::load_state_dict(o.out + "/last.ckpt");
+  EXPECT_EQ(sd.get_tensor("model.conv1.weight").to_doubles(), conv1) << "the body trained during --freeze-epochs";
+  o.stop_after_steps = 0;
+  o.resume = true;
+  train::run_training(o, log);
+  sd = train::load_state_dict(o.out + "/last.ckpt");
+  EXPECT_NE(sd.get_tensor("model.conv1.weight").to_doubles(), conv1) << "everything trains after --freeze-epochs";
+  EXPECT_EQ(sd.get_string("optimizer.group.1.name"), "body");
+  EXPECT_DOUBLE_EQ(sd.get_double("optimizer.group.1.lr"), 0.1 * o.lr) << "the body's default lr with --freeze-epochs";
+  EXPECT_TRUE(contains(log.str(), "epoch 2: unfreezing everything")) << log.str();
+
+  auto fails = [&](std::function<void(train::TrainOptions&)> change, const std::string& message) {
+    train::TrainOptions bad = tiny(data, d + "/bad");
+    bad.epochs = 4;
+    bad.freeze.freeze = "backbone";
+    change(bad);
+    std::ostringstream l;
+    try {
+      train::run_training(bad, l);
+      ADD_FAILURE() << "accepted; expected: " << message;
+    } catch (const ValueError& e) {
+      EXPECT_TRUE(contains(e.what(), message)) << e.what();
+    }
+  };
+  fails([](auto& b) { b.unfreeze = {"layer9@2"}; }, "no block 'layer9' in resnet18; blocks: conv1");
+  fails([](auto& b) { b.unfreeze = {"layer4@1"}; }, "between 2");
+  fails([](auto& b) { b.unfreeze = {"layer4@5"}; }, "--epochs (4)");
+  fails([](auto& b) { b.unfreeze = {"layer4"}; }, "expected <block>@<epoch>");
+  fails([](auto& b) { b.unfreeze = {"layer4@x"}; }, "whole number");
+  fails([](auto& b) { b.freeze.freeze = "none"; b.unfreeze = {"layer4@2"}; }, "already trains");
+  fails([](auto& b) { b.unfreeze = {"layer4@2", "layer4@3"}; }, "already trains");
 }

@@ -116,7 +116,8 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--optimizer", o.optimizer, "sgd | adam | adamw")->capture_default_str();
   c.add_option("--lr", o.lr, "learning rate of the new head")->capture_default_str();
   c.add_option("--backbone-lr", o.backbone_lr, "learning rate of the pretrained body (default: --lr x --backbone-lr-mult)");
-  c.add_option("--backbone-lr-mult", o.backbone_lr_mult)->capture_default_str();
+  c.add_option("--backbone-lr-mult", o.backbone_lr_mult,
+               "body lr = --lr x this (default -1: 1, or 0.1 with --freeze-epochs)")->capture_default_str();
   c.add_option("--momentum", o.momentum)->capture_default_str();
   c.add_flag("--nesterov", o.nesterov);
   c.add_option("--weight-decay", o.weight_decay)->capture_default_str();
@@ -132,6 +133,14 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--trainable", o.freeze.trainable, "parameter name patterns that train anyway, e.g. 'layer4.*'")
       ->delimiter(',');
   c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
+  c.add_option("--unfreeze", o.unfreeze,
+               "gradual unfreezing: <block>@<epoch>, e.g. layer4@3,layer3@6 (trainable from the start of that epoch, "
+               "in the body's group at its lr)")
+      ->delimiter(',');
+  c.add_option("--freeze-epochs", o.freeze_epochs,
+               "fastai's fine_tune: N epochs with only the head (or --freeze), then everything, the body at "
+               "--backbone-lr-mult (0.1 unless given)")
+      ->capture_default_str();
   c.add_option("--val-split", o.val_split, "fraction held out (stratified) when there is no val/")->capture_default_str();
   c.add_option("--image-size", o.image_size, kImageSizeHelp)->capture_default_str();
   c.add_option("--dropout", o.dropout,

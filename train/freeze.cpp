@@ -3,6 +3,7 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <sstream>
 
 namespace tl::train {
@@ -87,6 +88,69 @@ FreezePlan apply_freeze(models::Model& model, const FreezeOptions& o) {
   for (auto& [name, m] : model.named_modules())
     if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) bn->frozen_uses_running_stats = o.freeze_bn;
   return plan;
+}
+
+FreezeOptions UnfreezeSchedule::at(const FreezeOptions& initial, int epoch) const {
+  FreezeOptions o = initial;
+  for (size_t i = 0; i < reached(epoch); ++i) o.trainable.push_back(steps[i].block == "*" ? "*" : steps[i].block + ".*");
+  return o;
+}
+
+size_t UnfreezeSchedule::reached(int epoch) const {
+  size_t n = 0;
+  while (n < steps.size() && steps[n].epoch - 1 <= epoch) ++n;
+  return n;
+}
+
+std::vector<std::string> UnfreezeSchedule::unfreezing_at(int epoch) const {
+  std::vector<std::string> out;
+  for (const UnfreezeStep& s : steps)
+    if (s.epoch - 1 == epoch) out.push_back(s.block == "*" ? "everything" : s.block);
+  return out;
+}
+
+std::string UnfreezeSchedule::describe() const {
+  std::ostringstream os;
+  for (size_t i = 0; i < steps.size(); ++i)
+    os << (i ? "; " : "") << "epoch " << steps[i].epoch << ": " << (steps[i].block == "*" ? "everything" : steps[i].block);
+  return os.str();
+}
+
+UnfreezeSchedule parse_unfreeze(const std::vector<std::string>& entries, int freeze_epochs, const models::Model& model,
+                                int num_epochs) {
+  UnfreezeSchedule s;
+  const std::vector<std::string> blocks = model.blocks();
+  auto check_epoch = [&](int epoch, const std::string& what) {
+    TL_CHECK(epoch >= 2 && epoch <= num_epochs, ValueError, what, ": the epoch must be between 2 (the first epoch ",
+             "trains with the initial --freeze) and --epochs (", num_epochs, "), got ", epoch);
+  };
+  for (const std::string& e : entries) {
+    const size_t at = e.rfind('@');
+    TL_CHECK(at != std::string::npos && at > 0 && at + 1 < e.size(), ValueError, "--unfreeze '", e,
+             "': expected <block>@<epoch>, e.g. layer4@3");
+    UnfreezeStep step{e.substr(0, at), 0};
+    try {
+      size_t used = 0;
+      step.epoch = std::stoi(e.substr(at + 1), &used);
+      TL_CHECK(used == e.size() - at - 1, ValueError, "trailing characters");
+    } catch (const std::exception&) {
+      throw ValueError("--unfreeze '" + e + "': the epoch after '@' must be a whole number, e.g. layer4@3");
+    }
+    if (std::find(blocks.begin(), blocks.end(), step.block) == blocks.end()) {
+      std::string list;
+      for (const std::string& b : blocks) list += (list.empty() ? "" : ", ") + b;
+      throw ValueError("--unfreeze '" + e + "': no block '" + step.block + "' in " + model.arch() + "; blocks: " + list);
+    }
+    check_epoch(step.epoch, "--unfreeze '" + e + "'");
+    s.steps.push_back(step);
+  }
+  if (freeze_epochs > 0) {
+    check_epoch(freeze_epochs + 1, "--freeze-epochs " + std::to_string(freeze_epochs) + " (everything unfreezes at epoch " +
+                                       std::to_string(freeze_epochs + 1) + ")");
+    s.steps.push_back({"*", freeze_epochs + 1});
+  }
+  std::stable_sort(s.steps.begin(), s.steps.end(), [](const UnfreezeStep& a, const UnfreezeStep& b) { return a.epoch < b.epoch; });
+  return s;
 }
 
 }  // namespace tl::train

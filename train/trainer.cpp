@@ -5,6 +5,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <limits>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <ostream>
 
@@ -94,11 +97,17 @@ json history_json(const std::vector<EpochRecord>& h) {
                  {"train_acc", r.train_acc}, {"val_acc", r.val_acc}, {"lr", r.lr}});
   return a;
 }
+// JSON has no NaN: a phase that did not run (no val set, or no train batch left after a resume at an epoch's end)
+// is written as null, and read back as NaN.
 std::vector<EpochRecord> history_from_json(const json& a) {
+  auto number = [](const json& r, const char* key) {
+    const json& v = r.at(key);
+    return v.is_null() ? std::numeric_limits<double>::quiet_NaN() : v.get<double>();
+  };
   std::vector<EpochRecord> h;
   for (const json& r : a)
-    h.push_back({r.at("epoch").get<int>(), r.at("train_loss").get<double>(), r.at("val_loss").get<double>(),
-                 r.at("train_acc").get<double>(), r.at("val_acc").get<double>(), r.at("lr").get<double>()});
+    h.push_back({r.at("epoch").get<int>(), number(r, "train_loss"), number(r, "val_loss"), number(r, "train_acc"),
+                 number(r, "val_acc"), number(r, "lr")});
   return h;
 }
 
@@ -160,6 +169,13 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
   return d;
 }
 
+// The freeze the run starts with: --freeze, or with --freeze-epochs and no --freeze, the backbone (fastai's fine_tune).
+FreezeOptions initial_freeze(const TrainOptions& o) {
+  FreezeOptions f = o.freeze;
+  if (o.freeze_epochs > 0 && f.freeze == "none") f.freeze = "backbone";
+  return f;
+}
+
 // The model: architecture, start weights (a new head for this class count), device and precision, freeze plan.
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_classes, Device dev, Precision prec,
                                            FreezePlan& plan, std::ostream& log) {
@@ -184,19 +200,72 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_cl
   }
   if (prec.dtype == DType::F64) model->to_dtype(DType::F64);
   model->to(dev, prec.layout);
-  plan = apply_freeze(*model, o.freeze);
+  plan = apply_freeze(*model, initial_freeze(o));
   log << plan.summary() << "\n";
   return model;
 }
 
+// Gradual unfreezing over a run: the schedule, checked against the model (each step must unfreeze something), the
+// parameters that train at some epoch (the optimizer's groups hold them from the start, so that its state dict, and
+// a checkpoint, look the same before and after an unfreeze), and the plan in force.
+class Unfreezing {
+ public:
+  Unfreezing(const TrainOptions& o, models::Model& model, const FreezePlan& initial_plan, std::ostream& log)
+      : initial_(initial_freeze(o)), schedule_(parse_unfreeze(o.unfreeze, o.freeze_epochs, model, o.epochs)),
+        plan_(initial_plan) {
+    for (const UnfreezeStep& step : schedule_.steps) {
+      const int epoch0 = step.epoch - 1;
+      const int64_t before = apply_freeze(model, schedule_.at(initial_, epoch0 - 1)).trainable_params;
+      const int64_t after = apply_freeze(model, schedule_.at(initial_, epoch0)).trainable_params;
+      TL_CHECK(after > before, ValueError, "--unfreeze ", step.block, "@", step.epoch, ": it already trains by then ",
+               "(with --freeze ", initial_.freeze, " and the earlier steps); unfreeze a frozen block, e.g. with --freeze ",
+               "backbone");
+    }
+    for (auto& [name, p] : model.named_parameters())
+      if (p.trainable()) ever_trainable_.insert(name);
+    apply_freeze(model, initial_);
+    if (!schedule_.empty())
+      log << "gradual unfreezing: " << schedule_.describe() << " (joining the body's parameter group at its lr)\n";
+  }
+  bool ever_trainable(const std::string& name) const { return ever_trainable_.count(name) > 0; }
+  const FreezePlan& plan() const { return plan_; }
+
+  // Applies the steps reached by 0-based `epoch` and not applied yet (at the start of that epoch, or of a resumed
+  // one). Returns the blocks unfrozen now; empty when nothing changed.
+  std::vector<std::string> advance(models::Model& model, int epoch, std::ostream& log) {
+    const size_t reached = schedule_.reached(epoch);
+    if (reached == applied_) return {};
+    std::vector<std::string> blocks;
+    for (size_t i = applied_; i < reached; ++i)
+      blocks.push_back(schedule_.steps[i].block == "*" ? "everything" : schedule_.steps[i].block);
+    applied_ = reached;
+    plan_ = apply_freeze(model, schedule_.at(initial_, epoch));
+    std::string list;
+    for (const std::string& b : blocks) list += (list.empty() ? "" : ", ") + b;
+    log << "epoch " << epoch + 1 << ": unfreezing " << list << "\n" << plan_.summary() << "\n";
+    return blocks;
+  }
+
+ private:
+  FreezeOptions initial_;
+  UnfreezeSchedule schedule_;
+  std::set<std::string> ever_trainable_;
+  FreezePlan plan_;
+  size_t applied_ = 0;
+};
+
 // The optimizer over the trainable parameters: the new head and the pretrained body as two groups.
-std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model, std::ostream& log) {
+// Parameters that start frozen but unfreeze later (`will_train`) are in their group from the start; the optimizer
+// skips them, and creates no state for them, until they train.
+std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model,
+                                           const std::function<bool(const std::string&)>& will_train, std::ostream& log) {
   std::vector<Parameter> head, body;
   for (auto& [name, p] : model.named_parameters()) {
-    if (!p.trainable()) continue;
+    if (!p.trainable() && !will_train(name)) continue;
     (model.in_head(name) ? head : body).push_back(p);
   }
-  const double body_lr = o.backbone_lr >= 0 ? o.backbone_lr : o.lr * o.backbone_lr_mult;
+  const double mult = o.backbone_lr_mult >= 0 ? o.backbone_lr_mult : o.freeze_epochs > 0 ? 0.1 : 1.0;
+  const double body_lr = o.backbone_lr >= 0 ? o.backbone_lr : o.lr * mult;
   std::vector<ParamGroup> groups;
   if (!head.empty()) groups.emplace_back("head", head, o.lr);
   if (!body.empty()) groups.emplace_back("body", body, body_lr);
@@ -436,14 +505,15 @@ struct Trainer {
 // After an epoch: the metrics line and log, best.bin when val accuracy improved, early-stopping count.
 // Returns true when early stopping ends the run.
 bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& model, const Optimizer& opt,
-                  const ClassificationMetrics& train_m, const ClassificationMetrics& val_m, RunState& state,
-                  TrainResult& result, JsonLinesWriter& metrics_log, std::ostream& log) {
+                  const ClassificationMetrics& train_m, const ClassificationMetrics& val_m, const json& trained,
+                  RunState& state, TrainResult& result, JsonLinesWriter& metrics_log, std::ostream& log) {
   const int epoch = state.epoch;
   const bool has_val = val_m.count() > 0;
   const double val_acc = has_val ? val_m.top1_accuracy() : NAN;
   state.history.push_back({epoch + 1, train_m.mean_loss(), has_val ? val_m.mean_loss() : NAN,
                            train_m.top1_accuracy(), val_acc, opt.lr(0)});
   json line = {{"epoch", epoch + 1}, {"lr", opt.lr(0)}, {"train", train_m.to_json(false)}};
+  line.update(trained);  // what trained: trainable_params, and the blocks unfrozen at this epoch's start
   if (has_val) line["val"] = val_m.to_json(true);
   metrics_log.write(line);
   log << "epoch " << epoch + 1 << "/" << o.epochs << ": train loss " << train_m.mean_loss() << " acc "
@@ -537,7 +607,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   TrainData data = build_data(o, log);
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
-  auto opt = build_optimizer(o, *model, log);
+  Unfreezing unfreezing(o, *model, plan, log);
+  auto opt = build_optimizer(o, *model, [&](const std::string& name) { return unfreezing.ever_trainable(name); }, log);
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
   const CrossEntropyOptions ce = build_loss(o, data, dev, prec);
@@ -548,7 +619,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched);
   result.last_path = ckpt.path();
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
-  FeatureCaches caches = build_feature_caches(o, data, *model, plan, dev, prec, log);
+  unfreezing.advance(*model, state.epoch, log);  // a run resumed after an unfreeze
+  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, log);
   result.epochs_done = state.epoch;
 
   JsonLinesWriter metrics_log((fs::path(o.out) / "metrics.jsonl").string());
@@ -558,6 +630,11 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
             RunningMetrics(static_cast<int>(data.num_classes()), dev)};
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
+    const std::vector<std::string> unfrozen = unfreezing.advance(*model, state.epoch, log);
+    if (!unfrozen.empty() && (caches.train || caches.val)) {
+      caches = FeatureCaches{};  // their frozen part just shrank
+      log << "feature cache released: the unfrozen layers run on the images from now on\n";
+    }
     ClassificationMetrics train_m(static_cast<int>(data.num_classes()));
     if (!t.train_epoch(state, steps, train_m, ckpt.path(), log)) {
       ckpt.save(state, result);
@@ -568,7 +645,9 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
     }
     ClassificationMetrics val_m(static_cast<int>(data.num_classes()));
     t.val_epoch(state.epoch, val_m, log);
-    const bool stop_early = record_epoch(o, data, *model, *opt, train_m, val_m, state, result, metrics_log, log);
+    const json trained = {{"trainable_params", unfreezing.plan().trainable_params}, {"unfrozen", unfrozen}};
+    const bool stop_early =
+        record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log, log);
     result.epochs_done = state.epoch + 1;
     ckpt.save({state.epoch + 1, 0, state.bad_epochs, state.history}, result);
     if (stop_early) {

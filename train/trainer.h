@@ -35,13 +35,17 @@ struct TrainOptions {
   bool allow_partial_weights = false;  // accept weights that mismatch outside the head (they keep their init)
   bool allow_nonfinite_weights = false;  // accept weights with NaN / Inf values (refused by default)
   FreezeOptions freeze;
+  // Gradual unfreezing (freeze.h UnfreezeSchedule): "<block>@<epoch>" entries, and --freeze-epochs N (N epochs with
+  // only the head, or the --freeze given, then everything). Unfrozen parameters join the body's group at its lr.
+  std::vector<std::string> unfreeze;
+  int freeze_epochs = 0;
   // Optimisation
   int epochs = 25;
   int64_t batch_size = 32;
   std::string optimizer = "sgd";  // sgd | adam | adamw
   double lr = 1e-3;               // the head's learning rate
   double backbone_lr = -1;        // the pretrained body's; < 0: lr * backbone_lr_mult
-  double backbone_lr_mult = 1.0;
+  double backbone_lr_mult = -1;   // < 0: 1, or 0.1 with --freeze-epochs (fastai's fine_tune)
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 0.0;
