@@ -61,6 +61,23 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   for (std::string line; std::getline(f, line);) out.push_back(nlohmann::json::parse(line));
   return out;
 }
+// A resumed run's metrics.jsonl against a straight run's: the same epochs, counts and accuracies, and losses equal
+// up to the order of summation (a resumed epoch adds the loss sum saved at the stop to its own).
+void expect_same_metrics(const std::string& straight, const std::string& resumed) {
+  const std::vector<nlohmann::json> a = read_jsonl(straight), b = read_jsonl(resumed);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* phase : {"train", "val"}) {
+      if (!a[i].contains(phase)) continue;
+      nlohmann::json x = a[i][phase], y = b[i][phase];
+      EXPECT_NEAR(x["loss"].get<double>(), y["loss"].get<double>(), 1e-12 * std::abs(x["loss"].get<double>()))
+          << phase << " loss of epoch " << i + 1;
+      x.erase("loss");
+      y.erase("loss");
+      EXPECT_EQ(x.dump(), y.dump()) << phase << " metrics of epoch " << i + 1 << " after the resume";
+    }
+}
+
 std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -231,6 +248,7 @@ TEST(Train, ResumeAfterAStopGivesTheSameWeightsAsOneRun) {
       ++compared;
     }
     EXPECT_GT(compared, 100);
+    expect_same_metrics(a.out + "/metrics.jsonl", b.out + "/metrics.jsonl");
   }
 }
 
@@ -932,6 +950,7 @@ TEST(Train, GradualUnfreezingTrainsTheRightLayersAndResumesExactly) {
     ++compared;
   }
   EXPECT_GT(compared, 100);
+  expect_same_metrics(a.out + "/metrics.jsonl", b.out + "/metrics.jsonl");
   const std::vector<nlohmann::json> lines = read_jsonl(a.out + "/metrics.jsonl");
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_EQ(lines[0]["unfrozen"].size(), 0u);

@@ -42,6 +42,7 @@ class ClassificationMetrics {
   int64_t correct_top_k() const { return correct_top_k_; }
   // NaN before any sample.
   double mean_loss() const;
+  double loss_sum() const { return loss_sum_; }  // sum of batch_loss * batch_size
   double top1_accuracy() const;   // fraction in [0, 1]
   double top_k_accuracy() const;  // fraction in [0, 1]
   // Per class: correct / samples of that class (recall); NaN for a class with no samples.

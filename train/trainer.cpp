@@ -337,7 +337,20 @@ struct RunState {
   int64_t batch = 0;      // the batch of that epoch to start at (a mid-epoch stop)
   int bad_epochs = 0;     // epochs since the best val accuracy (early stopping)
   std::vector<EpochRecord> history;
+  // A stop inside an epoch: the train metrics of its batches so far, which the resumed epoch adds to its own (JSON:
+  // count, correct_top_k, loss_sum, confusion; null when the stop was at an epoch's start).
+  json partial_train;
 };
+
+json partial_metrics_json(const ClassificationMetrics& m) {
+  return {{"count", m.count()}, {"correct_top_k", m.correct_top_k()}, {"loss_sum", m.loss_sum()},
+          {"confusion", m.confusion()}};
+}
+void add_partial_metrics(const json& j, ClassificationMetrics& m) {
+  if (j.is_null()) return;
+  m.add_counts(j.at("count").get<int64_t>(), j.at("correct_top_k").get<int64_t>(), j.at("loss_sum").get<double>(),
+               j.at("confusion").get<std::vector<int64_t>>());
+}
 
 // Writes and reads <out>/last.ckpt: everything an exact --resume needs.
 class Checkpointer {
@@ -361,6 +374,7 @@ class Checkpointer {
     sd.set_int("best_epoch", r.best_epoch);
     sd.set_int("bad_epochs", s.bad_epochs);
     sd.set_string("history", history_json(s.history).dump());
+    if (!s.partial_train.is_null()) sd.set_string("partial_train", s.partial_train.dump());
     for (auto& [name, m] : model_.named_modules())  // where each dropout's next mask starts
       if (auto* d = dynamic_cast<nn::Dropout*>(m)) sd.set_int("dropout_offset." + name, static_cast<int64_t>(d->offset()));
     save_state_dict(path_, sd);
@@ -391,6 +405,7 @@ class Checkpointer {
     s.batch = sd.get_int("batch");
     s.bad_epochs = static_cast<int>(sd.get_int("bad_epochs"));
     s.history = history_from_json(json::parse(sd.get_string("history")));
+    if (sd.has_value("partial_train")) s.partial_train = json::parse(sd.get_string("partial_train"));
     r.best_val_acc = sd.get_double("best_acc");
     r.best_epoch = static_cast<int>(sd.get_int("best_epoch"));
     log << "resumed " << path_ << " at epoch " << s.epoch + 1 << ", batch " << s.batch << "\n";
@@ -636,7 +651,10 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
       log << "feature cache released: the unfrozen layers run on the images from now on\n";
     }
     ClassificationMetrics train_m(static_cast<int>(data.num_classes()));
+    add_partial_metrics(state.partial_train, train_m);  // the batches before a resumed stop
+    state.partial_train = nullptr;
     if (!t.train_epoch(state, steps, train_m, ckpt.path(), log)) {
+      state.partial_train = partial_metrics_json(train_m);
       ckpt.save(state, result);
       result.interrupted = true;
       log << "\nstopped after epoch " << state.epoch + 1 << " batch " << state.batch << "; saved " << ckpt.path()
@@ -649,7 +667,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
     const bool stop_early =
         record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log, log);
     result.epochs_done = state.epoch + 1;
-    ckpt.save({state.epoch + 1, 0, state.bad_epochs, state.history}, result);
+    ckpt.save({state.epoch + 1, 0, state.bad_epochs, state.history, nullptr}, result);
     if (stop_early) {
       result.early_stopped = true;
       break;
