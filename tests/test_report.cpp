@@ -327,7 +327,7 @@ TEST(Report, CurvesPng) {
   }
   history[9].val_loss = kNaN;  // a missing value breaks the val curve
   const std::string path = dir + "/curves.png";
-  write_curves_png(path, history);
+  write_curves_png(path, history, LRSchedule::step(7).step_epochs(25));  // lines at 8, 15 and 22
   EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
   const io::Image img = io::decode_image(path);
   ASSERT_EQ(img.width, 1280);
@@ -448,7 +448,7 @@ TEST(Report, LrChangeLinesOnlyWhereTheScheduleSteps) {
   auto dashed_columns = [](const io::Image& img) {
     std::vector<int> n(640, 0);
     for (int x = 90; x < 614; ++x)
-      for (int y = 60; y < 414; ++y) n[static_cast<size_t>(x)] += count_color(img, 150, 150, 150, x, y, x + 1, y + 1, 0);
+      n[static_cast<size_t>(x)] = count_color(img, 150, 150, 150, x, 60, x + 1, 414, 0);
     return n;
   };
   const std::vector<int> none = dashed_columns(render_curves(history, cosine.step_epochs(25)));
@@ -567,7 +567,8 @@ TEST(ErrorAnalysis, ConfusionPng) {
   for (int C : {2, 10, 60}) {
     SCOPED_TRACE(C);
     std::vector<std::string> classes;
-    for (int i = 0; i < C; ++i) classes.push_back(i % 3 == 1 ? "class_with_a_long_name_" + std::to_string(i) : "c" + std::to_string(i));
+    for (int i = 0; i < C; ++i)
+      classes.push_back((i % 3 == 1 ? "class_with_a_long_name_" : "c") + std::to_string(i));
     std::vector<int64_t> m(static_cast<size_t>(C * C), 0);
     for (int r = 0; r < C; ++r) {
       m[static_cast<size_t>(r * C + r)] = 40;
@@ -607,6 +608,10 @@ TEST(ErrorAnalysis, ConfusionPng) {
     EXPECT_NEAR(l[0], want_l.r, 2);
     EXPECT_GT(l[0], h[0] + 100);  // pale against dark
   }
+  // Long names are cut in the middle: names that differ only at the end stay apart.
+  const std::string stem = "a_rather_long_class_name_that_goes_on_";
+  EXPECT_NE(render_confusion({1, 0, 0, 1}, {stem + "1", stem + "2"}).pixels,
+            render_confusion({1, 0, 0, 1}, {stem + "1", stem + "3"}).pixels);
   // An empty row (a class without images) is grey in the recall panel, not NaN-coloured; one class works.
   write_confusion_png(dir + "/confusion_1.png", {5}, {"only"});
   const io::Image empty_row = render_confusion({3, 1, 0, 0}, {"a", "b"});

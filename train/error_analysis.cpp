@@ -113,20 +113,33 @@ struct MatrixLayout {
   float width = 0, height = 0;      // the panel
 };
 
+// Shortens `s` in the middle ("class_wi~name_17") until it fits `max_width` pixels: class names often share a
+// prefix and differ at the end.
+std::string fit_middle(const std::string& s, float max_width, float scale) {
+  if (Canvas::text_width(s, scale) <= max_width) return s;
+  std::string head = s.substr(0, (s.size() + 1) / 2), tail = s.substr((s.size() + 1) / 2);
+  while (!head.empty() && Canvas::text_width(head + "~" + tail, scale) > max_width) {
+    if (head.size() > tail.size() || tail.empty()) head.pop_back();
+    else tail.erase(0, 1);
+  }
+  return head + "~" + tail;
+}
+
 MatrixLayout layout_for(const std::vector<std::string>& classes) {
   MatrixLayout L;
   L.classes = static_cast<int>(classes.size());
   L.cell = std::clamp(std::round(560.0f / L.classes), 10.0f, 80.0f);
+  L.cell = std::max(L.cell, std::ceil(140.0f / L.classes));  // room for the rotated "true class"
   L.label_scale = L.cell >= 18 ? 2 : 1;
   const float max_label = L.label_scale == 2 ? 160 : 110;
   for (const std::string& c : classes) {
-    L.labels.push_back(fit_text(c, max_label, L.label_scale));
+    L.labels.push_back(fit_middle(c, max_label, L.label_scale));
     L.label_w = std::max(L.label_w, Canvas::text_width(L.labels.back(), L.label_scale));
   }
   L.size = L.cell * L.classes;
   L.mx = 40 + L.label_w + 10;  // room for the rotated "true class" and the names
   const float bar_room = 20 + 16 + 8 + Canvas::text_width("100000", kScale) + 16;
-  L.width = std::max(L.mx + L.size + bar_room, 32 + Canvas::text_width("Recall per true class (%)", kScale));
+  L.width = std::max(L.mx + L.size + bar_room, 56 + Canvas::text_width("Recall per true class (%)", kScale));
   L.height = L.my + L.size + 8 + L.label_w + 56;
   return L;
 }
@@ -149,7 +162,8 @@ void draw_matrix(Canvas& cv, float ox, const MatrixLayout& L, const std::string&
       const float x = mx + c * L.cell, y = my + r * L.cell;
       cv.fill_rect(x, y, x + L.cell, y + L.cell, std::isnan(v) ? kEmptyRow : blues(v));
       float scale = 1;
-      const std::string s = numbers.empty() ? "" : cell_number_fit(numbers[static_cast<size_t>(r * C + c)], L.cell, scale);
+      const size_t i = static_cast<size_t>(r * C + c);
+      const std::string s = numbers.empty() ? "" : cell_number_fit(numbers[i], L.cell, scale);
       if (!s.empty()) cv.text_centered(x + L.cell / 2, y + L.cell / 2, s, v > 0.5 ? kWhite : kText, scale);
     }
   if (L.cell >= 16)  // white gaps between cells
@@ -226,7 +240,8 @@ std::vector<std::string> write_error_analysis(const std::string& dir, const std:
                                               const std::vector<std::string>& classes, const io::Compose& transform) {
   std::vector<std::string> written;
   const std::filesystem::path d(dir);
-  if (write_top_losses_png((d / "top_losses.png").string(), top_losses(losses, kTopLosses), samples, classes, transform))
+  const std::vector<ImageLoss> top = top_losses(losses, kTopLosses);
+  if (write_top_losses_png((d / "top_losses.png").string(), top, samples, classes, transform))
     written.push_back("top_losses.png");
   write_confusion_png((d / "confusion.png").string(), confusion, classes);
   written.push_back("confusion.png");

@@ -41,9 +41,9 @@ bool write_top_losses_png(const std::string& path, const std::vector<ImageLoss>&
                           const io::Compose& transform);
 
 // Two panels side by side: the counts (confusion[truth * C + predicted]) and each row divided by its total (the
-// recall of each true class, in %; an empty row is grey), in a white-to-blue colour scale with a colour bar,
-// true classes down the left and predicted classes rotated along the bottom (names shortened with "~"). Cells
-// show their value up to 30 classes; cells shrink to 10 px (the image grows) up to ~100 classes.
+// recall of each true class, in %; an empty row is grey), in a white-to-blue colour scale with a colour bar, true
+// classes down the left and predicted classes rotated along the bottom (long names cut in the middle with "~").
+// Cells show their value up to 30 classes; cells shrink to 10 px (the image grows) up to ~100 classes.
 // Throws ValueError when confusion is not C x C for the C class names, or there are none.
 io::Image render_confusion(const std::vector<int64_t>& confusion, const std::vector<std::string>& classes);
 void write_confusion_png(const std::string& path, const std::vector<int64_t>& confusion,
