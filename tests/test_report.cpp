@@ -518,6 +518,13 @@ TEST(ErrorAnalysis, TopLossesAreTheHighestInOrder) {
   // NaN first, then +inf, 7.5, the two 2.0 in sample order, 0.5.
   EXPECT_EQ(order, (std::vector<int64_t>{102, 106, 105, 101, 104, 100}));
   EXPECT_EQ(top_losses(l, 100).size(), 8u);
+  // From logits: the more the true class's logit trails, the higher the loss.
+  const std::vector<double> logits = {2, 0, 0, 0.5, 1, 1, 0, 3, -1, 4};  // 5 images, 2 classes, all true class 0
+  const int32_t truth[5] = {0, 0, 0, 0, 0};
+  const int64_t samples[5] = {0, 1, 2, 3, 4};
+  std::vector<int64_t> by_loss;
+  for (const ImageLoss& t : top_losses(image_losses(logits, truth, samples, 5, 2), 3)) by_loss.push_back(t.sample);
+  EXPECT_EQ(by_loss, (std::vector<int64_t>{4, 3, 1}));  // margins -5, -3, -0.5 (then 0 and +2)
   EXPECT_TRUE(top_losses({}, 16).empty());
   EXPECT_TRUE(top_losses(l, 0).empty());
 }

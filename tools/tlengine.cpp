@@ -109,8 +109,8 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,
              "accept weights that do not fit outside the head (those layers keep their initialisation)");
   c.add_flag("--allow-nonfinite-weights", o.allow_nonfinite_weights, kNonfiniteHelp);
-  c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png, top_losses.png, "
-                                 "confusion.png")
+  c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png, "
+                                 "top_losses.png, confusion.png")
       ->capture_default_str();
   c.add_option("--epochs", o.epochs)->capture_default_str();
   c.add_option("--batch-size,-b", o.batch_size)->capture_default_str();

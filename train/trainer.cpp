@@ -521,7 +521,8 @@ void write_prediction_grid(const TrainOptions& o, const io::DataSplits& splits, 
   if (!items.empty()) write_prediction_grid_png((fs::path(o.out) / "predictions.png").string(), items, 4);
 }
 
-// The final report with the best weights: per-class accuracy, confusion matrix, prediction grid.
+// The final report with the best weights: per-class accuracy, confusion matrix, prediction grid, and the
+// error-analysis pictures (top_losses.png, confusion.png).
 void final_report(const TrainOptions& o, TrainData& data, models::Model& model, Device dev, Precision prec,
                   const CrossEntropyOptions& ce, const TrainResult& result, std::ostream& log) {
   std::string written;  // the pictures beyond curves.png
