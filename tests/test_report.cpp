@@ -567,11 +567,11 @@ TEST(ErrorAnalysis, TopLossesPng) {
                        "image 9"));
 }
 
-// confusion.png for 2, 10 and 60 classes: both panels are drawn, and a cell's colour follows its value: the
+// confusion.png for 2, 10, 60 and 100 classes: both panels are drawn, and a cell's colour follows its value: the
 // counts' largest cell is the darkest blue, and changing one cell changes its colour from pale to dark.
 TEST(ErrorAnalysis, ConfusionPng) {
   const std::string dir = output_dir();
-  for (int C : {2, 10, 60}) {
+  for (int C : {2, 10, 60, 100}) {
     SCOPED_TRACE(C);
     std::vector<std::string> classes;
     for (int i = 0; i < C; ++i)
