@@ -110,7 +110,8 @@ std::vector<EpochRecord> history_from_json(const json& a) {
 void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precision prec, const CrossEntropyOptions& ce,
               ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr,
               std::vector<ImageLoss>* per_image = nullptr) {
-  TL_CHECK(!(cache && per_image), ValueError, "evaluate: per-image losses need the loader's sample indices, not a cache");
+  TL_CHECK(!(cache && per_image), ValueError,
+           "evaluate: per-image losses need the loader's sample indices, not a feature cache");
   NoGradGuard no_grad;
   model.eval();
   RunningMetrics running(metrics.num_classes(), dev);
