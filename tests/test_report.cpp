@@ -1,9 +1,11 @@
 // Training reports: ClassificationMetrics against hand-computed values and PyTorch's argmax/topk, the text table and
-// JSON; curve and prediction-grid PNGs (decoded back, sizes, colours where they must be); progress output in both
+// JSON; curve, prediction-grid and error-analysis PNGs (decoded back, sizes, colours where they must be), the epochs
+// where curves draw "lr change" lines, per-image losses and the top-losses choice; progress output in both
 // styles with a fake clock; the JSON-lines log and atomic file writing, including their errors.
 // The PNGs are left in <build>/report_pngs for looking at.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -12,9 +14,12 @@
 
 #include "io/image.h"
 #include "tl_testing.h"
+#include "layers/loss.h"
+#include "train/error_analysis.h"
 #include "train/metrics.h"
 #include "train/report.h"
 #include "train/running_metrics.h"
+#include "train/schedule.h"
 
 using namespace tl;
 using namespace tl::train;
@@ -322,7 +327,7 @@ TEST(Report, CurvesPng) {
   }
   history[9].val_loss = kNaN;  // a missing value breaks the val curve
   const std::string path = dir + "/curves.png";
-  write_curves_png(path, history);
+  write_curves_png(path, history, LRSchedule::step(7).step_epochs(25));  // lines at 8, 15 and 22
   EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
   const io::Image img = io::decode_image(path);
   ASSERT_EQ(img.width, 1280);
@@ -410,6 +415,216 @@ TEST(Report, PredictionGridPng) {
   std::vector<GridItem> bad = {items[0]};
   bad[0].image.pixels.resize(10);
   EXPECT_TRUE(contains(error_of([&] { render_prediction_grid(bad, 3); }), "image 0 (true class 'ants') has an invalid size"));
+}
+
+// ---- "lr change" lines ----
+
+// Lines only where the schedule jumps (StepLR, MultiStepLR), never for cosine with or without warmup, whose lr
+// differs at every epoch; and exactly where lr_at's value differs from the previous epoch's for the step ones.
+TEST(Report, LrChangeLinesOnlyWhereTheScheduleSteps) {
+  EXPECT_EQ(LRSchedule::step(7).step_epochs(25), (std::vector<int>{8, 15, 22}));
+  EXPECT_EQ(LRSchedule::step(5).step_epochs(10), (std::vector<int>{6}));  // epoch 11 is not run
+  EXPECT_EQ(LRSchedule::multi_step({20, 10, 10, 0, 30}).step_epochs(25), (std::vector<int>{11, 21}));
+  EXPECT_TRUE(LRSchedule::cosine(25, 0.0, 3).step_epochs(25).empty());
+  EXPECT_TRUE(LRSchedule::cosine(25).step_epochs(25).empty());
+  EXPECT_TRUE(LRSchedule::constant().step_epochs(25).empty());
+  EXPECT_TRUE(LRSchedule::step(7, 1.0).step_epochs(25).empty());
+  for (const LRSchedule& s : {LRSchedule::step(7), LRSchedule::step(1, 0.5), LRSchedule::multi_step({0, 3, 3, 9})}) {
+    SCOPED_TRACE(s.describe());
+    const std::vector<int> lines = s.step_epochs(12);
+    for (int e = 1; e < 12; ++e) {
+      const bool changed = s.lr_at(0.1, e) != s.lr_at(0.1, e - 1);
+      EXPECT_EQ(changed, std::count(lines.begin(), lines.end(), e + 1) == 1) << "0-based epoch " << e;
+    }
+  }
+
+  // The picture: a history whose lr changes every epoch (cosine with warmup) gets no dashed line; the lines given
+  // are drawn at their epochs. Loss panel: plot x 88..616 over the epoch axis [1 - 0.72, 25 + 0.72].
+  const LRSchedule cosine = LRSchedule::cosine(25, 0.0, 3);
+  std::vector<EpochRecord> history;
+  for (int e = 1; e <= 25; ++e)
+    history.push_back({e, 1.0 / e, 1.2 / e, 0.5 + e / 60.0, 0.45 + e / 60.0, cosine.lr_at(0.1, e - 1, 9, 10)});
+  // The number of dashed-line pixels (exactly the line colour) in each column of the loss plot.
+  auto dashed_columns = [](const io::Image& img) {
+    std::vector<int> n(640, 0);
+    for (int x = 90; x < 614; ++x)
+      n[static_cast<size_t>(x)] = count_color(img, 150, 150, 150, x, 60, x + 1, 414, 0);
+    return n;
+  };
+  const std::vector<int> none = dashed_columns(render_curves(history, cosine.step_epochs(25)));
+  EXPECT_LT(*std::max_element(none.begin(), none.end()), 20);
+  write_curves_png(output_dir() + "/curves_cosine_warmup.png", history, cosine.step_epochs(25));
+  const std::vector<int> steps = LRSchedule::step(7).step_epochs(25);
+  const std::vector<int> lines = dashed_columns(render_curves(history, steps));
+  for (int e : steps) {
+    SCOPED_TRACE(e);
+    const int x = static_cast<int>(88 + (e - 0.28) / 25.44 * 528);
+    EXPECT_GT(*std::max_element(lines.begin() + x - 2, lines.begin() + x + 3), 150);
+  }
+  int line_columns = 0;
+  for (int v : lines) line_columns += v > 150;
+  EXPECT_LE(line_columns, 3 * 3);  // at most 2-3 columns per line: nowhere else
+}
+
+// ---- Error analysis ----
+
+TEST(ErrorAnalysis, ImageLossesAreEachImagesCrossEntropy) {
+  // By hand: logits (0, ln 3) give p = (1/4, 3/4); equal logits predict the first class; NaN ranks first.
+  const std::vector<double> l = {0, std::log(3.0), 5, 5, kNaN, 0, 0, std::log(3.0)};
+  const int32_t truth[] = {0, 1, 1, 1};
+  const int64_t samples[] = {7, 8, 9, 10};
+  const std::vector<ImageLoss> r = image_losses(l, truth, samples, 4, 2);
+  ASSERT_EQ(r.size(), 4u);
+  EXPECT_EQ(r[0].sample, 7);
+  EXPECT_EQ(r[0].predicted, 1);
+  EXPECT_NEAR(r[0].loss, std::log(4.0), 1e-15);
+  EXPECT_NEAR(r[0].probability, 0.75, 1e-15);
+  EXPECT_EQ(r[1].predicted, 0);
+  EXPECT_NEAR(r[1].loss, std::log(2.0), 1e-15);
+  EXPECT_NEAR(r[1].probability, 0.5, 1e-15);
+  EXPECT_EQ(r[2].predicted, 0);
+  EXPECT_TRUE(std::isnan(r[2].loss));
+  EXPECT_NEAR(r[3].loss, std::log(4.0 / 3.0), 1e-15);
+
+  // Each image's loss is the engine's cross-entropy (checked against PyTorch in test_loss.cpp) of that image alone,
+  // in float64, for large logits too (a max-subtracted log-sum-exp).
+  const int64_t n = 23, C = 7;
+  const Tensor x = Tensor::randn({n, C}, 5, DType::F64);
+  std::vector<double> v = x.to_doubles();
+  for (double& e : v) e *= 30;
+  std::vector<int32_t> y;
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < n; ++i) y.push_back(static_cast<int32_t>((i * 5) % C)), idx.push_back(i);
+  const std::vector<ImageLoss> all = image_losses(v, y.data(), idx.data(), n, C);
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<double> row(v.begin() + i * C, v.begin() + (i + 1) * C);
+    const double want = cross_entropy_forward(Tensor::from_values(row, {1, C}, DType::F64),
+                                              Tensor::from_values({static_cast<double>(y[i])}, {1}, DType::I32))
+                            .item();
+    EXPECT_NEAR(all[static_cast<size_t>(i)].loss, want, 1e-12 * std::max(1.0, want)) << i;
+    EXPECT_GE(all[static_cast<size_t>(i)].probability, 1.0 / C);
+  }
+  EXPECT_TRUE(contains(error_of([&] { image_losses(v, y.data(), idx.data(), n, C + 1); }), "logits for 23 images"));
+  y[3] = static_cast<int32_t>(C);
+  EXPECT_TRUE(contains(error_of([&] { image_losses(v, y.data(), idx.data(), n, C); }), "label 7 of image 3"));
+}
+
+TEST(ErrorAnalysis, TopLossesAreTheHighestInOrder) {
+  std::vector<ImageLoss> l;
+  const double losses[] = {0.5, 2.0, kNaN, 0.1, 2.0, 7.5, std::numeric_limits<double>::infinity(), 0.3};
+  for (int i = 0; i < 8; ++i) l.push_back({100 + i, 0, 1, losses[i], 0.5});
+  std::vector<int64_t> order;
+  for (const ImageLoss& t : top_losses(l, 6)) order.push_back(t.sample);
+  // NaN first, then +inf, 7.5, the two 2.0 in sample order, 0.5.
+  EXPECT_EQ(order, (std::vector<int64_t>{102, 106, 105, 101, 104, 100}));
+  EXPECT_EQ(top_losses(l, 100).size(), 8u);
+  // From logits: the more the true class's logit trails, the higher the loss.
+  const std::vector<double> logits = {2, 0, 0, 0.5, 1, 1, 0, 3, -1, 4};  // 5 images, 2 classes, all true class 0
+  const int32_t truth[5] = {0, 0, 0, 0, 0};
+  const int64_t samples[5] = {0, 1, 2, 3, 4};
+  std::vector<int64_t> by_loss;
+  for (const ImageLoss& t : top_losses(image_losses(logits, truth, samples, 5, 2), 3)) by_loss.push_back(t.sample);
+  EXPECT_EQ(by_loss, (std::vector<int64_t>{4, 3, 1}));  // margins -5, -3, -0.5 (then 0 and +2)
+  EXPECT_TRUE(top_losses({}, 16).empty());
+  EXPECT_TRUE(top_losses(l, 0).empty());
+}
+
+// The grid of the highest losses: images in loss order (told apart by their colour), each with its loss line.
+TEST(ErrorAnalysis, TopLossesPng) {
+  const std::string dir = output_dir();
+  const std::string d = scratch_dir("top_losses_png");
+  const uint8_t shades[5][3] = {{200, 180, 40}, {60, 60, 200}, {30, 160, 160}, {120, 60, 20}, {160, 160, 160}};
+  std::vector<io::Sample> samples;
+  for (int i = 0; i < 5; ++i) {
+    samples.push_back({d + "/img" + std::to_string(i) + ".png", i % 2});
+    write_png_atomic(samples.back().path, solid(40 + 10 * i, 50, shades[i][0], shades[i][1], shades[i][2]));
+  }
+  samples.push_back({d + "/missing.png", 0});  // fails to decode: left out
+  std::vector<ImageLoss> losses;
+  const double loss[6] = {0.2, 3.1, 0.05, 1.4, 0.7, 9.0};
+  for (int i = 0; i < 6; ++i) losses.push_back({i, i % 2, 1 - i % 2, loss[i], 0.8});
+  const std::vector<std::string> classes = {"ants", "a_rather_long_class_name"};
+  const std::string path = dir + "/top_losses.png";
+  ASSERT_TRUE(write_top_losses_png(path, top_losses(losses, 16), samples, classes, io::eval_resize_transform(32)));
+  const io::Image img = io::decode_image(path);
+  ASSERT_EQ(img.width, 4 * kGridCellWidth);
+  ASSERT_EQ(img.height, 2 * (kGridCellHeight + kGridNoteHeight));
+  const int order[5] = {1, 3, 4, 0, 2};  // by loss, highest first (sample 5 did not decode)
+  for (int k = 0; k < 5; ++k) {
+    SCOPED_TRACE(k);
+    const int cx = (k % 4) * kGridCellWidth + kGridCellWidth / 2;
+    const int top = (k / 4) * (kGridCellHeight + kGridNoteHeight);
+    const uint8_t* centre = img.at(top + 38 + kGridTile / 2, cx);
+    for (int c = 0; c < 3; ++c) EXPECT_NEAR(centre[c], shades[order[k]][c], 2);
+    // The loss line under the truth, in red (every prediction here is wrong).
+    EXPECT_GT(count_color(img, 210, 20, 20, cx - 100, top + 38 + kGridTile + 34, cx + 100,
+                          top + kGridCellHeight + kGridNoteHeight, 10), 50);
+  }
+  EXPECT_FALSE(write_top_losses_png(dir + "/none.png", {losses[5]}, samples, classes, io::eval_resize_transform(32)));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/none.png"));
+  EXPECT_TRUE(contains(error_of([&] { write_top_losses_png(path, {{9, 0, 0, 1.0, 0.5}}, samples, classes,
+                                                           io::eval_resize_transform(32)); }),
+                       "image 9"));
+}
+
+// confusion.png for 2, 10, 60 and 100 classes: both panels are drawn, and a cell's colour follows its value: the
+// counts' largest cell is the darkest blue, and changing one cell changes its colour from pale to dark.
+TEST(ErrorAnalysis, ConfusionPng) {
+  const std::string dir = output_dir();
+  for (int C : {2, 10, 60, 100}) {
+    SCOPED_TRACE(C);
+    std::vector<std::string> classes;
+    for (int i = 0; i < C; ++i)
+      classes.push_back((i % 3 == 1 ? "class_with_a_long_name_" : "c") + std::to_string(i));
+    std::vector<int64_t> m(static_cast<size_t>(C * C), 0);
+    for (int r = 0; r < C; ++r) {
+      m[static_cast<size_t>(r * C + r)] = 40;
+      if (r != C - 2) m[static_cast<size_t>(r * C + (r + 1) % C)] = 3 + r % 5;  // row C - 2: a recall of 100%
+    }
+    m[static_cast<size_t>(C * C - 1)] = 50;  // the largest count stays at the last cell
+    const std::string path = dir + "/confusion_" + std::to_string(C) + ".png";
+    write_confusion_png(path, m, classes);
+    const io::Image high = io::decode_image(path);
+    EXPECT_LT(high.width, 3000);
+    EXPECT_LT(high.height, 1600);
+    EXPECT_GT(count_color(high, 40, 40, 40, 0, 0, high.width, high.height, 10), 500);  // text
+    const Color dark = blues(1), pale = blues(0);
+    // Each panel has the darkest blue (the largest count; a 100% recall) and the palest (zeros).
+    for (int panel = 0; panel < 2; ++panel) {
+      const int x0 = panel * high.width / 2, x1 = x0 + high.width / 2;
+      EXPECT_GT(count_color(high, dark.r, dark.g, dark.b, x0, 0, x1, high.height, 3), 40) << panel;
+      EXPECT_GT(count_color(high, pale.r, pale.g, pale.b, x0, 0, x1, high.height, 1), 40) << panel;
+    }
+    // Cell (0, 0) at 40 against 1: only that cell changes in the counts panel.
+    m[0] = 1;
+    const io::Image low = render_confusion(m, classes);
+    ASSERT_EQ(low.width, high.width);
+    int bx0 = high.width, by0 = high.height, bx1 = -1, by1 = -1;
+    for (int y = 0; y < high.height; ++y)
+      for (int x = 0; x < high.width / 2; ++x)
+        if (std::memcmp(high.at(y, x), low.at(y, x), 3) != 0)
+          bx0 = std::min(bx0, x), by0 = std::min(by0, y), bx1 = std::max(bx1, x), by1 = std::max(by1, y);
+    ASSERT_GE(bx1, 0);
+    EXPECT_LE(bx1 - bx0, 80);  // one cell
+    EXPECT_LE(by1 - by0, 80);
+    const uint8_t* h = high.at(by0 + 2, bx0 + 2);  // a corner of the cell, away from its number
+    const uint8_t* l = low.at(by0 + 2, bx0 + 2);
+    const Color want_h = blues(40.0 / 50), want_l = blues(1.0 / 50);
+    EXPECT_NEAR(h[2], want_h.b, 2);
+    EXPECT_NEAR(h[0], want_h.r, 2);
+    EXPECT_NEAR(l[0], want_l.r, 2);
+    EXPECT_GT(l[0], h[0] + 100);  // pale against dark
+  }
+  // Long names are cut in the middle: names that differ only at the end stay apart.
+  const std::string stem = "a_rather_long_class_name_that_goes_on_";
+  EXPECT_NE(render_confusion({1, 0, 0, 1}, {stem + "1", stem + "2"}).pixels,
+            render_confusion({1, 0, 0, 1}, {stem + "1", stem + "3"}).pixels);
+  // An empty row (a class without images) is grey in the recall panel, not NaN-coloured; one class works.
+  write_confusion_png(dir + "/confusion_1.png", {5}, {"only"});
+  const io::Image empty_row = render_confusion({3, 1, 0, 0}, {"a", "b"});
+  EXPECT_GT(count_color(empty_row, 225, 225, 225, empty_row.width / 2, 0, empty_row.width, empty_row.height, 0), 1000);
+  EXPECT_TRUE(contains(error_of([&] { render_confusion({1, 2, 3}, {"a", "b"}); }), "3 counts for 2 classes"));
+  EXPECT_TRUE(contains(error_of([&] { render_confusion({}, {}); }), "no class names"));
 }
 
 // ---- Progress, logs, files ----

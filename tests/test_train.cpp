@@ -26,9 +26,11 @@
 #include "layers/conv2d.h"
 #include "models/registry.h"
 #include "models/weights.h"
+#include "train/error_analysis.h"
 #include "train/feature_cache.h"
 #include "train/freeze.h"
 #include "train/predict.h"
+#include "train/report.h"
 #include "train/state_dict.h"
 #include "train/trainer.h"
 #include "tl_testing.h"
@@ -1003,4 +1005,42 @@ TEST(Train, FreezeEpochsThenEverythingAndUnfreezeErrors) {
   fails([](auto& b) { b.unfreeze = {"layer4@x"}; }, "whole number");
   fails([](auto& b) { b.freeze.freeze = "none"; b.unfreeze = {"layer4@2"}; }, "already trains");
   fails([](auto& b) { b.unfreeze = {"layer4@2", "layer4@3"}; }, "already trains");
+}
+
+// After training: top_losses.png (the val images, 12 here, highest loss first) and confusion.png beside the curves;
+// `tlengine eval --out` on the best weights draws the same two pictures, pixel for pixel (same logits), and its
+// printed metrics stay those of a run without --out.
+TEST(Train, ErrorAnalysisPicturesAfterTrainingAndFromEval) {
+  const std::string d = fresh_dir("train_error_pictures");
+  const std::string data = make_data(d + "/data", 4, 3);  // 4 classes, 3 val images each
+  train::TrainOptions o = tiny(data, d + "/run");
+  o.epochs = 1;
+  std::ostringstream log;
+  const train::TrainResult r = train::run_training(o, log);
+  ASSERT_EQ(r.best_epoch, 0);
+  EXPECT_TRUE(contains(log.str(), "curves.png, predictions.png, top_losses.png, confusion.png")) << log.str();
+  const io::Image top = io::decode_image(d + "/run/top_losses.png");
+  EXPECT_EQ(top.width, 4 * train::kGridCellWidth);
+  EXPECT_EQ(top.height, 3 * (train::kGridCellHeight + train::kGridNoteHeight));
+  const io::Image confusion = io::decode_image(d + "/run/confusion.png");
+  const std::vector<std::string> classes = io::load_splits(data, 0.0, 0).classes;
+  EXPECT_EQ(confusion.width, train::render_confusion(std::vector<int64_t>(16, 0), classes).width);
+
+  const std::string eval = std::string(TL_CLI) + " eval --weights " + r.best_path + " --data " + data +
+                           " --image-size 32 --val-transform resize --device cpu";
+  std::string plain, with_out;
+  ASSERT_EQ(run_command(eval, &plain), 0) << plain;
+  ASSERT_EQ(run_command(eval + " --out " + d + "/eval", &with_out), 0) << with_out;
+  auto metrics_lines = [](const std::string& out) {  // without the timed progress lines and the "wrote" line
+    std::istringstream in(out);
+    std::string kept;
+    for (std::string line; std::getline(in, line);)
+      if (!contains(line, "img/s") && !contains(line, "wrote ")) kept += line + "\n";
+    return kept;
+  };
+  EXPECT_EQ(metrics_lines(with_out), metrics_lines(plain));
+  EXPECT_TRUE(contains(plain, "Confusion")) << plain;
+  EXPECT_TRUE(contains(with_out, "wrote " + d + "/eval: top_losses.png confusion.png")) << with_out;
+  EXPECT_EQ(io::decode_image(d + "/eval/confusion.png").pixels, confusion.pixels);
+  EXPECT_EQ(io::decode_image(d + "/eval/top_losses.png").pixels, top.pixels);
 }

@@ -109,7 +109,8 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,
              "accept weights that do not fit outside the head (those layers keep their initialisation)");
   c.add_flag("--allow-nonfinite-weights", o.allow_nonfinite_weights, kNonfiniteHelp);
-  c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png")
+  c.add_option("--out", o.out, "output folder: best.bin, last.ckpt, metrics.jsonl, curves.png, predictions.png, "
+                                 "top_losses.png, confusion.png")
       ->capture_default_str();
   c.add_option("--epochs", o.epochs)->capture_default_str();
   c.add_option("--batch-size,-b", o.batch_size)->capture_default_str();
@@ -215,6 +216,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--device", eo.device)->capture_default_str();
   eval_cmd->add_option("--on-bad-image", eo.on_bad_image)->capture_default_str();
   eval_cmd->add_option("--json", eo.json, "also write the metrics as JSON");
+  eval_cmd->add_option("--out", eo.out, "also write top_losses.png and confusion.png in this folder");
   eval_cmd->add_flag("--allow-nonfinite-weights", eo.allow_nonfinite_weights, kNonfiniteHelp);
 
   train::PredictOptions po;

@@ -2,6 +2,7 @@
 #include "train/plot.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -75,15 +76,29 @@ std::vector<char> drawable(const std::string& s) {
 }
 }  // namespace
 
-void Canvas::text(float x, float y, const std::string& s, Color c, float scale) {
+namespace {
+// The glyph rectangles of `s` in font units: {x0, y0, x1, y1} with the text's top-left corner at (0, 0).
+std::vector<std::array<float, 4>> glyph_rects(const std::string& s) {
   std::vector<char> str = drawable(s);
   std::vector<char> quads(s.size() * 64 * 24 + 64);  // 64 bytes a quad; glyphs have at most ~15 quads
   const int n = stb_easy_font_print(0, 0, str.data(), nullptr, quads.data(), static_cast<int>(quads.size()));
+  std::vector<std::array<float, 4>> rects;
   for (int q = 0; q < n; ++q) {
     const float* v0 = reinterpret_cast<const float*>(quads.data() + q * 64);       // top-left vertex
     const float* v2 = reinterpret_cast<const float*>(quads.data() + q * 64 + 32);  // bottom-right vertex
-    fill_rect(x + v0[0] * scale, y + v0[1] * scale, x + v2[0] * scale, y + v2[1] * scale, c);
+    rects.push_back({v0[0], v0[1], v2[0], v2[1]});
   }
+  return rects;
+}
+}  // namespace
+
+void Canvas::text(float x, float y, const std::string& s, Color c, float scale) {
+  for (const auto& r : glyph_rects(s)) fill_rect(x + r[0] * scale, y + r[1] * scale, x + r[2] * scale, y + r[3] * scale, c);
+}
+
+// Rotated counter-clockwise: the text's x runs up (-y), its y runs right (+x).
+void Canvas::text_up(float x, float y, const std::string& s, Color c, float scale) {
+  for (const auto& r : glyph_rects(s)) fill_rect(x + r[1] * scale, y - r[2] * scale, x + r[3] * scale, y - r[0] * scale, c);
 }
 
 float Canvas::text_width(const std::string& s, float scale) {

@@ -47,6 +47,9 @@ class Canvas {
   // Text centred horizontally on cx, vertically on cy (capital letters); right-aligned at `right`.
   void text_centered(float cx, float cy, const std::string& s, Color c, float scale);
   void text_right(float right, float cy, const std::string& s, Color c, float scale);
+  // Text turned 90 degrees counter-clockwise (read bottom to top), starting at y and going up to
+  // y - text_width(s, scale); the tops of the capitals are at x, the glyphs reach right to x + 9 * scale.
+  void text_up(float x, float y, const std::string& s, Color c, float scale);
 
  private:
   io::Image image_;

@@ -49,7 +49,7 @@ const Color kVal{255, 127, 14};     // matplotlib orange
 const Color kLrChange{150, 150, 150};
 }  // namespace
 
-io::Image render_curves(const std::vector<EpochRecord>& history) {
+io::Image render_curves(const std::vector<EpochRecord>& history, const std::vector<int>& lr_steps) {
   constexpr int kPanelWidth = 640, kPanelHeight = 480;
   Canvas cv(2 * kPanelWidth, kPanelHeight, kWhite);
   std::vector<double> xs;
@@ -64,11 +64,11 @@ io::Image render_curves(const std::vector<EpochRecord>& history) {
     val_loss.y.push_back(r.val_loss);
     train_acc.y.push_back(100 * r.train_acc);
     val_acc.y.push_back(100 * r.val_acc);
-    if (i > 0 && std::isfinite(r.lr) && std::isfinite(history[i - 1].lr) && r.lr != history[i - 1].lr)
-      lr_changes.xs.push_back(r.epoch);
     first = i == 0 ? r.epoch : std::min(first, r.epoch);
     last = i == 0 ? r.epoch : std::max(last, r.epoch);
   }
+  for (int e : lr_steps)
+    if (e > first && e <= last) lr_changes.xs.push_back(e);  // inside the drawn epochs
   Axis xa = epoch_axis(first, last);
   xa.title = "epoch";
   std::vector<double> losses = train_loss.y, accs = train_acc.y;
@@ -82,8 +82,8 @@ io::Image render_curves(const std::vector<EpochRecord>& history) {
   return std::move(cv.image());
 }
 
-void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history) {
-  write_png_atomic(path, render_curves(history));
+void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history, const std::vector<int>& lr_steps) {
+  write_png_atomic(path, render_curves(history, lr_steps));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -94,7 +94,9 @@ io::Image render_prediction_grid(const std::vector<GridItem>& items, int columns
   TL_CHECK(columns >= 1, ValueError, "prediction grid: columns must be at least 1, got ", columns);
   const int cols = std::min<int>(columns, static_cast<int>(items.size()));
   const int rows = static_cast<int>((items.size() + cols - 1) / cols);
-  Canvas cv(cols * kGridCellWidth, rows * kGridCellHeight, kWhite);
+  const bool notes = std::any_of(items.begin(), items.end(), [](const GridItem& it) { return !it.note.empty(); });
+  const int cell_height = kGridCellHeight + (notes ? kGridNoteHeight : 0);
+  Canvas cv(cols * kGridCellWidth, rows * cell_height, kWhite);
   constexpr float kScale = 2;
   for (size_t i = 0; i < items.size(); ++i) {
     const GridItem& item = items[i];
@@ -102,7 +104,7 @@ io::Image render_prediction_grid(const std::vector<GridItem>& items, int columns
     TL_CHECK(src.width > 0 && src.height > 0 && src.pixels.size() == static_cast<size_t>(src.width) * src.height * 3,
              ValueError, "prediction grid: image ", i, " (true class '", item.truth, "') has an invalid size ",
              src.width, "x", src.height, " with ", src.pixels.size(), " bytes");
-    const int cell_x = static_cast<int>(i % cols) * kGridCellWidth, cell_y = static_cast<int>(i / cols) * kGridCellHeight;
+    const int cell_x = static_cast<int>(i % cols) * kGridCellWidth, cell_y = static_cast<int>(i / cols) * cell_height;
     const bool right = item.predicted == item.truth;
     const Color c = right ? kRight : kWrong;
     const float cx = cell_x + kGridCellWidth / 2.0f;
@@ -129,6 +131,7 @@ io::Image render_prediction_grid(const std::vector<GridItem>& items, int columns
     for (int y = 0; y < h; ++y) std::memcpy(cv.image().at(oy + y, ox), scaled.row(y), static_cast<size_t>(w) * 3);
 
     cv.text_centered(cx, tile_y + kGridTile + 22, fit_text("true: " + item.truth, text_room, kScale), c, kScale);
+    if (!item.note.empty()) cv.text_centered(cx, tile_y + kGridTile + 46, fit_text(item.note, text_room, kScale), c, kScale);
   }
   return std::move(cv.image());
 }

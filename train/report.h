@@ -33,10 +33,12 @@ struct EpochRecord {
 };
 
 // Two panels side by side: loss (train and val) and accuracy (train and val), with axes, tick labels, a legend
-// and markers at the data points; dotted vertical lines where the learning rate changed. Works for one epoch,
-// flat curves and all-NaN series. Records are drawn in the order given.
-io::Image render_curves(const std::vector<EpochRecord>& history);
-void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history);
+// and markers at the data points; dashed vertical "lr change" lines at the epochs `lr_steps` (EpochRecord::epoch
+// numbers: the first epoch at the new lr; see LRSchedule::step_epochs; smooth schedules have none). Works for one
+// epoch, flat curves and all-NaN series. Records are drawn in the order given.
+io::Image render_curves(const std::vector<EpochRecord>& history, const std::vector<int>& lr_steps = {});
+void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history,
+                      const std::vector<int>& lr_steps = {});
 
 // ---- Prediction grid ----
 
@@ -45,15 +47,17 @@ struct GridItem {
   std::string predicted;
   std::string truth;
   float confidence = 0;  // probability of the predicted class, in [0, 1]
+  std::string note = {};  // optional third line under the truth, e.g. "loss 2.31" (top_losses.png)
 };
 
 // Like torchvision's visualize_model: one tile per item, `columns` per row, each image fitted into
 // kGridTile x kGridTile, titled "pred (87%)" above and "true: x" below, green when right, red when wrong.
 // The image is columns * kGridCellWidth wide (fewer columns when there are fewer items) and
-// rows * kGridCellHeight high.
+// rows * kGridCellHeight high; rows * (kGridCellHeight + kGridNoteHeight) when an item has a note.
 constexpr int kGridTile = 160;
 constexpr int kGridCellWidth = 208;
 constexpr int kGridCellHeight = 240;
+constexpr int kGridNoteHeight = 24;
 io::Image render_prediction_grid(const std::vector<GridItem>& items, int columns);
 void write_prediction_grid_png(const std::string& path, const std::vector<GridItem>& items, int columns);
 

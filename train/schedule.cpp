@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace tl::train {
@@ -117,6 +118,18 @@ double LRSchedule::lr_at(double base_lr, int64_t epoch, int64_t step, int64_t st
       break;
   }
   return lr;
+}
+
+std::vector<int> LRSchedule::step_epochs(int64_t num_epochs) const {
+  std::set<int64_t> zero_based;  // the epochs that start at a new lr
+  if (gamma != 1.0 && kind == Kind::Step)
+    for (int64_t e = step_size; e < num_epochs; e += step_size) zero_based.insert(e);
+  if (gamma != 1.0 && kind == Kind::MultiStep)
+    for (int64_t m : milestones)
+      if (m >= 1 && m < num_epochs) zero_based.insert(m);  // a milestone 0 applies from the start
+  std::vector<int> epochs;
+  for (int64_t e : zero_based) epochs.push_back(static_cast<int>(e + 1));
+  return epochs;
 }
 
 std::string LRSchedule::describe() const {

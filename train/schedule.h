@@ -47,6 +47,10 @@ struct LRSchedule {
   double lr_at(double base_lr, int64_t epoch, int64_t step = 0, int64_t steps_per_epoch = 1) const;
   // True when the lr can change within an epoch (a cosine schedule with warmup).
   bool per_step() const { return kind == Kind::Cosine && warmup_epochs > 0; }
+  // Where the lr jumps (StepLR's periods, MultiStepLR's milestones): the 1-based numbers of the first epochs at a
+  // new lr, within 2..num_epochs, ascending, for the "lr change" lines of curves.png. Cosine (with or without
+  // warmup) changes smoothly and constant not at all: none; a gamma of 1 changes nothing: none.
+  std::vector<int> step_epochs(int64_t num_epochs) const;
   std::string describe() const;  // e.g. "StepLR(step_size=7, gamma=0.1)"
 
   void save(StateDict& sd, const std::string& prefix) const;

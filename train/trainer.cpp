@@ -21,6 +21,7 @@
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "models/weights.h"
+#include "train/error_analysis.h"
 #include "train/feature_cache.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -114,8 +115,12 @@ std::vector<EpochRecord> history_from_json(const json& a) {
 // Runs the model over a loader without recording (val phase, eval command); with a feature cache of that loader,
 // only the part after the cache's cut runs (the head, or the blocks after the cut point), on the cached features.
 // Losses and counts stay on the device until the end of the phase (RunningMetrics): no host sync per batch.
+// With `per_image` (not with a cache), each image's loss and prediction are appended too (a host copy per batch).
 void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precision prec, const CrossEntropyOptions& ce,
-              ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr) {
+              ClassificationMetrics& metrics, Progress* progress, FeatureCache* cache = nullptr,
+              std::vector<ImageLoss>* per_image = nullptr) {
+  TL_CHECK(!(cache && per_image), ValueError,
+           "evaluate: per-image losses need the loader's sample indices, not a feature cache");
   NoGradGuard no_grad;
   model.eval();
   RunningMetrics running(metrics.num_classes(), dev);
@@ -134,8 +139,15 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
     }
   } else {
     loader.start_epoch(0);
-    while (const io::Batch* b = loader.next())
-      add(model.forward(Variable(model_input(b->images_to(dev), dev, prec))), b->labels_to(dev), b->size);
+    while (const io::Batch* b = loader.next()) {
+      const Variable logits = model.forward(Variable(model_input(b->images_to(dev), dev, prec)));
+      add(logits, b->labels_to(dev), b->size);
+      if (!per_image) continue;
+      const std::vector<ImageLoss> l =
+          image_losses(logits.value().to(Device::CPU, DType::F32, Layout::NCHW).to_doubles(), b->labels, b->samples,
+                       b->size, metrics.num_classes());
+      per_image->insert(per_image->end(), l.begin(), l.end());
+    }
   }
   running.read_into(metrics);
   if (progress) progress->finish();
@@ -545,7 +557,7 @@ bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& m
   } else {
     ++state.bad_epochs;
   }
-  write_curves_png((fs::path(o.out) / "curves.png").string(), state.history);
+  write_curves_png((fs::path(o.out) / "curves.png").string(), state.history, make_schedule(o).step_epochs(o.epochs));
   if (o.early_stopping > 0 && state.bad_epochs >= o.early_stopping) {
     log << "early stopping: no better val accuracy for " << state.bad_epochs << " epochs\n";
     return true;
@@ -595,20 +607,27 @@ void write_prediction_grid(const TrainOptions& o, const io::DataSplits& splits, 
   if (!items.empty()) write_prediction_grid_png((fs::path(o.out) / "predictions.png").string(), items, 4);
 }
 
-// The final report with the best weights: per-class accuracy, confusion matrix, prediction grid.
+// The final report with the best weights: per-class accuracy, confusion matrix, prediction grid, and the
+// error-analysis pictures (top_losses.png, confusion.png).
 void final_report(const TrainOptions& o, TrainData& data, models::Model& model, Device dev, Precision prec,
                   const CrossEntropyOptions& ce, const TrainResult& result, std::ostream& log) {
+  std::string written;  // the pictures beyond curves.png
   if (result.best_epoch >= 0) {
     models::load_weights(model, result.best_path);
     ClassificationMetrics val_m(static_cast<int>(data.num_classes()));
-    evaluate(model, *data.val, dev, prec, ce, val_m, nullptr);
+    std::vector<ImageLoss> losses;
+    evaluate(model, *data.val, dev, prec, ce, val_m, nullptr, nullptr, &losses);
     log << "best val accuracy " << 100 * result.best_val_acc << "% (epoch " << result.best_epoch + 1 << "), "
         << result.best_path << "\n"
         << val_m.table(data.splits.classes) << "\n";
     write_prediction_grid(o, data.splits, model, dev, prec);
+    written += ", predictions.png";
+    const io::Compose vt = val_compose(o.val_transform, models::input_size(o.arch, o.image_size));
+    for (const std::string& f : write_error_analysis(o.out, losses, val_m.confusion(), data.splits.val.samples,
+                                                     data.splits.classes, vt))
+      written += ", " + f;
   }
-  log << "wrote " << o.out << ": best.bin, last.ckpt, metrics.jsonl, curves.png"
-      << (result.best_epoch >= 0 ? ", predictions.png" : "") << "\n";
+  log << "wrote " << o.out << ": best.bin, last.ckpt, metrics.jsonl, curves.png" << written << "\n";
 }
 
 }  // namespace
@@ -679,6 +698,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
 
 double run_eval(const EvalOptions& o, std::ostream& log) {
   const Device dev = parse_device(o.device);
+  if (!o.out.empty()) io::ensure_writable_folder(o.out, "--out");
   LoadedModel lm = load_model(o.weights, o.allow_nonfinite_weights);
   const Precision prec = parse_precision("fp32", dev);
   lm.model->to(dev, prec.layout);
@@ -691,10 +711,12 @@ double run_eval(const EvalOptions& o, std::ostream& log) {
   lo.batch_size = o.batch_size;
   lo.num_workers = o.workers;
   lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
-  io::DataLoader loader(folder.samples, val_compose(o.val_transform, models::input_size(lm.model->arch(), o.image_size)), lo);
+  const io::Compose vt = val_compose(o.val_transform, models::input_size(lm.model->arch(), o.image_size));
+  io::DataLoader loader(folder.samples, vt, lo);
   ClassificationMetrics m(static_cast<int>(lm.classes.size()));
   Progress p("eval", 1, 1, loader.batches_per_epoch(), log);
-  evaluate(*lm.model, loader, dev, prec, CrossEntropyOptions{}, m, &p);
+  std::vector<ImageLoss> losses;
+  evaluate(*lm.model, loader, dev, prec, CrossEntropyOptions{}, m, &p, nullptr, o.out.empty() ? nullptr : &losses);
   log << dir << ": " << m.count() << " images, loss " << m.mean_loss() << ", top-1 " << 100 * m.top1_accuracy()
       << "%, top-" << m.top_k() << " " << 100 * m.top_k_accuracy() << "%\n"
       << m.table(lm.classes) << "\n";
@@ -702,6 +724,12 @@ double run_eval(const EvalOptions& o, std::ostream& log) {
   if (!o.json.empty()) {
     const std::string s = m.to_json(true).dump(2);
     write_file_atomic(o.json, s.data(), s.size());
+  }
+  if (!o.out.empty()) {
+    log << "wrote " << o.out << ":";
+    for (const std::string& f : write_error_analysis(o.out, losses, m.confusion(), folder.samples, lm.classes, vt))
+      log << " " << f;
+    log << "\n";
   }
   return m.top1_accuracy();
 }

@@ -118,6 +118,7 @@ struct EvalOptions {
   int image_size = 0, workers = 4;  // image_size 0: the architecture's
   int64_t batch_size = 64;
   std::string json;  // optional: metrics as JSON
+  std::string out;   // optional: a folder for top_losses.png and confusion.png
   bool allow_nonfinite_weights = false;
 };
 double run_eval(const EvalOptions& options, std::ostream& log);
