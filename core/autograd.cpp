@@ -5,6 +5,7 @@ namespace tl {
 namespace {
 thread_local Tape* tls_tape = nullptr;
 thread_local bool tls_grad_enabled = true;
+thread_local bool tls_recomputing = false;
 }  // namespace
 
 Variable::Variable(Tensor value, bool requires_grad) : data_(std::make_shared<Data>()) {
@@ -178,6 +179,55 @@ Variable record_op(const char* op, Tensor output, std::initializer_list<const Va
   e.saved_bytes = saved_bytes;
   Tape::current().record(std::move(e));
   return Variable::make_result(std::move(output), std::move(node));
+}
+
+bool recomputing() { return tls_recomputing; }
+
+Variable checkpoint(const CheckpointFn& fn, const std::vector<Variable>& inputs, const char* op) {
+  // The first run records on a tape of its own, only to learn whether anything needs a gradient (the MAC counter
+  // also sees which gradients the real step computes); that tape and everything it saved go at once.
+  Tensor out;
+  bool needs_backward = false;
+  {
+    Tape first;
+    TapeScope scope(first);
+    const Variable y = fn(inputs);
+    out = y.value();
+    needs_backward = first.size() > 0 && y.requires_grad();
+  }
+  if (!needs_backward) return Variable(out);
+  auto node = std::make_shared<GradNode>();
+  node->requires_grad = true;
+  node->is_leaf = false;
+  TapeEntry e;
+  e.op = op;
+  std::vector<Tensor> values;
+  std::vector<bool> needs;
+  for (const Variable& v : inputs) {
+    e.inputs.push_back(needs_grad(v) ? v.node() : nullptr);
+    values.push_back(v.value());
+    needs.push_back(needs_grad(v));
+    e.saved_bytes += v.value().nbytes();  // the inputs are kept (other entries may keep the same tensors)
+  }
+  e.output = node;
+  e.backward = [fn, values, needs](const Tensor& grad_out, std::vector<GradSlot>& slots) {
+    Tape again;
+    TapeScope scope(again);
+    const bool previous = tls_recomputing;
+    tls_recomputing = true;
+    struct Restore {
+      bool previous;
+      ~Restore() { tls_recomputing = previous; }
+    } restore{previous};
+    std::vector<Variable> leaves;
+    for (size_t i = 0; i < values.size(); ++i) leaves.emplace_back(values[i], needs[i]);
+    const Variable y = fn(leaves);
+    again.backward(y, grad_out);
+    for (size_t i = 0; i < leaves.size(); ++i)
+      if (slots[i].needed) give_grad(slots[i], leaves[i].grad());
+  };
+  Tape::current().record(std::move(e));
+  return Variable::make_result(std::move(out), std::move(node));
 }
 
 void give_grad(GradSlot& slot, const Tensor& g) {

@@ -144,6 +144,18 @@ bool grad_enabled();
 // backward() on the current tape.
 void backward(const Variable& root, const Tensor& seed = Tensor());
 
+// Activation checkpointing (torch.utils.checkpoint): runs `fn` on `inputs` now, keeping none of its intermediate
+// tensors, and records one entry that keeps only the inputs; the backward pass runs `fn` again on them, under its own
+// tape, and backpropagates through that. Gradients reach the inputs and every parameter `fn` uses (accumulated into
+// them, as any backward does). Costs one more forward of `fn`; saves what its ops would have kept. When nothing in
+// `fn` needs a gradient, nothing is recorded. `fn` must compute the same values when run again (no dropout); batch
+// norm in training mode uses the same batch statistics and does not update its running statistics a second time
+// (see recomputing()). The MAC counter (layers/mac_counter.h) sees the first run only, as the real step would.
+using CheckpointFn = std::function<Variable(const std::vector<Variable>&)>;
+Variable checkpoint(const CheckpointFn& fn, const std::vector<Variable>& inputs, const char* op = "checkpoint");
+// True while checkpoint() runs a function again in the backward pass (ops with side effects skip them).
+bool recomputing();
+
 // ---- helpers for op implementations ----
 // True when recording is on and at least one input needs a gradient.
 bool should_record(std::initializer_list<const Variable*> inputs);

@@ -742,8 +742,12 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
 
   if (opt.training) {
     Tensor save_mean, save_invstd, reserve;
-    Tensor y =
-        batchnorm_forward_train(x.value(), gamma.value(), beta.value(), buffers, opt, save_mean, save_invstd, &reserve);
+    // Run again by checkpoint() in the backward pass: the same batch statistics, but the running statistics were
+    // updated by the first run, so this one updates copies.
+    BatchNormBuffers copies;
+    if (recomputing()) copies = {buffers.running_mean.clone(), buffers.running_var.clone(), buffers.num_batches_tracked};
+    Tensor y = batchnorm_forward_train(x.value(), gamma.value(), beta.value(), recomputing() ? copies : buffers, opt,
+                                       save_mean, save_invstd, &reserve);
     if (!record) return Variable(y);  // running statistics were updated all the same
     // dbeta = sum(dy) needs nothing; dx and dgamma need x and the batch statistics; dx needs gamma (cuDNN's
     // backward runs only when dx is needed).

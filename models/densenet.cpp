@@ -1,5 +1,9 @@
 // DenseNet family (torchvision's densenet.py): densenet121/161/169/201, with torchvision's module names
 // ("features.denseblock1.denselayer1.norm1", "features.transition1.conv", "classifier") and initialisation.
+// Memory-efficient mode (set_memory_efficient, --memory-efficient): each dense layer's bottleneck is recomputed in
+// the backward pass instead of keeping its concatenation and normalised copies, so the activation memory of a dense
+// block grows linearly with its layers instead of quadratically (Pleiss et al. 2017, "Memory-Efficient
+// Implementation of DenseNets"; torchvision's memory_efficient=True), for the same results.
 // Conv + batch-norm folding (layers/fused.h) does not apply: the dense layers and transitions are pre-activation
 // (norm, relu, conv), so no batch norm follows a convolution except the stem's norm0 (one pair of ~120, left
 // unfolded).
@@ -33,13 +37,23 @@ class DenseLayer : public nn::Module {
     kaiming_fan_in(*conv1_, gen);
     kaiming_fan_in(*conv2_, gen);
   }
+  // Memory-efficient mode: the bottleneck (concatenation, norm1, relu, conv1), whose tensors grow with every layer of
+  // the block, keeps nothing and runs again in the backward pass (torchvision's _DenseLayer.call_checkpoint_bottleneck);
+  // what is kept per layer no longer grows with its depth.
+  bool memory_efficient = false;
   Variable operator()(const std::vector<Variable>& features) {
-    Variable x = features.size() == 1 ? features[0] : concat(features, 1);
-    Variable h = (*conv1_)(relu((*norm1_)(x)));
+    Variable h = memory_efficient
+                     ? checkpoint([this](const std::vector<Variable>& f) { return bottleneck(f); }, features,
+                                  "dense_bottleneck")
+                     : bottleneck(features);
     return (*conv2_)(relu((*norm2_)(h)));
   }
 
  private:
+  Variable bottleneck(const std::vector<Variable>& features) {
+    Variable x = features.size() == 1 ? features[0] : concat(features, 1);
+    return (*conv1_)(relu((*norm1_)(x)));
+  }
   BatchNorm2d *norm1_, *norm2_;
   Conv2d *conv1_, *conv2_;
 };
@@ -120,6 +134,11 @@ class DenseNet : public Model {
     return out;
   }
   void on_heads_replaced() override { classifier_ = &module_at<Linear>("classifier"); }
+  bool set_memory_efficient(bool on) override {
+    for (auto& block : blocks_)
+      for (DenseLayer* layer : block) layer->memory_efficient = on;
+    return true;
+  }
 
  private:
   static int64_t final_features(int64_t growth, const std::vector<int>& cfg, int64_t init) {

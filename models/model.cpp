@@ -97,4 +97,9 @@ void Model::reset_head(int64_t num_classes, uint64_t seed) {
   on_heads_replaced();
 }
 
+void Model::require_memory_efficient() {
+  TL_CHECK(set_memory_efficient(true), ValueError, "--memory-efficient: ", arch(),
+           " has no memory-efficient mode (the DenseNets have one); leave the option out");
+}
+
 }  // namespace tl::models

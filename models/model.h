@@ -77,6 +77,12 @@ class Model : public nn::Module {
   // Dropout probability of the classifier (VGG: 0.5 by default): by default sets every nn::Dropout's p; models
   // without dropout ignore it.
   virtual void set_dropout(double p);
+  // Memory-efficient training (torchvision's memory_efficient=True for DenseNet): parts of the forward pass are run
+  // again in the backward pass instead of keeping their activations (core/autograd.h checkpoint), for the same
+  // results with a lower peak memory and a longer step. Returns false for models without such a mode.
+  virtual bool set_memory_efficient(bool /*on*/) { return false; }
+  // set_memory_efficient(true), or a ValueError naming the option when the model has no such mode.
+  void require_memory_efficient();
   // Conv + batch-norm pairs of the last forward() that ran folded (layers/fused.h: frozen prefix with running
   // statistics), and all conv + batch-norm pairs it ran. Both 0 for models without such pairs (DenseNet, VGG16).
   int64_t folded_conv_bn() const { return last_counts_.folded; }

@@ -2,6 +2,7 @@
 #include "core/autograd.h"
 #include "layers/activation.h"
 #include "layers/elementwise.h"
+#include "layers/module.h"
 #include "tl_testing.h"
 
 using namespace tl;
@@ -94,4 +95,55 @@ TEST(Autograd, SetTrainableFalseDropsGradient) {
   EXPECT_FALSE(p.trainable());
   EXPECT_FALSE(p.grad().defined());
   EXPECT_EQ(p.name(), "p");
+}
+
+// Activation checkpointing: conv -> batch norm (training) -> relu, run through checkpoint() or directly, gives the
+// same output, the same gradients for the input and every parameter, and updates the running statistics once; the
+// checkpointed run keeps only its input. Nothing is recorded when nothing needs a gradient.
+TEST(Autograd, CheckpointGivesTheSameGradientsAndUpdatesRunningStatsOnce) {
+  struct Net {
+    nn::Generator gen{5};
+    nn::Conv2d conv{3, 4, 3, 1, 1, true, gen};
+    nn::BatchNorm2d bn{4};
+    Net() {
+      conv.to_dtype(DType::F64);
+      bn.to_dtype(DType::F64);
+    }
+    Variable operator()(const Variable& x) { return relu(bn(conv(x))); }
+  };
+  const Tensor x0 = Tensor::randn({2, 3, 6, 5}, 7, DType::F64);
+  const Tensor r = Tensor::randn({2, 4, 6, 5}, 8, DType::F64);
+  std::vector<double> outputs[2], grads_x[2], grads_w[2], grads_gamma[2], running_mean[2];
+  size_t saved[2] = {0, 0};
+  for (int use_checkpoint = 0; use_checkpoint < 2; ++use_checkpoint) {
+    Net net;
+    Tape tape;
+    TapeScope scope(tape);
+    Variable x(x0, true);
+    Variable y = use_checkpoint ? checkpoint([&](const std::vector<Variable>& in) { return net(in[0]); }, {x})
+                                : net(x);
+    saved[use_checkpoint] = tape.saved_bytes();
+    tape.backward(y, r);  // the gradient of sum(y * r)
+    outputs[use_checkpoint] = y.value().to_doubles();
+    grads_x[use_checkpoint] = x.grad().to_doubles();
+    grads_w[use_checkpoint] = net.conv.weight.grad().to_doubles();
+    grads_gamma[use_checkpoint] = net.bn.weight.grad().to_doubles();
+    running_mean[use_checkpoint] = net.bn.buffers.running_mean.to_doubles();
+    EXPECT_EQ(net.bn.buffers.num_batches_tracked, 1);
+  }
+  EXPECT_EQ(outputs[0], outputs[1]);
+  EXPECT_EQ(grads_x[0], grads_x[1]);
+  EXPECT_EQ(grads_w[0], grads_w[1]);
+  EXPECT_EQ(grads_gamma[0], grads_gamma[1]);
+  EXPECT_EQ(running_mean[0], running_mean[1]) << "the recomputation updated the running statistics again";
+  EXPECT_LT(saved[1], saved[0]);
+  EXPECT_EQ(saved[1], x0.nbytes()) << "checkpoint keeps its input only";
+
+  // Nothing needs a gradient: a plain result, nothing recorded.
+  Tape tape;
+  TapeScope scope(tape);
+  Variable frozen_in(x0, false);
+  Variable y = checkpoint([](const std::vector<Variable>& in) { return relu(in[0]); }, {frozen_in});
+  EXPECT_EQ(tape.size(), 0u);
+  EXPECT_FALSE(y.requires_grad());
 }

@@ -113,6 +113,7 @@ BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
 
   // Model (random weights: speed does not depend on them), freeze plan, optimizer, the fixed batch.
   auto model = models::create_model(o.model, o.classes, o.seed);
+  if (o.memory_efficient) model->require_memory_efficient();
   model->to(dev, prec.layout);
   model->train();
   const ModeFreeze mf = mode_freeze(*model, o.mode);
@@ -209,6 +210,7 @@ nlohmann::json BenchResult::to_json() const {
           {"warmup", o.warmup},
           {"steps", o.steps},
           {"freeze_bn", o.freeze_bn},
+          {"memory_efficient", o.memory_efficient},
           {"device", device},
           {"trainable_params", trainable_params},
           {"total_params", total_params},

@@ -41,6 +41,7 @@ struct BenchOptions {
   int warmup = 10;                  // untimed steps; the first step always runs untimed (start-up time)
   int steps = 30;
   bool freeze_bn = false;
+  bool memory_efficient = false;    // DenseNet: recompute the bottlenecks in backward (as train --memory-efficient)
   std::string device = "auto";      // auto | cpu | cuda
   double lr = 0.01;
   uint64_t seed = 0;

@@ -192,6 +192,7 @@ FreezeOptions initial_freeze(const TrainOptions& o) {
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_classes, Device dev, Precision prec,
                                            FreezePlan& plan, std::ostream& log) {
   auto model = models::create_model(o.arch, num_classes, o.seed);
+  if (o.memory_efficient) model->require_memory_efficient();
   if (o.dropout >= 0) {
     TL_CHECK(o.dropout <= 1, ValueError, "--dropout must be in [0, 1], got ", o.dropout);
     model->set_dropout(o.dropout);

@@ -25,6 +25,9 @@ struct TrainOptions {
   bool aux = true;
   // Dropout probability of the model's dropout layers (--dropout); negative: the architecture's default.
   double dropout = -1;
+  // DenseNet: recompute each dense layer's bottleneck in the backward pass instead of keeping it (lower peak memory,
+  // the same results, a longer step; torchvision's memory_efficient=True). --memory-efficient.
+  bool memory_efficient = false;
   bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
   int workers = 4;
   std::string cache_images = "auto";  // decoded images kept in RAM: auto (a quarter of the memory) | off | <GB>
