@@ -145,7 +145,8 @@ TEST(LrFind, SuggestsAnLrWhereTheLossFallsAndLeavesTheWeightsAlone) {
 }
 
 // Without stop_div the search runs every step (the loss stays finite in this short range); the command line
-// runs the same search and prints the suggestions and a train command using them.
+// runs a search with a body group (at lr x --backbone-lr-mult) and prints the suggestions and a train command
+// that repeats the job with the suggested lr; a wrong lr range is refused.
 TEST(LrFind, RunsAllStepsWithoutStopDivAndFromTheCommandLine) {
   const std::string d = fresh_dir("lr_find_cli");
   const Job job = make_job(d, 4);
@@ -162,13 +163,15 @@ TEST(LrFind, RunsAllStepsWithoutStopDivAndFromTheCommandLine) {
 
   std::string out;
   const std::string cmd = std::string(TL_CLI) + " lr-find --data " + job.data + " --weights " + job.weights +
-                          " --model resnet18 --freeze backbone --image-size 32 -b 8 -j 1 --device cpu --no-augment "
-                          "--num-it 20 --out " + d + "/cli";
+                          " --model resnet18 --freeze backbone --trainable 'layer4.1.*' --backbone-lr-mult 0.1 "
+                          "--image-size 32 -b 8 -j 1 --device cpu --no-augment --num-it 20 --out " + d + "/cli";
   ASSERT_EQ(run_command(cmd, &out), 0) << out;
   EXPECT_TRUE(contains(out, "suggested lr: ")) << out;
   EXPECT_TRUE(contains(out, "(steepest)") && contains(out, "(minimum/10)")) << out;
+  EXPECT_TRUE(contains(out, "head lr 1e-07, body lr 1e-08")) << "the body's group at lr x mult: " << out;
   EXPECT_TRUE(contains(out, "tlengine train --data " + job.data + " --arch resnet18 --weights " + job.weights +
-                                " --freeze backbone --batch-size 8 --image-size 32 --no-augment --lr "))
+                                " --freeze backbone --trainable 'layer4.1.*' --batch-size 8 --image-size 32 "
+                                "--backbone-lr-mult 0.1 --no-augment --lr "))
       << out;
   EXPECT_EQ(nlohmann::json::parse(slurp(d + "/cli/lr_find.json")).at("num_it"), 20);
   EXPECT_NE(run_command(std::string(TL_CLI) + " lr-find --data " + job.data + " --start-lr 1 --end-lr 0.1 --out " +

@@ -179,7 +179,10 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
 void add_lr_find_options(CLI::App& c, train::LrFindOptions& lo) {
   train::TrainOptions& o = lo.train;
   o.out = "runs/lr_find";
-  c.add_option("--data", o.data, "ImageFolder root: train/<class>/*.jpg (val/ is not used)")->required();
+  c.add_option("--data", o.data, "ImageFolder root, as for train (the search uses the training images only)")
+      ->required();
+  c.add_option("--val-split", o.val_split, "as for train: the fraction held out when there is no val/")
+      ->capture_default_str();
   c.add_option("--arch,--model", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
   c.add_option("--weights", o.weights, "pretrained weights to start from (only read, never written)");
   c.add_flag("--allow-partial-weights", o.allow_partial_weights,

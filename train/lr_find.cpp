@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <ostream>
+#include <sstream>
 
 #include "core/device.h"
 #include "core/error.h"
@@ -79,6 +80,12 @@ std::string sci(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1e", v);
   return buf;
+}
+
+std::string plain(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
 }
 
 // ---- the search ----
@@ -177,6 +184,7 @@ std::string train_command(const TrainOptions& t, double lr) {
   const TrainOptions d;
   std::string c = "tlengine train --data " + shell_word(t.data) + " --arch " + shell_word(t.arch);
   auto opt = [&c](const std::string& name, const std::string& v) { c += " " + name + " " + shell_word(v); };
+  if (t.val_split != d.val_split) opt("--val-split", plain(t.val_split));
   if (!t.weights.empty()) opt("--weights", t.weights);
   if (t.freeze.freeze != d.freeze.freeze) opt("--freeze", t.freeze.freeze);
   if (!t.freeze.trainable.empty()) {
@@ -188,7 +196,7 @@ std::string train_command(const TrainOptions& t, double lr) {
   if (t.optimizer != d.optimizer) opt("--optimizer", t.optimizer);
   if (t.batch_size != d.batch_size) opt("--batch-size", std::to_string(t.batch_size));
   if (t.image_size != d.image_size) opt("--image-size", std::to_string(t.image_size));
-  if (t.backbone_lr_mult != d.backbone_lr_mult) opt("--backbone-lr-mult", sci(t.backbone_lr_mult));
+  if (t.backbone_lr_mult != d.backbone_lr_mult) opt("--backbone-lr-mult", plain(t.backbone_lr_mult));
   if (!t.augment) c += " --no-augment";
   return c + " --lr " + sci(lr);
 }
