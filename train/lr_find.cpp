@@ -4,6 +4,7 @@
 #include "train/lr_find.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -170,10 +171,10 @@ struct Search {
 
 // A shell word: as is when it is plain, else single-quoted.
 std::string shell_word(const std::string& s) {
-  const bool plain = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+  const bool simple = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || std::string("_./=,:+-").find(c) != std::string::npos;
   });
-  if (plain) return s;
+  if (simple) return s;
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
