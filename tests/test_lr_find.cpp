@@ -180,3 +180,45 @@ TEST(LrFind, RunsAllStepsWithoutStopDivAndFromTheCommandLine) {
             0);
   EXPECT_TRUE(contains(out, "--start-lr")) << out;
 }
+
+// The search against fastai's rules written out with PyTorch (tests/torch_ref/lr_find_parity.py) on the same job:
+// the same initial weights, images and order, only the head trains, float64 on both sides. The same lr, loss and
+// smoothed loss at every step (to 1e-9 relative, as Train.FinetuneReachesTheSameLossesAsPyTorch), the same step
+// where the divergence rule stops it, and the same suggestions.
+TEST(LrFind, SameStepsStopAndSuggestionsAsFastaiRulesInPyTorch) {
+  const std::string d = fresh_dir("lr_find_parity");
+  io::SyntheticOptions s;
+  s.train_per_class = 8;
+  s.val_per_class = 1;
+  s.min_side = 40;
+  s.max_side = 56;
+  s.format = "png";  // PNG: decoded to PIL's pixels
+  io::write_synthetic_image_folder(d + "/data", s);
+  run_torch_script("finetune_parity.py", "weights " + d + "/data " + d);
+  std::string log;
+  ASSERT_EQ(run_command(std::string(TL_CONVERT_PTH) + " " + d + "/init.pth " + d + "/init.bin", &log), 0) << log;
+  train::LrFindOptions o = tiny_search({d + "/data", d + "/init.bin"}, d + "/out");
+  o.train.batch_size = 8;
+  o.train.shuffle = false;
+  o.train.precision = "fp64";
+  o.start_lr = 1e-4;
+  o.num_it = 60;
+  run_torch_script("lr_find_parity.py", d + "/data " + d + " 1e-4 10 60");
+  const nlohmann::json ref = nlohmann::json::parse(slurp(d + "/torch_lr_find.json"));
+  std::ostringstream out;
+  const train::LrFindResult r = train::run_lr_find(o, out);
+
+  EXPECT_EQ(r.stopped, ref.at("stopped").get<std::string>());
+  EXPECT_EQ(r.stopped, "diverged") << "the job should reach the divergence rule";
+  ASSERT_EQ(r.lrs.size(), ref.at("lrs").size());
+  for (size_t i = 0; i < r.lrs.size(); ++i) {
+    const double lr = ref.at("lrs")[i], loss = ref.at("losses")[i], smoothed = ref.at("smoothed")[i];
+    EXPECT_NEAR(r.lrs[i], lr, 1e-12 * lr) << "step " << i;
+    EXPECT_NEAR(r.losses[i], loss, 1e-9 * std::fabs(loss)) << "step " << i;
+    EXPECT_NEAR(r.smoothed[i], smoothed, 1e-9 * std::fabs(smoothed)) << "step " << i;
+  }
+  const double steep = ref.at("suggestions").at("steep"), minimum = ref.at("suggestions").at("minimum");
+  // fastai takes the suggestions from float32 tensors of the lrs (rounded at 6e-8); neighbouring lrs differ by 21%.
+  EXPECT_NEAR(r.suggestions.steep, steep, 1e-6 * steep);
+  EXPECT_NEAR(r.suggestions.minimum, minimum, 1e-6 * minimum);
+}
