@@ -93,6 +93,15 @@ TEST(LrFind, SuggestionsAreTheSteepestFallAndATenthOfTheMinimum) {
   const train::LrSuggestions none = train::suggest_lrs({1e-3, 1e-2, 1e-1, 1, 2, 3, 4, 5}, {1, 1, 1, 1, 1, 1, 1, 1}, 100);
   EXPECT_EQ(none.steep_index, -1);
   EXPECT_TRUE(std::isnan(none.steep) && std::isnan(none.minimum));
+
+  // The plot of a search that ran no step, or too few for a suggestion (a NaN loss at once, an early Ctrl-C).
+  train::LrFindResult empty;
+  EXPECT_EQ(train::render_lr_find(empty).width, 1200);
+  train::LrFindResult short_run;
+  short_run.lrs = {1e-3, 1e-2};
+  short_run.losses = short_run.smoothed = {1.0, 0.9};
+  short_run.suggestions = train::suggest_lrs(short_run.lrs, short_run.smoothed, 100);
+  EXPECT_EQ(train::render_lr_find(short_run).height, 600);
 }
 
 // The search on a small job: the head of a frozen resnet18 learns the synthetic classes, then diverges. The

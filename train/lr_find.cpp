@@ -255,7 +255,6 @@ io::Image render_lr_find(const LrFindResult& r) {
   // legend with its value.
   auto mark = [&](const std::string& name, Color c, double lr) {
     Series s{name + " " + sci(lr), c, std::vector<double>(xs.size(), NAN), true};
-    if (xs.empty() || !std::isfinite(lr)) return s;
     size_t best = 0;
     for (size_t i = 1; i < xs.size(); ++i)
       if (std::abs(xs[i] - std::log10(lr)) < std::abs(xs[best] - std::log10(lr))) best = i;
@@ -264,11 +263,14 @@ io::Image render_lr_find(const LrFindResult& r) {
     return s;
   };
   const LrSuggestions& sg = r.suggestions;
-  const Series steep = mark("steepest", kPalette[3], sg.steep), minimum = mark("min/10", kPalette[2], sg.minimum);
+  std::vector<Series> series{raw, smoothed};
   VerticalLines lines{"suggested", {150, 150, 150}, {}};
-  for (double lr : {sg.steep, sg.minimum})
-    if (std::isfinite(lr) && !xs.empty()) lines.xs.push_back(std::log10(lr));
-  draw_panel(cv, {0, 0, 1200, 600}, "Learning-rate finder", xs, {raw, smoothed, steep, minimum}, xa,
+  if (sg.steep_index >= 0 && !xs.empty()) {  // none when the search was too short
+    series.push_back(mark("steepest", kPalette[3], sg.steep));
+    series.push_back(mark("min/10", kPalette[2], sg.minimum));
+    lines.xs = {std::log10(sg.steep), std::log10(sg.minimum)};
+  }
+  draw_panel(cv, {0, 0, 1200, 600}, "Learning-rate finder", xs, series, xa,
              value_axis(values, 0, std::numeric_limits<double>::infinity(), 1), lines);
   return std::move(cv.image());
 }
