@@ -84,7 +84,6 @@ LRSchedule make_schedule(const TrainOptions& o) {
   throw ValueError("--schedule must be step, multistep, cosine or constant, got '" + o.schedule + "'");
 }
 
-
 json history_json(const std::vector<EpochRecord>& h) {
   json a = json::array();
   for (const EpochRecord& r : h)
