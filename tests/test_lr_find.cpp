@@ -90,7 +90,8 @@ TEST(LrFind, SuggestionsAreTheSteepestFallAndATenthOfTheMinimum) {
   EXPECT_DOUBLE_EQ(s.minimum, lrs[60] / 10);
 
   // Too few points once the ends are left out: no suggestion.
-  const train::LrSuggestions none = train::suggest_lrs({1e-3, 1e-2, 1e-1, 1, 2, 3, 4, 5}, {1, 1, 1, 1, 1, 1, 1, 1}, 100);
+  const train::LrSuggestions none =
+      train::suggest_lrs({1e-3, 1e-2, 1e-1, 1, 2, 3, 4, 5}, {1, 1, 1, 1, 1, 1, 1, 1}, 100);
   EXPECT_EQ(none.steep_index, -1);
   EXPECT_TRUE(std::isnan(none.steep) && std::isnan(none.minimum));
 
