@@ -1,6 +1,7 @@
 // tlengine: the command line.
 //   tlengine example                      the built-in example (synthetic data, pretrain, fine-tune vs scratch)
 //   tlengine train --data DIR [...]       fine-tune a model on an ImageFolder data set
+//   tlengine lr-find --data DIR [...]     learning-rate finder: loss vs an exponentially growing lr, suggestions
 //   tlengine eval --weights W --data DIR  metrics of a weights file on a folder
 //   tlengine predict --weights W IMAGES   top-k classes per image (JSON/CSV), or logits (.npy)
 //   tlengine bench --model M --mode X     time training steps (ms, img/s, peak memory, TFLOP/s), JSON out
@@ -22,6 +23,7 @@
 #include "models/registry.h"
 #include "train/bench.h"
 #include "train/example.h"
+#include "train/lr_find.h"
 #include "train/predict.h"
 #include "train/trainer.h"
 
@@ -186,6 +188,42 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_option("--seed", o.seed)->capture_default_str();
   c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");
 }
+
+// `lr-find`: the train options that shape the search (the job and its optimizer), and the search's own.
+void add_lr_find_options(CLI::App& c, train::LrFindOptions& lo) {
+  train::TrainOptions& o = lo.train;
+  o.out = "runs/lr_find";
+  c.add_option("--data", o.data, "ImageFolder root, as for train (the search uses the training images only)")
+      ->required();
+  c.add_option("--val-split", o.val_split, "as for train: the fraction held out when there is no val/")
+      ->capture_default_str();
+  c.add_option("--arch,--model", o.arch, "architecture: " + models::model_names_list())->capture_default_str();
+  c.add_option("--weights", o.weights, "pretrained weights to start from (only read, never written)");
+  c.add_flag("--allow-partial-weights", o.allow_partial_weights,
+             "accept weights that do not fit outside the head (those layers keep their initialisation)");
+  c.add_flag("--allow-nonfinite-weights", o.allow_nonfinite_weights, kNonfiniteHelp);
+  c.add_option("--out", o.out, "output folder: lr_find.png, lr_find.json")->capture_default_str();
+  c.add_option("--freeze", o.freeze.freeze, "none | backbone | until=<block>, as for train")->capture_default_str();
+  c.add_option("--trainable", o.freeze.trainable, "parameter name patterns that train anyway")->delimiter(',');
+  c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
+  c.add_option("--batch-size,-b", o.batch_size)->capture_default_str();
+  c.add_option("--optimizer", o.optimizer, "sgd | adam | adamw")->capture_default_str();
+  c.add_option("--momentum", o.momentum)->capture_default_str();
+  c.add_option("--weight-decay", o.weight_decay)->capture_default_str();
+  c.add_option("--backbone-lr-mult", o.backbone_lr_mult, "the body's lr is the searched lr x this")
+      ->capture_default_str();
+  c.add_option("--label-smoothing", o.label_smoothing)->capture_default_str();
+  c.add_option("--image-size", o.image_size, kImageSizeHelp)->capture_default_str();
+  c.add_flag("!--no-augment", o.augment, "train on the val transform (no random crop / flip)");
+  c.add_option("--workers,-j", o.workers, "image decoding threads")->capture_default_str();
+  c.add_option("--device", o.device, "auto | cpu | cuda")->capture_default_str();
+  c.add_option("--precision", o.precision, "fp32 | bf16 (CUDA) | fp64 (CPU)")->capture_default_str();
+  c.add_option("--seed", o.seed)->capture_default_str();
+  c.add_option("--start-lr", lo.start_lr, "lr of the first step")->capture_default_str();
+  c.add_option("--end-lr", lo.end_lr, "lr approached at the last step")->capture_default_str();
+  c.add_option("--num-it", lo.num_it, "steps at most (exponentially spaced lrs)")->capture_default_str();
+  c.add_flag("!--no-stop-div", lo.stop_div, "run all steps even after the smoothed loss passes 4x its minimum");
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -208,6 +246,11 @@ int main(int argc, char** argv) {
                                  "args.json works); the command line wins");
   app.config_formatter(std::make_shared<JsonConfig>());
   app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not silently ignored
+
+  train::LrFindOptions lfo;
+  auto* lr_find_cmd = app.add_subcommand("lr-find", "learning-rate finder: train for up to --num-it steps with an "
+                                                     "exponentially growing lr; plot, JSON and suggested lr");
+  add_lr_find_options(*lr_find_cmd, lfo);
 
   train::EvalOptions eo;
   auto* eval_cmd = app.add_subcommand("eval", "metrics of a weights file on a folder");
@@ -311,6 +354,10 @@ int main(int argc, char** argv) {
       train::TrainResult r = train::run_training(to, std::cerr);
       return r.interrupted ? 130 : 0;
     }
+    if (*lr_find_cmd) {
+      const train::LrFindResult r = train::run_lr_find(lfo, std::cerr);
+      return r.stopped == "interrupted" ? 130 : 0;
+    }
     if (*eval_cmd) {
       train::run_eval(eo, std::cout);
       return 0;
@@ -349,7 +396,7 @@ int main(int argc, char** argv) {
     size_t free_b = 0, total_b = 0;
     if (cuda::available()) cuda::memory_info(&free_b, &total_b);
     const bool bench = bench_cmd->parsed();
-    const int64_t batch = bench ? bo.batch : to.batch_size;
+    const int64_t batch = bench ? bo.batch : lr_find_cmd->parsed() ? lfo.train.batch_size : to.batch_size;
     const char* flag = "--batch-size";
     std::cerr << "tlengine: out of memory with " << flag << " " << batch;
     if (total_b > 0) std::cerr << " (GPU: " << free_b / (1 << 20) << " MiB free of " << total_b / (1 << 20) << " MiB)";

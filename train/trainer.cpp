@@ -28,6 +28,7 @@
 #include "train/predict.h"
 #include "train/report.h"
 #include "train/running_metrics.h"
+#include "train/run_setup.h"
 #include "train/schedule.h"
 #include "train/state_dict.h"
 
@@ -86,10 +87,6 @@ LRSchedule make_schedule(const TrainOptions& o) {
   if (o.schedule == "constant") return LRSchedule::constant();
   throw ValueError("--schedule must be step, multistep, cosine or constant, got '" + o.schedule + "'");
 }
-
-// Model input for a batch or a single image: on the device, in the run's precision and layout. Parameters stay
-// float32 in bf16 runs (the ops cast); in fp64 runs the model itself is float64.
-Tensor model_input(const Tensor& x, Device dev, Precision p) { return x.to(dev, p.dtype, p.layout); }
 
 json history_json(const std::vector<EpochRecord>& h) {
   json a = json::array();
@@ -153,14 +150,13 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
   if (progress) progress->finish();
 }
 
-// ---- the steps of run_training ----
+}  // namespace
 
-// The data: splits and a loader for each.
-struct TrainData {
-  io::DataSplits splits;
-  std::unique_ptr<io::DataLoader> train, val;
-  int64_t num_classes() const { return static_cast<int64_t>(splits.classes.size()); }
-};
+// ---- the steps of run_training (declared in run_setup.h: lr-find sets up the same job) ----
+
+// Parameters stay float32 in bf16 runs (the ops cast); in fp64 runs the model itself is float64.
+Tensor model_input(const Tensor& x, Device dev, Precision p) { return x.to(dev, p.dtype, p.layout); }
+
 TrainData build_data(const TrainOptions& o, std::ostream& log) {
   TrainData d;
   d.splits = io::load_splits(o.data, o.val_split, o.seed);
@@ -307,6 +303,8 @@ CrossEntropyOptions build_loss(const TrainOptions& o, const TrainData& data, Dev
   }
   return ce;
 }
+
+namespace {
 
 // The feature caches of the train and val sets, when the plan allows them (see feature_cache.h).
 struct FeatureCaches {
