@@ -2,7 +2,9 @@
 // the commands that set up the same job without training it to the end (`tlengine lr-find`): the data, the model
 // with its weights and freeze plan, the optimizer's parameter groups, the loss, and the model's input format.
 #pragma once
+#include <functional>
 #include <iosfwd>
+#include <string>
 #include <memory>
 
 #include "io/dataset.h"
@@ -28,8 +30,11 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, int64_t num_cl
                                            FreezePlan& plan, std::ostream& log);
 
 // The optimizer over the trainable parameters: group "head" at o.lr and group "body" (the pretrained part) at
-// --backbone-lr, or o.lr x --backbone-lr-mult; a group without trainable parameters is left out.
-std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model, std::ostream& log);
+// --backbone-lr, or o.lr x --backbone-lr-mult (its default: 1, or 0.1 with --freeze-epochs); a group without
+// trainable parameters is left out. Parameters for which `will_train` is true (gradual unfreezing) join their group
+// while still frozen: the optimizer skips them until they train.
+std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model, std::ostream& log,
+                                           const std::function<bool(const std::string&)>& will_train = {});
 
 // The loss: label smoothing, and class weights n / (C * n_c) with --balance.
 CrossEntropyOptions build_loss(const TrainOptions& o, const TrainData& data, Device dev, Precision prec);

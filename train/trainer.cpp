@@ -266,11 +266,11 @@ class Unfreezing {
 // The optimizer over the trainable parameters: the new head and the pretrained body as two groups.
 // Parameters that start frozen but unfreeze later (`will_train`) are in their group from the start; the optimizer
 // skips them, and creates no state for them, until they train.
-std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model,
-                                           const std::function<bool(const std::string&)>& will_train, std::ostream& log) {
+std::unique_ptr<Optimizer> build_optimizer(const TrainOptions& o, models::Model& model, std::ostream& log,
+                                           const std::function<bool(const std::string&)>& will_train) {
   std::vector<Parameter> head, body;
   for (auto& [name, p] : model.named_parameters()) {
-    if (!p.trainable() && !will_train(name)) continue;
+    if (!p.trainable() && !(will_train && will_train(name))) continue;
     (model.in_head(name) ? head : body).push_back(p);
   }
   const double mult = o.backbone_lr_mult >= 0 ? o.backbone_lr_mult : o.freeze_epochs > 0 ? 0.1 : 1.0;
@@ -641,7 +641,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   Unfreezing unfreezing(o, *model, plan, log);
-  auto opt = build_optimizer(o, *model, [&](const std::string& name) { return unfreezing.ever_trainable(name); }, log);
+  auto opt = build_optimizer(o, *model, log, [&](const std::string& name) { return unfreezing.ever_trainable(name); });
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
   const CrossEntropyOptions ce = build_loss(o, data, dev, prec);
