@@ -115,7 +115,7 @@ BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
   auto model = models::create_model(o.model, o.classes, o.seed);
   model->to(dev, prec.layout);
   model->train();
-  const ModeFreeze mf = mode_freeze(*model, o.mode);
+  const ModeFreeze mf = o.freeze.empty() ? mode_freeze(*model, o.mode) : ModeFreeze{o.freeze, {}};
   FreezeOptions fo;
   fo.freeze = mf.freeze;
   fo.trainable = mf.trainable;
