@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <ostream>
 #include <sstream>
 
@@ -74,13 +75,12 @@ struct RecordedOp {
   Shape input, output;
 };
 
-std::vector<RecordedOp> record_ops(models::Model& model, const Tensor& image) {
+// The ops `counter` recorded, each named by its weight's module.
+std::vector<RecordedOp> recorded_ops(models::Model& model, const MacCounter& counter) {
   std::map<const void*, std::string> names;  // weight storage -> module name
   for (auto& [name, p] : model.named_parameters())
     if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0)
       names[p.value().data()] = name.substr(0, name.size() - 7);
-  MacCounter counter;
-  model.forward(Variable(image));
   std::vector<RecordedOp> ops;
   for (const OpMacs& op : counter.ops()) {
     auto it = names.find(op.weight);
@@ -89,31 +89,45 @@ std::vector<RecordedOp> record_ops(models::Model& model, const Tensor& image) {
   return ops;
 }
 
-// Output shapes by the rules of inspect.h.
-std::map<std::string, Shape> output_shapes(models::Model& model, int64_t image_size,
-                                           const std::vector<std::string>& tree_order) {
+struct OutputShape {
+  Shape shape;
+  bool exact = true;
+};
+
+// Output shapes by the rules of inspect.h. `has_params`: the modules that hold parameters.
+std::map<std::string, OutputShape> output_shapes(models::Model& model, int64_t image_size,
+                                                 const std::vector<std::string>& tree_order,
+                                                 const std::set<std::string>& has_params) {
   ModelStateSnapshot snapshot(model);
   model.eval();
   NoGradGuard no_grad;
   const Tensor& any = model.named_parameters().front().second.value();
   const Tensor image = Tensor::zeros({1, 3, image_size, image_size}, any.dtype(), any.device());
-  const std::vector<RecordedOp> ops = record_ops(model, image);
-  std::map<std::string, Shape> out;
+  MacCounter counter;
+  const Shape logits = model.forward(Variable(image)).shape();
+  const std::vector<RecordedOp> ops = recorded_ops(model, counter);
+  std::map<std::string, OutputShape> out;
   for (const std::string& name : tree_order) {
-    const RecordedOp* last = nullptr;
-    for (const RecordedOp& op : ops)
-      if (within(op.module, name)) last = &op;
-    if (last) out[name] = last->output;
+    size_t last = ops.size();
+    for (size_t k = 0; k < ops.size(); ++k)
+      if (within(ops[k].module, name)) last = k;
+    if (last == ops.size()) continue;
+    // A container: its last op's output, exact when the next op takes that shape, or when it is the last op and
+    // gives the logits' shape (nothing after the last op inside the module changed it).
+    const bool leaf = ops[last].module == name;
+    const bool passed_on = last + 1 < ops.size() ? ops[last + 1].input == ops[last].output : ops[last].output == logits;
+    out[name] = {ops[last].output, leaf || passed_on};
   }
+  out[""] = {logits, true};
   const std::vector<std::string> cuts = model.cut_points();
-  for (size_t i = 0; i < cuts.size(); ++i) out[cuts[i]] = model.run_until(Variable(image), i).shape();
-  // Modules without ops (Dropout): the input of the first op of a later module in the tree.
+  for (size_t i = 0; i < cuts.size(); ++i) out[cuts[i]] = {model.run_until(Variable(image), i).shape(), true};
+  // Modules without ops nor parameters (Dropout, an identity here): the input of the first op of a later module.
   for (size_t i = 0; i < tree_order.size(); ++i) {
-    if (out.count(tree_order[i])) continue;
+    if (out.count(tree_order[i]) || has_params.count(tree_order[i])) continue;
     for (size_t j = i + 1; j < tree_order.size() && !out.count(tree_order[i]); ++j)
       for (const RecordedOp& op : ops)
         if (op.module == tree_order[j]) {
-          out[tree_order[i]] = op.input;
+          out[tree_order[i]] = {op.input, false};
           break;
         }
   }
@@ -167,10 +181,13 @@ ModelTree inspect_model(models::Model& model, int64_t image_size) {
     order.push_back(name);
     t.modules.push_back(info);
   }
-  const std::map<std::string, Shape> shapes = output_shapes(model, image_size, order);
+  std::set<std::string> has_params;
+  for (const ModuleInfo& m : t.modules)
+    if (m.params > 0) has_params.insert(m.name);
+  const std::map<std::string, OutputShape> shapes = output_shapes(model, image_size, order, has_params);
   for (ModuleInfo& m : t.modules) {
     auto it = shapes.find(m.name);
-    if (it != shapes.end()) m.output = it->second;
+    if (it != shapes.end()) m.output = it->second.shape, m.output_exact = it->second.exact;
   }
   t.total_params = t.modules.front().params;
   return t;
@@ -180,6 +197,7 @@ nlohmann::json ModelTree::to_json() const {
   nlohmann::json mods = nlohmann::json::array();
   for (const ModuleInfo& m : modules)
     mods.push_back({{"name", m.name}, {"type", m.type}, {"args", m.args}, {"depth", m.depth}, {"output_shape", m.output},
+                    {"output_shape_exact", m.output_exact},
                     {"params", m.params}, {"head", m.head}, {"block", m.block}});
   return {{"arch", arch}, {"num_classes", num_classes}, {"input_shape", input}, {"total_params", total_params},
           {"heads", heads}, {"blocks", blocks}, {"modules", mods}};
@@ -206,16 +224,22 @@ std::string ModelTree::to_text(int max_depth) const {
   char buf[64];
   std::snprintf(buf, sizeof buf, "  %-22s %14s\n", "output shape", "params");
   os << std::string(width, ' ') << buf;
+  bool any_inexact = false;
   for (size_t i = 0; i < shown.size(); ++i) {
     const ModuleInfo& m = *shown[i];
     std::string l = left[i];
     if (l.size() < width) l += std::string(width - l.size(), ' ');
-    std::snprintf(buf, sizeof buf, "  %-22s %14s", shape_text(m.output).c_str(), with_commas(m.params).c_str());
+    const std::string shape = shape_text(m.output) + (m.output_exact || m.output.empty() ? "" : "*");
+    any_inexact = any_inexact || shape.back() == '*';
+    std::snprintf(buf, sizeof buf, "  %-22s %14s", shape.c_str(), with_commas(m.params).c_str());
     os << l << buf;
     if (m.block) os << "  [block]";
     if (m.head) os << "  <- head";
     os << "\n";
   }
+  if (any_inexact)
+    os << "*: the output of the last conv, linear or batch norm inside: a pooling, concatenation or shuffle after it\n"
+          "   (a function, not a module, in tlengine) is not seen, so torchvision's shape may differ\n";
   os << "heads: ";
   for (size_t i = 0; i < heads.size(); ++i) os << (i ? ", " : "") << heads[i];
   os << "\nblocks (freeze points, --freeze until=<block>): ";
@@ -275,7 +299,7 @@ std::string WeightsInfo::to_text() const {
   }
   os << "\n";
   for (const auto& [k, v] : metadata)
-    if (k != "arch") os << "  " << k << ": " << (v.size() > 200 ? v.substr(0, 200) + "..." : v) << "\n";
+    if (k != "arch" && k != "num_classes" && k != "format") os << "  " << k << ": " << (v.size() > 200 ? v.substr(0, 200) + "..." : v) << "\n";
   return os.str();
 }
 
@@ -595,7 +619,7 @@ void write_freeze_costs_png(const FreezeCosts& costs, const std::string& path) {
       {"backward weight", column([](const FreezePointCost& c) { return c.flops_backward_weight / 1e9; })}};
   const std::vector<BarPart> memory = {
       {"weights", column([](const FreezePointCost& c) { return c.weights_bytes / 1e6; })},
-      {"optimizer state", column([](const FreezePointCost& c) { return c.optimizer_bytes / 1e6; })},
+      {"optimizer", column([](const FreezePointCost& c) { return c.optimizer_bytes / 1e6; })},
       {"batch", column([](const FreezePointCost& c) { return c.batch_bytes / 1e6; })},
       {"activations", column([](const FreezePointCost& c) { return c.activations_at_peak / 1e6; })},
       {"gradients", column([](const FreezePointCost& c) { return c.grads_at_peak / 1e6; })}};

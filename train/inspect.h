@@ -6,12 +6,16 @@
 // state (Conv2d, BatchNorm2d, Linear), Dropout and their containers: stateless ops (ReLU, pooling) are
 // functions in tlengine, not modules, so torchvision's ReLU / MaxPool2d lines have no counterpart. A module's
 // output shape is:
+//   - the model: its logits;
 //   - a conv, linear or batch norm: its op's output;
 //   - a container that is a cut point of the model (Model::cut_points(): "layer2", "features.transition1"):
 //     the output of Model::run_until at that cut, i.e. what the model passes on (a dense block's concatenation,
 //     a transition after its pooling);
-//   - another container: the output of its last op (a residual block: the add and ReLU keep the shape);
-//   - a module without ops (Dropout): the input of the next op after it in the tree.
+//   - another container: the output of its last op; exact when the next op takes that shape as its input (a
+//     residual block: the add and ReLU keep the shape) or it is the last op and has the logits' shape, else marked inexact ("*" in the text): a pooling,
+//     concatenation or channel shuffle at its end is not seen (VGG's features, Inception's mixed blocks);
+//   - a module without ops nor parameters (Dropout): the input of the next op after it in the tree (inexact);
+//   - a module with parameters that did not run (auxiliary classifiers in eval mode): unknown ({}).
 //
 // Freeze costs: for each freeze point (none, until=<block> for each block below the heads, backbone):
 // trainable parameters, the FLOPs of a training step as `tlengine bench` counts them (train/flops.h), and a
@@ -53,6 +57,7 @@ struct ModuleInfo {
   std::string args;  // the constructor's arguments as PyTorch prints them, e.g. "3, 64, kernel_size=(7, 7), ..."
   int depth = 0;     // 0 for the model, 1 for its children, ...
   Shape output;      // at batch 1 ({} when unknown)
+  bool output_exact = true;  // false: a container's last op output that the ops after it may change (see above)
   int64_t params = 0;  // parameters of the module and everything below it
   bool head = false;   // one of Model::head_names()
   bool block = false;  // one of Model::blocks() (a freeze point)
