@@ -201,6 +201,8 @@ TEST(Inspect, CliTreeJsonAndFreezeCostsPng) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/freeze_costs.json"));
   EXPECT_NE(testing::run_command(std::string(TL_CLI) + " inspect", &out), 0);
   EXPECT_TRUE(testing::contains(out, "--arch or --weights")) << out;
+  EXPECT_NE(testing::run_command(std::string(TL_CLI) + " inspect --arch resnet18 --png " + dir + "/x.png", &out), 0);
+  EXPECT_TRUE(testing::contains(out, "go with --freeze-costs")) << out;
 }
 
 }  // namespace

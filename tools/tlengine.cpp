@@ -352,6 +352,8 @@ int main(int argc, char** argv) {
     }
     if (*inspect_cmd) {
       TL_CHECK(io_.arch.empty() != io_.weights.empty(), ValueError, "inspect: give --arch or --weights (one of them)");
+      TL_CHECK(io_.freeze_costs || (!io_.fc.measure && io_.png.empty() && io_.out.empty()), ValueError,
+               "inspect: --measure, --png and --out go with --freeze-costs; add it");
       nlohmann::json j;
       std::unique_ptr<models::Model> model;
       if (!io_.weights.empty()) {
