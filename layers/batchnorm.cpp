@@ -13,6 +13,7 @@
 #include "layers/cudnn_util.h"
 #endif
 #include "layers/layer_util.h"
+#include "layers/mac_counter.h"
 
 namespace tl {
 namespace {
@@ -736,6 +737,7 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
                       const BatchNormOptions& opt) {
   TL_CHECK(x.defined() && gamma.defined() && beta.defined(), ValueError,
            "batch_norm2d: x, gamma and beta must be defined");
+  record_shapes(gamma.value(), x.shape(), x.shape());
   const bool gx = needs_grad(x), gg = needs_grad(gamma);  // dbeta needs nothing saved
   const bool record = should_record({&x, &gamma, &beta});
   const double eps = opt.eps;

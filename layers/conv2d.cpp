@@ -659,7 +659,7 @@ Variable conv2d(const Variable& x, const Variable& w, const Variable& bias, cons
   const Tensor b = bias.defined() ? bias.value() : Tensor();
   Tensor y = conv2d_forward(x.value(), w.value(), b, o);
   record_macs(w.value(), static_cast<double>(w.value().numel()) * y.size(2) * y.size(3), needs_grad(x),
-              needs_grad(w));
+              needs_grad(w), x.shape(), y.shape());
   if (!should_record({&x, &w, &bias})) return Variable(y);
   // Save x only for the weight gradient and w only for the data gradient.
   const Tensor x_saved = needs_grad(w) ? x.value() : Tensor();

@@ -157,7 +157,9 @@ Variable ConvBn::operator()(const Variable& x, bool relu, const Variable* residu
   const Tensor& xv = x.value();
   const FoldedConvBn& f = folded(xv.dtype(), xv.layout());
   const Shape out = conv2d_output_shape(xv.shape(), f.weight.shape(), conv.options);
-  record_macs(conv.weight.value(), static_cast<double>(f.weight.numel()) * out[2] * out[3], false, false);
+  record_macs(conv.weight.value(), static_cast<double>(f.weight.numel()) * out[2] * out[3], false, false, xv.shape(),
+              out);
+  record_shapes(bn_->weight.value(), out, out);
   Tensor r;
   if (residual) {
     r = residual->value();

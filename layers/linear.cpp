@@ -152,7 +152,7 @@ void linear_backward_bias(const Tensor& dy, Tensor& db, bool accumulate) {
 Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
   const Tensor b = bias.defined() ? bias.value() : Tensor();
   Tensor y = linear_forward(x.value(), w.value(), b);
-  record_macs(w.value(), static_cast<double>(w.value().numel()), needs_grad(x), needs_grad(w));
+  record_macs(w.value(), static_cast<double>(w.value().numel()), needs_grad(x), needs_grad(w), x.shape(), y.shape());
   if (!should_record({&x, &w, &bias})) return Variable(y);
   // Save only what the needed gradients use: dx needs w, dw needs x, db needs nothing.
   const Tensor x_saved = needs_grad(w) ? x.value() : Tensor();

@@ -10,9 +10,15 @@ thread_local MacCounter* current = nullptr;
 MacCounter::MacCounter() : outer_(current) { current = this; }
 MacCounter::~MacCounter() { current = outer_; }
 
-void record_macs(const Tensor& weight, double macs_per_sample, bool data_grad, bool weight_grad) {
+void record_macs(const Tensor& weight, double macs_per_sample, bool data_grad, bool weight_grad, const Shape& input,
+                 const Shape& output) {
   if (!current) return;
-  current->ops_.push_back({weight.data(), macs_per_sample, data_grad, weight_grad});
+  current->ops_.push_back({weight.data(), macs_per_sample, data_grad, weight_grad, input, output, true});
+}
+
+void record_shapes(const Tensor& weight, const Shape& input, const Shape& output) {
+  if (!current) return;
+  current->ops_.push_back({weight.data(), 0, false, false, input, output, false});
 }
 
 }  // namespace tl

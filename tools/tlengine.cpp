@@ -7,6 +7,7 @@
 //   tlengine bench --model M --mode X     time training steps (ms, img/s, peak memory, TFLOP/s), JSON out
 //   tlengine bench-loader --data DIR      time the data pipeline alone (images/s), JSON out
 //   tlengine make-data --out DIR          a synthetic ImageFolder of fixed-size JPEGs (time-to-result job)
+//   tlengine inspect --arch A | --weights W   the module tree (shapes, parameters, heads, blocks); --freeze-costs
 #include <malloc.h>
 
 #include <chrono>
@@ -23,6 +24,7 @@
 #include "models/registry.h"
 #include "train/bench.h"
 #include "train/example.h"
+#include "train/inspect.h"
 #include "train/lr_find.h"
 #include "train/predict.h"
 #include "train/trainer.h"
@@ -334,6 +336,31 @@ int main(int argc, char** argv) {
   data_cmd->add_option("--quality", mo.jpeg_quality, "JPEG quality")->capture_default_str();
   data_cmd->add_option("--seed", mo.seed)->capture_default_str();
 
+  struct InspectArgs {
+    std::string arch, weights, png, out;
+    int64_t image_size = 0;
+    int depth = -1;
+    bool json = false, freeze_costs = false;
+    train::FreezeCostOptions fc;
+  } io_;
+  auto* inspect_cmd = app.add_subcommand("inspect", "the module tree (torchvision names, output shapes, parameters, "
+                                                    "heads, blocks); --freeze-costs: what each freeze point costs");
+  inspect_cmd->add_option("--arch,--model", io_.arch, "architecture: " + models::model_names_list());
+  inspect_cmd->add_option("--weights", io_.weights, "a weights file (tlengine .bin, safetensors or .pth): also what it "
+                                                    "holds (architecture, classes, metadata)");
+  inspect_cmd->add_option("--image-size", io_.image_size, kImageSizeHelp)->capture_default_str();
+  inspect_cmd->add_option("--depth", io_.depth, "print modules down to this depth (-1: all, as print(model))")
+      ->capture_default_str();
+  inspect_cmd->add_flag("--json", io_.json, "JSON on stdout instead of text");
+  inspect_cmd->add_flag("--freeze-costs", io_.freeze_costs, "FLOPs and memory of a training step at each freeze point");
+  inspect_cmd->add_option("--batch-size,-b", io_.fc.batch, "--freeze-costs: batch")->capture_default_str();
+  inspect_cmd->add_option("--optimizer", io_.fc.optimizer, "--freeze-costs: sgd | adam | adamw (optimizer state)")
+      ->capture_default_str();
+  inspect_cmd->add_flag("--measure", io_.fc.measure, "--freeze-costs: also run steps here (median ms, peak memory)");
+  inspect_cmd->add_option("--device", io_.fc.device, "auto | cpu | cuda (--measure)")->capture_default_str();
+  inspect_cmd->add_option("--png", io_.png, "--freeze-costs: bar chart PNG");
+  inspect_cmd->add_option("--out", io_.out, "--freeze-costs: folder for freeze_costs.png and freeze_costs.json");
+
   CLI11_PARSE(app, argc, argv);
   // File and class names that are not UTF-8 show up escaped ("caf\xe9") in every message and report.
   io::PrintableStreambuf printable_err(std::cerr.rdbuf()), printable_out(std::cout.rdbuf());
@@ -384,6 +411,39 @@ int main(int argc, char** argv) {
         const std::string text = r.to_json().dump(2) + "\n";
         io::write_file_atomic(bench_json, text.data(), text.size());
       }
+      return 0;
+    }
+    if (*inspect_cmd) {
+      TL_CHECK(io_.arch.empty() != io_.weights.empty(), ValueError, "inspect: give --arch or --weights (one of them)");
+      TL_CHECK(io_.freeze_costs || (!io_.fc.measure && io_.png.empty() && io_.out.empty()), ValueError,
+               "inspect: --measure, --png and --out go with --freeze-costs; add it");
+      nlohmann::json j;
+      std::unique_ptr<models::Model> model;
+      if (!io_.weights.empty()) {
+        const train::WeightsInfo w = train::inspect_weights(io_.weights);
+        j["weights"] = w.to_json();
+        if (!io_.json) std::cout << w.to_text() << "\n";
+        model = std::move(train::load_model(io_.weights).model);
+      } else {
+        model = models::create_model(io_.arch);
+      }
+      if (!io_.freeze_costs) {
+        const train::ModelTree tree = train::inspect_model(*model, io_.image_size);
+        j["tree"] = tree.to_json();
+        std::cout << (io_.json ? j.dump(2) + "\n" : tree.to_text(io_.depth));
+        return 0;
+      }
+      io_.fc.image_size = io_.image_size;
+      const train::FreezeCosts fc = train::freeze_costs(*model, io_.fc, std::cerr);
+      j["freeze_costs"] = fc.to_json();
+      std::cout << (io_.json ? j.dump(2) + "\n" : fc.to_table());
+      if (!io_.out.empty()) {
+        io::ensure_writable_folder(io_.out, "--out");
+        const std::string text = j.dump(2) + "\n";
+        io::write_file_atomic((std::filesystem::path(io_.out) / "freeze_costs.json").string(), text.data(), text.size());
+        if (io_.png.empty()) io_.png = (std::filesystem::path(io_.out) / "freeze_costs.png").string();
+      }
+      if (!io_.png.empty()) train::write_freeze_costs_png(fc, io_.png);
       return 0;
     }
     if (*data_cmd) {

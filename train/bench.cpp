@@ -116,7 +116,7 @@ BenchResult run_bench(const BenchOptions& options, std::ostream& log) {
   if (o.memory_efficient) model->require_memory_efficient();
   model->to(dev, prec.layout);
   model->train();
-  const ModeFreeze mf = mode_freeze(*model, o.mode);
+  const ModeFreeze mf = o.freeze.empty() ? mode_freeze(*model, o.mode) : ModeFreeze{o.freeze, {}};
   FreezeOptions fo;
   fo.freeze = mf.freeze;
   fo.trainable = mf.trainable;

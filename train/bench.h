@@ -33,6 +33,7 @@ namespace tl::train {
 struct BenchOptions {
   std::string model = "resnet18";
   std::string mode = "full";        // full | last_block | head
+  std::string freeze;               // when set, a --freeze value (none | backbone | until=<block>) instead of mode
   std::string precision = "fp32";   // fp32 | bf16
   std::string memory_format = "auto";  // auto | nchw | nhwc (as train --memory-format)
   int64_t batch = 64;

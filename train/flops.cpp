@@ -8,36 +8,21 @@
 #include "layers/mac_counter.h"
 
 namespace tl::train {
-namespace {
-
-// The model's buffers and counters, to put back after the counting forward pass (it updates running statistics).
-class StateSnapshot {
- public:
-  explicit StateSnapshot(models::Model& model) : model_(model), training_(model.is_training()) {
-    for (nn::StateEntry& e : model.state()) {
-      if (e.buffer) buffers_.push_back(e.buffer->clone());
-      if (e.counter) counters_.push_back(*e.counter);
-    }
+ModelStateSnapshot::ModelStateSnapshot(models::Model& model) : model_(model), training_(model.is_training()) {
+  for (nn::StateEntry& e : model.state()) {
+    if (e.buffer) buffers_.push_back(e.buffer->clone());
+    if (e.counter) counters_.push_back(*e.counter);
   }
-  ~StateSnapshot() {
-    size_t b = 0, c = 0;
-    for (nn::StateEntry& e : model_.state()) {
-      if (e.buffer) e.buffer->copy_(buffers_[b++]);
-      if (e.counter) *e.counter = counters_[c++];
-    }
-    model_.train(training_);
+}
+
+ModelStateSnapshot::~ModelStateSnapshot() {
+  size_t b = 0, c = 0;
+  for (nn::StateEntry& e : model_.state()) {
+    if (e.buffer) e.buffer->copy_(buffers_[b++]);
+    if (e.counter) *e.counter = counters_[c++];
   }
-  StateSnapshot(const StateSnapshot&) = delete;
-  StateSnapshot& operator=(const StateSnapshot&) = delete;
-
- private:
-  models::Model& model_;
-  bool training_;
-  std::vector<Tensor> buffers_;
-  std::vector<int64_t> counters_;
-};
-
-}  // namespace
+  model_.train(training_);
+}
 
 StepFlops count_step_flops(models::Model& model, int64_t batch, int64_t height, int64_t width) {
   TL_CHECK(batch >= 1 && height >= 1 && width >= 1, ValueError, "count_step_flops: batch and image size must be >= 1");
@@ -49,7 +34,7 @@ StepFlops count_step_flops(models::Model& model, int64_t batch, int64_t height, 
   constexpr int64_t kSamples = 2;  // train-mode batch norm wants more than one value per channel
   MacCounter counter;
   {
-    StateSnapshot snapshot(model);
+    ModelStateSnapshot snapshot(model);
     model.train();
     Tape tape;
     TapeScope scope(tape);
@@ -57,6 +42,7 @@ StepFlops count_step_flops(models::Model& model, int64_t batch, int64_t height, 
   }
   StepFlops result;
   for (const OpMacs& op : counter.ops()) {
+    if (!op.arithmetic) continue;  // batch norm's shape-only entries
     const double flops = 2 * op.macs_per_sample * static_cast<double>(batch);
     auto it = names.find(op.weight);
     LayerFlops f{it == names.end() ? "?" : it->second, flops, op.data_grad ? flops : 0.0,

@@ -39,6 +39,22 @@ struct StepFlops {
   double total() const { return forward + backward(); }
 };
 
+// Saves the model's buffers, counters and train/eval mode, and puts them back when it goes out of scope: a forward
+// pass run only to count or measure (it updates running statistics) then changes nothing.
+class ModelStateSnapshot {
+ public:
+  explicit ModelStateSnapshot(models::Model& model);
+  ~ModelStateSnapshot();
+  ModelStateSnapshot(const ModelStateSnapshot&) = delete;
+  ModelStateSnapshot& operator=(const ModelStateSnapshot&) = delete;
+
+ private:
+  models::Model& model_;
+  bool training_;
+  std::vector<Tensor> buffers_;
+  std::vector<int64_t> counters_;
+};
+
 // FLOPs of one training step of `model` (with its current trainable flags) on a batch of `batch` images of
 // height x width.
 StepFlops count_step_flops(models::Model& model, int64_t batch, int64_t height, int64_t width);
