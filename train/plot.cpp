@@ -197,8 +197,8 @@ Axis log10_axis(const std::vector<double>& positive_values) {
     a.lo = -4, a.hi = 0;
   } else {
     const auto [mn, mx] = std::minmax_element(logs.begin(), logs.end());
-    a.lo = std::floor(*mn - 1e-9);
-    a.hi = std::ceil(*mx + 1e-9);
+    a.lo = std::floor(*mn + 1e-9);  // a value on a power of ten starts the axis there
+    a.hi = std::ceil(*mx - 1e-9);
     if (a.hi <= a.lo) a.hi = a.lo + 1;
   }
   a.step = std::max(1.0, std::ceil((a.hi - a.lo) / 8));
