@@ -842,6 +842,12 @@ TEST(Cli, AliasesGiveTheSameRunAndArgsJsonRecordsIt) {
     EXPECT_EQ(args.at("args").at("no-augment"), true) << args.dump();
     EXPECT_EQ(args.at("args").at("nesterov"), false) << args.dump();
   }
+  // eval takes the same short options.
+  ASSERT_EQ(run_command(std::string(TL_CLI) + " eval --weights " + d + "/a/best.bin --data " + data +
+                            " -b 4 -j 1 --image-size 32 --device cpu",
+                        &log),
+            0)
+      << log;
   ASSERT_EQ(run_command(std::string(TL_CLI) + " --version", &log), 0) << log;
   EXPECT_TRUE(contains(log, "tlengine 0.")) << log;
 }

@@ -39,8 +39,9 @@ def head_name(model_name):
     raise SystemExit(f"bench_pytorch.py: --model {model_name}: only ResNet and DenseNet models are supported")
 
 
-def build_model(name, classes):
-    model = getattr(torchvision.models, name)(num_classes=1000)  # random weights: speed does not depend on them
+def build_model(name, classes, memory_efficient=False):
+    extra = {"memory_efficient": True} if memory_efficient else {}  # DenseNet only, as tlengine --memory-efficient
+    model = getattr(torchvision.models, name)(num_classes=1000, **extra)  # random weights: speed does not depend on them
     head = head_name(name)
     old = getattr(model, head)
     setattr(model, head, torch.nn.Linear(old.in_features, classes))
@@ -72,6 +73,8 @@ def main():
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--memory-efficient", action="store_true",
+                   help="DenseNet: torchvision's memory_efficient=True (checkpointed bottlenecks)")
     p.add_argument("--compile", action="store_true", help='torch.compile(model, mode="reduce-overhead")')
     p.add_argument("--count-flops", action="store_true",
                    help="also count one step's FLOPs with torch.utils.flop_counter (PyTorch >= 2.1, eager only)")
@@ -95,7 +98,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     memory_format = torch.channels_last if bf16 else torch.contiguous_format
 
-    model = build_model(a.model, a.classes).to(device, memory_format=memory_format)
+    model = build_model(a.model, a.classes, a.memory_efficient).to(device, memory_format=memory_format)
     model.train()
     prefixes = trainable_prefixes(a.model, a.mode)
     params = []

@@ -260,6 +260,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--data", eo.data, "ImageFolder root (its <split>/ sub-folder when present)")->required();
   eval_cmd->add_option("--split", eo.split)->capture_default_str();
   eval_cmd->add_option("--batch-size,-b", eo.batch_size)->capture_default_str();
+  eval_cmd->add_option("--workers,-j", eo.workers, "image decoding threads")->capture_default_str();
   eval_cmd->add_option("--image-size", eo.image_size, kImageSizeHelp)->capture_default_str();
   eval_cmd->add_option("--val-transform", eo.val_transform)->capture_default_str();
   eval_cmd->add_option("--device", eo.device)->capture_default_str();
