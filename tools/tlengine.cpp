@@ -206,7 +206,10 @@ int train_command(const CLI::App& cmd, const train::TrainOptions& to) {
     return r.interrupted ? 130 : 0;
   } catch (const std::exception& e) {
     if (dist.world_size() == 1) throw;
-    std::cerr << "tlengine: rank " << dist.rank() << " of " << dist.world_size() << ": " << e.what() << "\n";
+    std::cerr << "tlengine: ";  // a timeout names its rank itself
+    if (!dynamic_cast<const DistributedTimeout*>(&e))
+      std::cerr << "rank " << dist.rank() << " of " << dist.world_size() << ": ";
+    std::cerr << e.what() << "\n";
     dist.abort(dynamic_cast<const train::DivergedError*>(&e) ? 3 : 1);
     throw;
   }

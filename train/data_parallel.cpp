@@ -21,14 +21,18 @@ void GradientAverager::rebuild(const std::vector<std::pair<std::string, Paramete
   for (const auto& [name, p] : trainable) names_.push_back(name);
 }
 
-void GradientAverager::average(const nn::Module& model, const std::string& when) {
-  if (dist_.world_size() == 1) return;
+void GradientAverager::plan(const nn::Module& model) {
   std::vector<std::pair<std::string, Parameter>> trainable;
   for (auto& [name, p] : model.named_parameters())
     if (p.trainable()) trainable.emplace_back(name, p);
   bool same = trainable.size() == names_.size();
   for (size_t i = 0; same && i < trainable.size(); ++i) same = trainable[i].first == names_[i];
   if (!same) rebuild(trainable);
+}
+
+void GradientAverager::average(const nn::Module& model, const std::string& when) {
+  if (dist_.world_size() == 1) return;
+  plan(model);
   for (size_t i = 0; i < buckets_.size(); ++i) reduce(buckets_[i], i, when);
 }
 

@@ -26,7 +26,9 @@ class GradientAverager {
       : dist_(dist), bucket_bytes_(bucket_bytes) {}
   // `when` completes the error messages, e.g. "at epoch 2 step 17". No-op with one rank.
   void average(const nn::Module& model, const std::string& when);
-  // The buckets in use (after the first average()): parameter names per bucket, first reduced first.
+  // (Re)builds the buckets when the trainable set differs from the one they were built for (average() calls it).
+  void plan(const nn::Module& model);
+  // The buckets in use: parameter names per bucket, first reduced first.
   std::vector<std::vector<std::string>> bucket_names() const;
 
  private:
