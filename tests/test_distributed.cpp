@@ -170,6 +170,22 @@ TEST(Distributed, LaunchInfoFromTheEnvironment) {
   EXPECT_THROW(launch_info_from_env(get), ValueError);
 }
 
+// A build without MPI launched as one of several ranks (the launcher's variables set by hand): refused, saying how to
+// get MPI. With MPI, those variables without a real launcher would make MPI_Init fail, so this runs only without it
+// (the minimal build of .ci/run).
+TEST(Distributed, BuildWithoutMpiRefusesSeveralRanks) {
+  if (Distributed::built_with_mpi()) GTEST_SKIP() << "built with MPI: the refusal is the build without it";
+  const std::string d = scratch_dir("dist_nompi");
+  std::string log;
+  EXPECT_NE(run_command("OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=1 " + std::string(TL_CLI) + " train --data " + d +
+                            " --out " + d + "/run",
+                        &log),
+            0);
+  EXPECT_TRUE(contains(log, "launched by OpenMPI as rank 1 of 2 processes, but this tlengine was built without MPI"))
+      << log;
+  EXPECT_TRUE(contains(log, "libopenmpi-dev")) << log;
+}
+
 // Buckets: trainable parameters in reverse order, at most `bucket_bytes` each (unless one parameter is larger),
 // frozen ones left out, rebuilt when the trainable set changes.
 TEST(Distributed, GradientBucketsFollowBackwardOrderAndSkipFrozen) {
@@ -245,7 +261,9 @@ size_t count_of(const std::string& s, const std::string& part) {
 // random masks per rank) or resnet18 with --freeze backbone --freeze-bn (batch norm on its running statistics;
 // a trainable block with --freeze-bn would still use per-rank batch statistics): nothing depends on the per-rank
 // batch.
-void expect_two_processes_match_one(const std::string& name, const std::string& model_args) {
+// With `stop_and_resume`, a third 2-process run stops after 3 steps (mid-epoch 1) and resumes to the end: the same
+// again (the train metrics of the stopped part, summed over the ranks, are carried in last.ckpt).
+void expect_two_processes_match_one(const std::string& name, const std::string& model_args, bool stop_and_resume) {
   const std::string why = mpi_missing();
   if (!why.empty()) GTEST_SKIP() << why;
   const std::string d = scratch_dir(name);
@@ -280,16 +298,30 @@ void expect_two_processes_match_one(const std::string& name, const std::string& 
     ++compared;
   }
   EXPECT_GT(compared, 10);
+  if (!stop_and_resume) return;
+  std::string log3;
+  EXPECT_NE(run_command(mpirun(2) + TL_CLI + common + " -b 4 --out " + d + "/resumed --stop-after-steps 3", &log3), 0)
+      << "stopped runs exit with 130\n" << log3;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --out " + d + "/resumed --resume", &log3), 0) << log3;
+  EXPECT_TRUE(contains(log3, "at epoch 1, batch 3")) << log3;
+  const std::vector<nlohmann::json> c = read_jsonl(d + "/resumed/metrics.jsonl");
+  ASSERT_EQ(c.size(), 2u);
+  for (size_t e = 0; e < 2; ++e)
+    for (const char* phase : {"train", "val"}) {
+      EXPECT_EQ(c[e][phase]["count"], b[e][phase]["count"]) << phase << " epoch " << e + 1;
+      const double x = c[e][phase]["loss"].get<double>(), y = b[e][phase]["loss"].get<double>();
+      EXPECT_NEAR(x, y, 1e-9 * std::abs(y)) << "resumed, " << phase << " epoch " << e + 1;
+    }
 }
 
 }  // namespace
 
-TEST(DataParallel, TwoProcessesMatchOneWithTwiceTheBatchSqueezenet) {
-  expect_two_processes_match_one("ddp_squeezenet", "--arch squeezenet1_0 --dropout 0");
+TEST(DataParallel, TwoProcessesMatchOneWithTwiceTheBatchAndResumeSqueezenet) {
+  expect_two_processes_match_one("ddp_squeezenet", "--arch squeezenet1_0 --dropout 0", true);
 }
 
 TEST(DataParallel, TwoProcessesMatchOneWithTwiceTheBatchFrozenResnet) {
-  expect_two_processes_match_one("ddp_resnet", "--arch resnet18 --freeze backbone --freeze-bn --no-cache");
+  expect_two_processes_match_one("ddp_resnet", "--arch resnet18 --freeze backbone --freeze-bn --no-cache", false);
 }
 
 TEST(DataParallel, FeatureCacheRefusedWithSeveralProcesses) {
