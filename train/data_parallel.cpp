@@ -95,6 +95,14 @@ void broadcast_parameters(const Distributed& dist, const nn::Module& model) {
     Tensor& v = p.mutable_value();
     dist.broadcast(v, 0, "broadcast of rank 0's start weights (" + name + ")");
   }
+  nn::invalidate_derived_state();  // written directly: caches derived from the weights are stale
+}
+
+void broadcast_buffers(const Distributed& dist, nn::Module& model) {
+  if (dist.world_size() == 1) return;
+  for (const nn::StateEntry& e : model.state())  // state() also invalidates caches derived from the buffers
+    if (e.buffer && (e.buffer->dtype() == DType::F32 || e.buffer->dtype() == DType::F64))
+      dist.broadcast(*e.buffer, 0, "broadcast of rank 0's buffers (" + e.name + ")");
 }
 
 }  // namespace tl::train

@@ -51,5 +51,9 @@ void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const
 
 // Rank 0's parameter values to every rank (the same start even if a rank read other weights). No-op with one rank.
 void broadcast_parameters(const Distributed& dist, const nn::Module& model);
+// Rank 0's floating-point buffers (batch norm running statistics) to every rank, before a val phase: each rank's
+// own batches updated its copy, and the val metrics summed over the ranks must come from one model, rank 0's
+// (the one its checkpoints hold; DistributedDataParallel's broadcast_buffers gives the same). No-op with one rank.
+void broadcast_buffers(const Distributed& dist, nn::Module& model);
 
 }  // namespace tl::train

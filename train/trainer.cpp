@@ -557,6 +557,7 @@ struct Trainer {
   void val_epoch(int epoch, ClassificationMetrics& m, const Distributed& dist, std::ostream& log) {
     if (data.splits.val.samples.empty()) return;
     io::DataLoader& val = data.val_share ? *data.val_share : *data.val;
+    broadcast_buffers(dist, model);  // one model's running statistics on every rank
     Progress vp("val", epoch + 1, o.epochs, val.batches_per_epoch(), log);
     evaluate(model, val, dev, prec, ce, m, o.quiet ? nullptr : &vp, caches.val.get());
     if (!caches.val && !val.skipped().empty()) log << val.skipped_report() << "\n";
