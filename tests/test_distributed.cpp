@@ -345,6 +345,27 @@ TEST(DataParallel, ValMetricsComeFromRankZerosModel) {
   EXPECT_NEAR(trained, evaluated, 1e-4 * std::abs(evaluated));
 }
 
+// --on-bad-image skip with batch 1: a rank whose batch was only a bad image still takes part in that step's
+// reduction (with zeros) and updates with the mean; otherwise its collectives would fall out of step with the
+// other rank's (a mismatched reduction, or a timeout).
+TEST(DataParallel, RankWithOnlyBadImagesInABatchStillSteps) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_bad");
+  const std::string data = tiny_data(d + "/data");
+  for (const char* name : {"/zz_bad1.png", "/zz_bad2.jpg", "/zz_bad3.png"}) {
+    std::ofstream f(data + "/train/" + io::synthetic_class_name(1) + name);
+    f << "not an image";
+  }
+  std::string log;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + " train --data " + data + " --arch squeezenet1_0 --epochs 1 "
+                        "--image-size 64 --no-augment --device cpu -j 1 -b 1 --on-bad-image skip --dist-timeout 30 "
+                        "--out " + d + "/run", &log), 0) << log;
+  const nlohmann::json m = read_jsonl(d + "/run/metrics.jsonl").at(0);
+  EXPECT_EQ(m["train"]["count"], 33) << "35 samples padded to 36, 3 of them bad";
+  EXPECT_EQ(m["val"]["count"], 16);
+}
+
 TEST(DataParallel, FeatureCacheRefusedWithSeveralProcesses) {
   const std::string why = mpi_missing();
   if (!why.empty()) GTEST_SKIP() << why;

@@ -30,13 +30,13 @@ void GradientAverager::plan(const nn::Module& model) {
   if (!same) rebuild(trainable);
 }
 
-void GradientAverager::average(const nn::Module& model, const std::string& when) {
+void GradientAverager::average(const nn::Module& model, const std::string& when, bool empty_batch) {
   if (dist_.world_size() == 1) return;
   plan(model);
-  for (size_t i = 0; i < buckets_.size(); ++i) reduce(buckets_[i], i, when);
+  for (size_t i = 0; i < buckets_.size(); ++i) reduce(buckets_[i], i, when, empty_batch);
 }
 
-void GradientAverager::reduce(Bucket& b, size_t index, const std::string& when) {
+void GradientAverager::reduce(Bucket& b, size_t index, const std::string& when, bool empty_batch) {
   Tensor flat = Tensor::empty({b.numel}, b.dtype);
   char* base = static_cast<char*>(flat.data());
   size_t offset = 0;
@@ -64,7 +64,13 @@ void GradientAverager::reduce(Bucket& b, size_t index, const std::string& when) 
   offset = 0;
   for (const auto& [name, p] : b.params) {
     const size_t bytes = p.value().nbytes();
-    if (p.grad().defined()) std::memcpy(p.grad().data(), base + offset, bytes);
+    if (p.grad().defined()) {
+      std::memcpy(p.grad().data(), base + offset, bytes);
+    } else if (empty_batch) {  // gradients have the layout of their parameter
+      Tensor g = Tensor::empty(p.value().shape(), b.dtype, Device::CPU, p.value().layout());
+      std::memcpy(g.data(), base + offset, bytes);
+      Parameter(p).set_grad(g);
+    }
     offset += bytes;
   }
 }

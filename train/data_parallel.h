@@ -25,7 +25,9 @@ class GradientAverager {
   explicit GradientAverager(const Distributed& dist, int64_t bucket_bytes = 25 << 20)
       : dist_(dist), bucket_bytes_(bucket_bytes) {}
   // `when` completes the error messages, e.g. "at epoch 2 step 17". No-op with one rank.
-  void average(const nn::Module& model, const std::string& when);
+  // `empty_batch`: this rank had no image in this step (all skipped, --on-bad-image skip) but takes part in the
+  // reduction with zeros, and every trainable parameter gets the mean, so that it updates as the other ranks do.
+  void average(const nn::Module& model, const std::string& when, bool empty_batch = false);
   // (Re)builds the buckets when the trainable set differs from the one they were built for (average() calls it).
   void plan(const nn::Module& model);
   // The buckets in use: parameter names per bucket, first reduced first.
@@ -38,7 +40,7 @@ class GradientAverager {
     int64_t numel = 0;
   };
   void rebuild(const std::vector<std::pair<std::string, Parameter>>& trainable);
-  void reduce(Bucket& b, size_t index, const std::string& when);
+  void reduce(Bucket& b, size_t index, const std::string& when, bool empty_batch);
 
   const Distributed& dist_;
   int64_t bucket_bytes_;

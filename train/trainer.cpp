@@ -476,6 +476,7 @@ struct Trainer {
 
   RunningMetrics running;  // the train phase's losses and counts, on the device
   GradientAverager grads;  // several ranks: the gradients' mean over them before each update
+  const Distributed& dist;
   int64_t hang_at_step = 0;  // TL_TEST_HANG_AT_STEP for this rank (test hook, trainer.h); 0: off
 
   // One step: forward (the whole model on images, or the head on cached features), loss, backward, update. No host
@@ -499,6 +500,15 @@ struct Trainer {
     opt.step();
     opt.zero_grad();
     return t;
+  }
+  // Several ranks: a step in which every image of this rank's batch was skipped (--on-bad-image skip). It still
+  // takes part in the gradient reduction (with zeros) and updates with the mean, as the other ranks do.
+  RunningMetrics::Totals empty_step(int epoch, int64_t batch_index) {
+    sched.apply(epoch, batch_index);
+    grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1), true);
+    opt.step();
+    opt.zero_grad();
+    return running.lagged();
   }
   void check_finite(const RunningMetrics::Totals& t, int epoch, int64_t batch_index, const std::string& last_path) {
     if (t.nonfinite_batches == 0) return;
@@ -541,11 +551,19 @@ struct Trainer {
       }
     } else {
       data.train->start_epoch(state.epoch, first);
+      // Several ranks: every rank steps for every batch, also one whose images were all skipped here.
+      auto catch_up = [&](int64_t batch) {
+        while (grads_needed() && state.batch < batch)
+          if (after_step(empty_step(state.epoch, state.batch), 0)) return true;
+        return false;
+      };
       while (const io::Batch* b = data.train->next()) {
+        if (catch_up(b->index)) return false;
         const RunningMetrics::Totals t = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch,
                                               last_path);
         if (after_step(t, b->size)) return false;
       }
+      if (catch_up(data.train->batches_per_epoch())) return false;
       if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
     }
     end_phase();
@@ -571,6 +589,7 @@ struct Trainer {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   int64_t hang_countdown_ = 0;
+  bool grads_needed() const { return dist.world_size() > 1; }
 };
 
 // After an epoch: the metrics line and log, best.bin when val accuracy improved, early-stopping count.
@@ -717,7 +736,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   Tape tape;
   TapeScope tape_scope(tape);
   Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches,
-            RunningMetrics(static_cast<int>(data.num_classes()), dev), GradientAverager(dist),
+            RunningMetrics(static_cast<int>(data.num_classes()), dev), GradientAverager(dist), dist,
             hang_step_from_env(dist.rank())};
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
