@@ -478,6 +478,7 @@ struct Trainer {
   GradientAverager grads;  // several ranks: the gradients' mean over them before each update
   const Distributed& dist;
   int64_t hang_at_step = 0;  // TL_TEST_HANG_AT_STEP for this rank (test hook, trainer.h); 0: off
+  int64_t steps_run = 0;     // by this process (the hook counts as --stop-after-steps does)
 
   // One step: forward (the whole model on images, or the head on cached features), loss, backward, update. No host
   // sync: the loss and counts go to `running` on the device. Returns the running totals (on CUDA as of the previous
@@ -495,7 +496,7 @@ struct Trainer {
     const RunningMetrics::Totals t = running.lagged();
     check_finite(t, epoch, batch_index, last_path);
     tape.backward(loss);
-    if (hang_at_step > 0 && ++hang_countdown_ >= hang_at_step) hang(epoch, batch_index);
+    if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);
     grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1));
     opt.step();
     opt.zero_grad();
@@ -572,7 +573,7 @@ struct Trainer {
   }
 
   // With several ranks each evaluates its share of the val set and the metrics are summed over them.
-  void val_epoch(int epoch, ClassificationMetrics& m, const Distributed& dist, std::ostream& log) {
+  void val_epoch(int epoch, ClassificationMetrics& m, std::ostream& log) {
     if (data.splits.val.samples.empty()) return;
     io::DataLoader& val = data.val_share ? *data.val_share : *data.val;
     broadcast_buffers(dist, model);  // one model's running statistics on every rank
@@ -588,7 +589,6 @@ struct Trainer {
               << std::endl;
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  int64_t hang_countdown_ = 0;
   bool grads_needed() const { return dist.world_size() > 1; }
 };
 
@@ -621,7 +621,8 @@ bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& m
   } else {
     ++state.bad_epochs;
   }
-  if (metrics_log) write_curves_png((fs::path(o.out) / "curves.png").string(), state.history, make_schedule(o).step_epochs(o.epochs));
+  if (metrics_log)
+    write_curves_png((fs::path(o.out) / "curves.png").string(), state.history, make_schedule(o).step_epochs(o.epochs));
   if (o.early_stopping > 0 && state.bad_epochs >= o.early_stopping) {
     log << "early stopping: no better val accuracy for " << state.bad_epochs << " epochs\n";
     return true;
@@ -759,7 +760,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
       return result;
     }
     ClassificationMetrics val_m(static_cast<int>(data.num_classes()));
-    t.val_epoch(state.epoch, val_m, dist, log);
+    t.val_epoch(state.epoch, val_m, log);
     const json trained = {{"trainable_params", unfreezing.plan().trainable_params}, {"unfrozen", unfrozen}};
     const bool stop_early =
         record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log.get(), log);
