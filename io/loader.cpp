@@ -89,6 +89,8 @@ DataLoader::DataLoader(std::vector<Sample> samples, Compose transform, LoaderOpt
   TL_CHECK(opt_.batch_size >= 1, ValueError, "DataLoader: batch size must be at least 1, got ", opt_.batch_size);
   TL_CHECK(opt_.num_workers >= 1, ValueError, "DataLoader: need at least 1 worker thread, got ", opt_.num_workers);
   TL_CHECK(opt_.prefetch >= 1, ValueError, "DataLoader: prefetch must be at least 1, got ", opt_.prefetch);
+  TL_CHECK(opt_.world_size >= 1 && opt_.rank >= 0 && opt_.rank < opt_.world_size, ValueError, "DataLoader: rank ",
+           opt_.rank, " outside a world of ", opt_.world_size, " processes");
   if (opt_.image_cache_bytes > 0) decoded_.resize(samples_.size());
   std::optional<Size2> size = transform_.output_size();
   TL_CHECK(size.has_value(), ValueError, "DataLoader: the transform ", transform_.describe(),
@@ -160,8 +162,13 @@ DataLoader::~DataLoader() {
   }
 }
 
+int64_t DataLoader::epoch_size() const {
+  const int64_t n = num_samples(), w = opt_.world_size, r = opt_.rank;
+  return opt_.pad_shares ? (n + w - 1) / w : n / w + (r < n % w ? 1 : 0);
+}
+
 int64_t DataLoader::batches_per_epoch() const {
-  const int64_t n = num_samples(), bs = opt_.batch_size;
+  const int64_t n = epoch_size(), bs = opt_.batch_size;
   return opt_.drop_last ? n / bs : (n + bs - 1) / bs;
 }
 
@@ -173,6 +180,12 @@ std::vector<int64_t> DataLoader::epoch_order(int64_t epoch) const {
     Rng rng(opt_.seed, 0x0E90C4ULL, static_cast<uint64_t>(epoch));
     for (int64_t i = n - 1; i > 0; --i)
       std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(rng.randint(0, i + 1))]);
+  }
+  if (opt_.world_size > 1) {  // this rank's share: pad by repeating the start, then every world_size-th position
+    const int64_t w = opt_.world_size, padded = opt_.pad_shares ? (n + w - 1) / w * w : n;
+    std::vector<int64_t> share;
+    for (int64_t p = opt_.rank; p < padded; p += w) share.push_back(order[static_cast<size_t>(p % n)]);
+    order = std::move(share);
   }
   if (opt_.drop_last) order.resize(static_cast<size_t>(batches_per_epoch() * opt_.batch_size));
   return order;
@@ -186,7 +199,7 @@ void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
   std::unique_lock<std::mutex> lock(mu_);
   abandon_epoch(lock);
   epoch_ = epoch;
-  const int64_t n = num_samples();
+  const int64_t n = epoch_size();
   order_ = epoch_order(epoch);
   num_batches_ = batches_per_epoch();
   total_positions_ = opt_.drop_last ? num_batches_ * opt_.batch_size : n;

@@ -47,6 +47,14 @@ struct LoaderOptions {
   // decoded once and later epochs crop, flip and normalise from memory. 0: decode every time. Images that do not
   // fit are decoded every time; bad images are never kept (they fail or are skipped every epoch).
   int64_t image_cache_bytes = 0;
+  // Data-parallel share, as PyTorch's DistributedSampler: each epoch's order (the same on every rank) is cut into
+  // world_size interleaved shares and this loader produces share `rank`: positions rank, rank + W, rank + 2W, ...
+  // With pad_shares the order is first padded to a multiple of W by repeating its start, so that every rank has
+  // the same number of samples and batches (training); without, nothing repeats and the shares differ by at most
+  // one sample (validation, whose metrics are summed over the ranks). world_size 1: the whole order.
+  int rank = 0;
+  int world_size = 1;
+  bool pad_shares = true;
 };
 // --cache-images: "off" (0), "auto" (a quarter of the physical memory) or a number of GB.
 int64_t parse_image_cache_bytes(const std::string& s);
@@ -77,10 +85,11 @@ class DataLoader {
   DataLoader& operator=(const DataLoader&) = delete;
 
   int64_t num_samples() const { return static_cast<int64_t>(samples_.size()); }
+  int64_t epoch_size() const;  // samples per epoch in this loader's share (num_samples() with one rank)
   int64_t batches_per_epoch() const;
   int64_t batch_size() const { return opt_.batch_size; }
-  // The sample indices of `epoch` in the order its batches hold them (a seeded shuffle when shuffling; without
-  // the dropped tail with drop_last): batch b is positions [b * batch_size, (b + 1) * batch_size).
+  // The sample indices of `epoch` in the order its batches hold them (a seeded shuffle when shuffling; this rank's
+  // share; without the dropped tail with drop_last): batch b is positions [b * batch_size, (b + 1) * batch_size).
   std::vector<int64_t> epoch_order(int64_t epoch) const;
   Size2 image_size() const { return size_; }
   const std::vector<Sample>& samples() const { return samples_; }

@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(cmake ninja-build g++ libstb-dev libgtest-dev pybind11-dev python3-dev python3-numpy python3-torch
       python3-torchvision libopenblas-dev nlohmann-json3-dev libcli11-dev libzip-dev libjpeg62-turbo-dev
-      zlib1g-dev libdnnl-dev clang libclang-rt-14-dev)  # clang + libFuzzer/sanitizer runtimes: tools/fuzz.sh, tools/sanitize.sh
+      zlib1g-dev libdnnl-dev libopenmpi-dev openmpi-bin clang libclang-rt-14-dev)  # clang + libFuzzer/sanitizer runtimes: tools/fuzz.sh, tools/sanitize.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -189,6 +189,30 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
   c.add_flag("--resume", o.resume, "continue from <out>/last.ckpt");
   c.add_option("--seed", o.seed)->capture_default_str();
   c.add_option("--stop-after-steps", o.stop_after_steps, "stop (with a checkpoint) after N steps, as Ctrl-C does");
+  c.add_option("--dist-timeout", o.dist_timeout,
+               "several processes (mpirun): seconds a rank waits for the others in a collective before ending the job")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+// `train`, in one process or as one rank of `mpirun -np N tlengine train ...`: rank 0 writes args.json and prints
+// the log. An error on any rank ends every rank (MPI_Abort), so that none waits for it until its timeout.
+int train_command(const CLI::App& cmd, const train::TrainOptions& to) {
+  const Distributed dist = Distributed::from_env(to.dist_timeout);
+  try {
+    io::ensure_writable_folder(to.out, "--out");
+    if (dist.is_main()) write_args_json(cmd, (std::filesystem::path(to.out) / "args.json").string());
+    const train::TrainResult r = train::run_training(to, std::cerr, dist);
+    return r.interrupted ? 130 : 0;
+  } catch (const std::exception& e) {
+    if (dist.world_size() == 1) throw;
+    std::cerr << "tlengine: ";  // a timeout names its rank itself
+    if (!dynamic_cast<const DistributedTimeout*>(&e))
+      std::cerr << "rank " << dist.rank() << " of " << dist.world_size() << ": ";
+    std::cerr << e.what() << "\n";
+    dist.abort(dynamic_cast<const train::DivergedError*>(&e) ? 3 : 1);
+    throw;
+  }
 }
 
 // `lr-find`: the train options that shape the search (the job and its optimizer), and the search's own.
@@ -376,12 +400,7 @@ int main(int argc, char** argv) {
   } restore{printable_err.target(), printable_out.target()};
   std::signal(SIGINT, on_sigint);
   try {
-    if (*train_cmd) {
-      io::ensure_writable_folder(to.out, "--out");
-      write_args_json(*train_cmd, (std::filesystem::path(to.out) / "args.json").string());
-      train::TrainResult r = train::run_training(to, std::cerr);
-      return r.interrupted ? 130 : 0;
-    }
+    if (*train_cmd) return train_command(*train_cmd, to);
     if (*lr_find_cmd) {
       const train::LrFindResult r = train::run_lr_find(lfo, std::cerr);
       return r.stopped == "interrupted" ? 130 : 0;

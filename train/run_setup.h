@@ -16,13 +16,15 @@
 
 namespace tl::train {
 
-// The data: splits and a loader for each (train: --augment, --shuffle; val: --val-transform).
+// The data: splits and a loader for each (train: --augment, --shuffle; val: --val-transform). With several ranks
+// (`rank` of `world_size`) the train loader gives this rank's share (padded), and val_share this rank's share of
+// the val set (unpadded: the ranks' metrics are summed); `val` stays the whole val set (the final report).
 struct TrainData {
   io::DataSplits splits;
-  std::unique_ptr<io::DataLoader> train, val;
+  std::unique_ptr<io::DataLoader> train, val, val_share;
   int64_t num_classes() const { return static_cast<int64_t>(splits.classes.size()); }
 };
-TrainData build_data(const TrainOptions& o, std::ostream& log);
+TrainData build_data(const TrainOptions& o, std::ostream& log, int rank = 0, int world_size = 1);
 
 // The model: architecture, start weights (a new head for this class count), device and precision, freeze plan.
 // The weights file is only read.

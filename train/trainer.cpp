@@ -3,13 +3,18 @@
 // epoch a train phase, a val phase and its record (metrics, checkpoints, early stopping), then the final report.
 #include "train/trainer.h"
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <limits>
 #include <set>
 #include <nlohmann/json.hpp>
+#include <iostream>
 #include <ostream>
+#include <thread>
 
 #include "core/device.h"
 #include "io/dataset.h"
@@ -21,6 +26,7 @@
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "models/weights.h"
+#include "train/data_parallel.h"
 #include "train/error_analysis.h"
 #include "train/feature_cache.h"
 #include "train/metrics.h"
@@ -150,6 +156,17 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
   if (progress) progress->finish();
 }
 
+// TL_TEST_HANG_AT_STEP="<rank>:<step>" (trainer.h): the step at which `rank` hangs, or 0.
+int64_t hang_step_from_env(int rank) {
+  const char* v = std::getenv("TL_TEST_HANG_AT_STEP");
+  if (!v || !*v) return 0;
+  int r = -1;
+  long long step = 0;
+  TL_CHECK(std::sscanf(v, "%d:%lld", &r, &step) == 2 && step > 0, ValueError, "TL_TEST_HANG_AT_STEP='", v,
+           "': expected <rank>:<step> (a test hook; unset it to train)");
+  return r == rank ? step : 0;
+}
+
 }  // namespace
 
 // ---- the steps of run_training (declared in run_setup.h: lr-find sets up the same job) ----
@@ -157,7 +174,7 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
 // Parameters stay float32 in bf16 runs (the ops cast); in fp64 runs the model itself is float64.
 Tensor model_input(const Tensor& x, Device dev, Precision p) { return x.to(dev, p.dtype, p.layout); }
 
-TrainData build_data(const TrainOptions& o, std::ostream& log) {
+TrainData build_data(const TrainOptions& o, std::ostream& log, int rank, int world_size) {
   TrainData d;
   d.splits = io::load_splits(o.data, o.val_split, o.seed);
   log << "data: " << d.splits.description << "\n";
@@ -169,10 +186,19 @@ TrainData build_data(const TrainOptions& o, std::ostream& log) {
   lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
   io::LoaderOptions train_lo = lo;
   train_lo.shuffle = o.shuffle;
+  train_lo.rank = rank;
+  train_lo.world_size = world_size;
   const models::InputSize size = models::input_size(o.arch, o.image_size);
   const io::Compose train_t = o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
   d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_t, train_lo);
   d.val = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, size), lo);
+  if (world_size > 1 && !d.splits.val.samples.empty()) {
+    io::LoaderOptions share_lo = lo;
+    share_lo.rank = rank;
+    share_lo.world_size = world_size;
+    share_lo.pad_shares = false;
+    d.val_share = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, size), share_lo);
+  }
   TL_CHECK(d.train->batches_per_epoch() > 0, ValueError, "the training set is empty");
   return d;
 }
@@ -311,7 +337,7 @@ struct FeatureCaches {
   std::unique_ptr<FeatureCache> train, val;
 };
 FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, models::Model& model, const FreezePlan& plan,
-                                   Device dev, Precision prec, std::ostream& log) {
+                                   Device dev, Precision prec, int world_size, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
   TL_CHECK(o.cache_dtype == "float32" || o.cache_dtype == "float16" || o.cache_dtype == "bfloat16", ValueError,
@@ -329,6 +355,9 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   log << fc.reason << "\n";
   FeatureCaches c;
   if (!fc.use) return c;
+  TL_CHECK(world_size == 1, ValueError,
+           "the feature cache does not work with several processes yet (each rank would need its share of the "
+           "cached rows): add --no-cache");
   // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
   auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
@@ -446,6 +475,10 @@ struct Trainer {
   FeatureCaches& caches;
 
   RunningMetrics running;  // the train phase's losses and counts, on the device
+  GradientAverager grads;  // several ranks: the gradients' mean over them before each update
+  const Distributed& dist;
+  int64_t hang_at_step = 0;  // TL_TEST_HANG_AT_STEP for this rank (test hook, trainer.h); 0: off
+  int64_t steps_run = 0;     // by this process (the hook counts as --stop-after-steps does)
 
   // One step: forward (the whole model on images, or the head on cached features), loss, backward, update. No host
   // sync: the loss and counts go to `running` on the device. Returns the running totals (on CUDA as of the previous
@@ -463,9 +496,20 @@ struct Trainer {
     const RunningMetrics::Totals t = running.lagged();
     check_finite(t, epoch, batch_index, last_path);
     tape.backward(loss);
+    if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);
+    grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1));
     opt.step();
     opt.zero_grad();
     return t;
+  }
+  // Several ranks: a step in which every image of this rank's batch was skipped (--on-bad-image skip). It still
+  // takes part in the gradient reduction (with zeros) and updates with the mean, as the other ranks do.
+  RunningMetrics::Totals empty_step(int epoch, int64_t batch_index) {
+    sched.apply(epoch, batch_index);
+    grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1), true);
+    opt.step();
+    opt.zero_grad();
+    return running.lagged();
   }
   void check_finite(const RunningMetrics::Totals& t, int epoch, int64_t batch_index, const std::string& last_path) {
     if (t.nonfinite_batches == 0) return;
@@ -508,11 +552,19 @@ struct Trainer {
       }
     } else {
       data.train->start_epoch(state.epoch, first);
+      // Several ranks: every rank steps for every batch, also one whose images were all skipped here.
+      auto catch_up = [&](int64_t batch) {
+        while (grads_needed() && state.batch < batch)
+          if (after_step(empty_step(state.epoch, state.batch), 0)) return true;
+        return false;
+      };
       while (const io::Batch* b = data.train->next()) {
+        if (catch_up(b->index)) return false;
         const RunningMetrics::Totals t = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch,
                                               last_path);
         if (after_step(t, b->size)) return false;
       }
+      if (catch_up(data.train->batches_per_epoch())) return false;
       if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
     }
     end_phase();
@@ -520,19 +572,31 @@ struct Trainer {
     return true;
   }
 
+  // With several ranks each evaluates its share of the val set and the metrics are summed over them.
   void val_epoch(int epoch, ClassificationMetrics& m, std::ostream& log) {
     if (data.splits.val.samples.empty()) return;
-    Progress vp("val", epoch + 1, o.epochs, data.val->batches_per_epoch(), log);
-    evaluate(model, *data.val, dev, prec, ce, m, o.quiet ? nullptr : &vp, caches.val.get());
-    if (!caches.val && !data.val->skipped().empty()) log << data.val->skipped_report() << "\n";
+    io::DataLoader& val = data.val_share ? *data.val_share : *data.val;
+    broadcast_buffers(dist, model);  // one model's running statistics on every rank
+    Progress vp("val", epoch + 1, o.epochs, val.batches_per_epoch(), log);
+    evaluate(model, val, dev, prec, ce, m, o.quiet ? nullptr : &vp, caches.val.get());
+    if (!caches.val && !val.skipped().empty()) log << val.skipped_report() << "\n";
+    all_reduce_metrics(dist, m, detail::concat("sum of the val metrics at epoch ", epoch + 1));
   }
+
+  // The test hook: this rank stops answering (the others time out and end the job with MPI_Abort).
+  [[noreturn]] void hang(int epoch, int64_t batch_index) {
+    std::cerr << "TL_TEST_HANG_AT_STEP: this rank hangs at epoch " << epoch + 1 << " step " << batch_index + 1
+              << std::endl;
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  bool grads_needed() const { return dist.world_size() > 1; }
 };
 
 // After an epoch: the metrics line and log, best.bin when val accuracy improved, early-stopping count.
 // Returns true when early stopping ends the run.
 bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& model, const Optimizer& opt,
                   const ClassificationMetrics& train_m, const ClassificationMetrics& val_m, const json& trained,
-                  RunState& state, TrainResult& result, JsonLinesWriter& metrics_log, std::ostream& log) {
+                  RunState& state, TrainResult& result, JsonLinesWriter* metrics_log, std::ostream& log) {
   const int epoch = state.epoch;
   const bool has_val = val_m.count() > 0;
   const double val_acc = has_val ? val_m.top1_accuracy() : NAN;
@@ -541,7 +605,7 @@ bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& m
   json line = {{"epoch", epoch + 1}, {"lr", opt.lr(0)}, {"train", train_m.to_json(false)}};
   line.update(trained);  // what trained: trainable_params, and the blocks unfrozen at this epoch's start
   if (has_val) line["val"] = val_m.to_json(true);
-  metrics_log.write(line);
+  if (metrics_log) metrics_log->write(line);  // null on the ranks other than 0, which write nothing
   log << "epoch " << epoch + 1 << "/" << o.epochs << ": train loss " << train_m.mean_loss() << " acc "
       << 100 * train_m.top1_accuracy() << "%";
   if (has_val)
@@ -552,11 +616,13 @@ bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& m
     result.best_val_acc = val_acc;
     result.best_epoch = epoch;
     state.bad_epochs = 0;
-    models::save_weights(model, result.best_path, data.splits.classes, {{"epoch", std::to_string(epoch + 1)}});
+    if (metrics_log)
+      models::save_weights(model, result.best_path, data.splits.classes, {{"epoch", std::to_string(epoch + 1)}});
   } else {
     ++state.bad_epochs;
   }
-  write_curves_png((fs::path(o.out) / "curves.png").string(), state.history, make_schedule(o).step_epochs(o.epochs));
+  if (metrics_log)
+    write_curves_png((fs::path(o.out) / "curves.png").string(), state.history, make_schedule(o).step_epochs(o.epochs));
   if (o.early_stopping > 0 && state.bad_epochs >= o.early_stopping) {
     log << "early stopping: no better val accuracy for " << state.bad_epochs << " epochs\n";
     return true;
@@ -631,13 +697,22 @@ void final_report(const TrainOptions& o, TrainData& data, models::Model& model, 
 
 }  // namespace
 
-TrainResult run_training(const TrainOptions& o, std::ostream& log) {
+TrainResult run_training(const TrainOptions& o, std::ostream& log) { return run_training(o, log, Distributed()); }
+
+TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Distributed& dist) {
+  std::ostream quiet(nullptr);  // ranks other than 0 print nothing (errors still reach the caller)
+  std::ostream& log = dist.is_main() ? main_log : quiet;
   const Device dev = parse_device(o.device);
   const Precision prec = parse_precision(o.precision, dev, o.memory_format);
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
+  TL_CHECK(dist.world_size() == 1 || dev == Device::CPU, ValueError, "training on several processes runs on the CPU ",
+           "for now (the NCCL backend for GPUs is not there yet): add --device cpu, or run one process");
   io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 
-  TrainData data = build_data(o, log);
+  TrainData data = build_data(o, log, dist.rank(), dist.world_size());
+  if (dist.world_size() > 1)
+    log << "data parallel: " << dist.world_size() << " processes x batch " << o.batch_size << " = global batch "
+        << dist.world_size() * o.batch_size << ", lr " << o.lr << " (not scaled)\n";
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   Unfreezing unfreezing(o, *model, plan, log);
@@ -652,15 +727,18 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
   Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched);
   result.last_path = ckpt.path();
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
+  broadcast_parameters(dist, *model);  // the same start on every rank
   unfreezing.advance(*model, state.epoch, log);  // a run resumed after an unfreeze
-  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, log);
+  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist.world_size(), log);
   result.epochs_done = state.epoch;
 
-  JsonLinesWriter metrics_log((fs::path(o.out) / "metrics.jsonl").string());
+  std::unique_ptr<JsonLinesWriter> metrics_log;  // rank 0 alone writes files
+  if (dist.is_main()) metrics_log = std::make_unique<JsonLinesWriter>((fs::path(o.out) / "metrics.jsonl").string());
   Tape tape;
   TapeScope tape_scope(tape);
   Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches,
-            RunningMetrics(static_cast<int>(data.num_classes()), dev)};
+            RunningMetrics(static_cast<int>(data.num_classes()), dev), GradientAverager(dist), dist,
+            hang_step_from_env(dist.rank())};
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
     const std::vector<std::string> unfrozen = unfreezing.advance(*model, state.epoch, log);
@@ -669,11 +747,13 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
       log << "feature cache released: the unfrozen layers run on the images from now on\n";
     }
     ClassificationMetrics train_m(static_cast<int>(data.num_classes()));
+    const bool finished = t.train_epoch(state, steps, train_m, ckpt.path(), log);
+    all_reduce_metrics(dist, train_m, detail::concat("sum of the train metrics at epoch ", state.epoch + 1));
     add_partial_metrics(state.partial_train, train_m);  // the batches before a resumed stop
     state.partial_train = nullptr;
-    if (!t.train_epoch(state, steps, train_m, ckpt.path(), log)) {
+    if (!finished) {
       state.partial_train = partial_metrics_json(train_m);
-      ckpt.save(state, result);
+      if (dist.is_main()) ckpt.save(state, result);
       result.interrupted = true;
       log << "\nstopped after epoch " << state.epoch + 1 << " batch " << state.batch << "; saved " << ckpt.path()
           << " (continue with --resume)\n";
@@ -683,15 +763,15 @@ TrainResult run_training(const TrainOptions& o, std::ostream& log) {
     t.val_epoch(state.epoch, val_m, log);
     const json trained = {{"trainable_params", unfreezing.plan().trainable_params}, {"unfrozen", unfrozen}};
     const bool stop_early =
-        record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log, log);
+        record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log.get(), log);
     result.epochs_done = state.epoch + 1;
-    ckpt.save({state.epoch + 1, 0, state.bad_epochs, state.history, nullptr}, result);
+    if (dist.is_main()) ckpt.save({state.epoch + 1, 0, state.bad_epochs, state.history, nullptr}, result);
     if (stop_early) {
       result.early_stopped = true;
       break;
     }
   }
-  final_report(o, data, *model, dev, prec, ce, result, log);
+  if (dist.is_main()) final_report(o, data, *model, dev, prec, ce, result, log);
   return result;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/distributed.h"
 #include "core/dtype.h"
 #include "train/freeze.h"
 
@@ -79,6 +80,8 @@ struct TrainOptions {
   bool resume = false;
   uint64_t seed = 0;
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
+  // Several processes (mpirun, core/distributed.h): the longest a collective waits for the other ranks, seconds.
+  double dist_timeout = 300;
   int grid_images = 16;          // val images in predictions.png
   bool quiet = false;
 };
@@ -103,6 +106,14 @@ class DivergedError : public Error {
 std::atomic<bool>& stop_requested();
 
 TrainResult run_training(const TrainOptions& options, std::ostream& log);
+// Data-parallel training when `dist` has several ranks (CPU only for now): each rank trains on its share of every
+// epoch (io::LoaderOptions rank / world_size, padded as PyTorch's DistributedSampler) with --batch-size images per
+// step, the gradients are averaged over the ranks after each backward pass (GradientAverager) and the train and val
+// metrics summed over them. Rank 0 alone writes the files (checkpoints, metrics.jsonl, PNGs, best.bin) and the log;
+// every rank can --resume from them (a shared filesystem). Batch norm uses each rank's own batch statistics.
+// Test hook: the environment variable TL_TEST_HANG_AT_STEP="<rank>:<step>" makes that rank stop answering before
+// its step-th gradient all-reduce (1-based, counted as --stop-after-steps), so that the others time out.
+TrainResult run_training(const TrainOptions& options, std::ostream& log, const Distributed& dist);
 
 // The numeric format of a run's activations: "fp32" (float32; NCHW on CUDA, on the CPU the layout its fast
 // convolutions take, conv2d_cpu_float32_layout()), "bf16" (CUDA: bfloat16 NHWC, float32

@@ -1,0 +1,180 @@
+// The MPI facade (see distributed.h). Only this file includes mpi.h (TL_HAVE_MPI, set by CMake when MPI is found).
+#include "core/distributed.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <utility>
+
+#ifdef TL_HAVE_MPI
+#include <mpi.h>
+#endif
+
+namespace tl {
+
+namespace {
+
+// An environment variable as an int >= `min`, or `fallback` when unset.
+int env_int(const char* (*getenv)(const char*), const char* name, int fallback, int min) {
+  const char* v = getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  TL_CHECK(*end == '\0' && x >= min && x <= (1 << 24), ValueError, "environment variable ", name, "='", v,
+           "' is not a valid process count or rank: launch with mpirun, or unset it to train in one process");
+  return static_cast<int>(x);
+}
+
+const char* process_getenv(const char* name) { return std::getenv(name); }
+
+#ifdef TL_HAVE_MPI
+MPI_Datatype mpi_type(const Tensor& t, const char* op) {
+  TL_CHECK(t.device() == Device::CPU, ValueError, "distributed ", op, ": the tensor is on ", device_name(t.device()),
+           "; only CPU tensors are supported (the NCCL backend for GPUs is not there yet)");
+  TL_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, ValueError, "distributed ", op,
+           ": float32 or float64 tensors only, got ", dtype_name(t.dtype()));
+  return t.dtype() == DType::F32 ? MPI_FLOAT : MPI_DOUBLE;
+}
+#endif
+
+}  // namespace
+
+LaunchInfo launch_info_from_env(const char* (*getenv)(const char*)) {
+  if (!getenv) getenv = process_getenv;
+  LaunchInfo li;
+  if (getenv("OMPI_COMM_WORLD_SIZE")) {
+    li.launcher = "OpenMPI";
+    li.world_size = env_int(getenv, "OMPI_COMM_WORLD_SIZE", 1, 1);
+    li.rank = env_int(getenv, "OMPI_COMM_WORLD_RANK", 0, 0);
+    li.local_rank = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", 0, 0);
+  } else if (getenv("PMI_SIZE")) {
+    li.launcher = "PMI";
+    li.world_size = env_int(getenv, "PMI_SIZE", 1, 1);
+    li.rank = env_int(getenv, "PMI_RANK", 0, 0);
+    li.local_rank = env_int(getenv, "MPI_LOCALRANKID", 0, 0);
+  }
+  TL_CHECK(li.rank < li.world_size, ValueError, li.launcher, " environment: rank ", li.rank, " of ", li.world_size,
+           " processes; launch with mpirun, or unset the variables to train in one process");
+  return li;
+}
+
+bool Distributed::built_with_mpi() {
+#ifdef TL_HAVE_MPI
+  return true;
+#else
+  return false;
+#endif
+}
+
+Distributed Distributed::from_env(double timeout_s) {
+  TL_CHECK(timeout_s > 0, ValueError, "--dist-timeout must be > 0 seconds, got ", timeout_s);
+  const LaunchInfo li = launch_info_from_env();
+  Distributed d;
+  d.timeout_s_ = timeout_s;
+  if (li.world_size == 1) return d;
+#ifdef TL_HAVE_MPI
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  TL_CHECK(!initialised, ValueError, "MPI is already initialised: create one Distributed per process");
+  int provided = 0;
+  MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);  // only the main thread calls MPI
+  d.owns_mpi_ = true;
+  MPI_Comm_rank(MPI_COMM_WORLD, &d.rank_);
+  MPI_Comm_size(MPI_COMM_WORLD, &d.world_size_);
+  d.local_rank_ = li.local_rank;
+  TL_CHECK(d.world_size_ == li.world_size && d.rank_ == li.rank, ValueError, "MPI says rank ", d.rank_, " of ",
+           d.world_size_, " but the ", li.launcher, " environment says ", li.rank, " of ", li.world_size,
+           ": launch with the mpirun of the MPI tlengine was built with (OpenMPI)");
+  return d;
+#else
+  throw ValueError(detail::concat(
+      "launched by ", li.launcher, " as rank ", li.rank, " of ", li.world_size, " processes, but this tlengine was "
+      "built without MPI: install libopenmpi-dev and openmpi-bin (tools/install_deps.sh), reconfigure with "
+      "-DTL_WITH_MPI=ON and rebuild; or train in one process, without mpirun"));
+#endif
+}
+
+Distributed::Distributed(Distributed&& o) noexcept
+    : rank_(o.rank_), world_size_(o.world_size_), local_rank_(o.local_rank_), timeout_s_(o.timeout_s_),
+      owns_mpi_(std::exchange(o.owns_mpi_, false)) {}
+
+Distributed::~Distributed() {
+#ifdef TL_HAVE_MPI
+  if (!owns_mpi_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+#endif
+}
+
+void Distributed::wait(void* request, const std::string& what) const {
+#ifdef TL_HAVE_MPI
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  const auto deadline = start + std::chrono::duration<double>(timeout_s_);
+  for (int polls = 0;; ++polls) {
+    int done = 0;
+    MPI_Test(static_cast<MPI_Request*>(request), &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    const auto now = clock::now();
+    if (now > deadline)
+      throw DistributedTimeout(detail::concat("rank ", rank_, ": ", what, " timed out after ", timeout_s_,
+                                              " s: another rank died or hangs (--dist-timeout)"));
+    // Spin briefly (a collective of the same step is usually microseconds away), then poll without burning a core.
+    if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+#else
+  (void)request;
+  (void)what;
+#endif
+}
+
+void Distributed::all_reduce_sum(Tensor& t, const std::string& what) const {
+  if (world_size_ == 1) return;
+#ifdef TL_HAVE_MPI
+  const MPI_Datatype type = mpi_type(t, "all-reduce");
+  TL_CHECK(t.numel() <= (1LL << 31) - 1, ValueError, "distributed all-reduce: ", t.numel(),
+           " elements in one call; split it (at most 2^31 - 1)");
+  MPI_Request req;
+  MPI_Iallreduce(MPI_IN_PLACE, t.data(), static_cast<int>(t.numel()), type, MPI_SUM, MPI_COMM_WORLD, &req);
+  wait(&req, what);
+#endif
+}
+
+void Distributed::all_reduce_sum(std::vector<double>& values, const std::string& what) const {
+  if (world_size_ == 1 || values.empty()) return;
+  Tensor t = Tensor::from_values(values, {static_cast<int64_t>(values.size())}, DType::F64);
+  all_reduce_sum(t, what);
+  values = t.to_doubles();
+}
+
+void Distributed::broadcast(Tensor& t, int root, const std::string& what) const {
+  TL_CHECK(root >= 0 && root < world_size_, ValueError, "distributed broadcast: root ", root, " outside the ",
+           world_size_, " ranks");
+  if (world_size_ == 1) return;
+#ifdef TL_HAVE_MPI
+  const MPI_Datatype type = mpi_type(t, "broadcast");
+  MPI_Request req;
+  MPI_Ibcast(t.data(), static_cast<int>(t.numel()), type, root, MPI_COMM_WORLD, &req);
+  wait(&req, what);
+#endif
+}
+
+void Distributed::barrier(const std::string& what) const {
+  if (world_size_ == 1) return;
+#ifdef TL_HAVE_MPI
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  wait(&req, what);
+#endif
+}
+
+void Distributed::abort(int code) const {
+#ifdef TL_HAVE_MPI
+  if (owns_mpi_) MPI_Abort(MPI_COMM_WORLD, code);
+#else
+  (void)code;
+#endif
+}
+
+}  // namespace tl

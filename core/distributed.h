@@ -1,0 +1,76 @@
+// Data-parallel processes: a small facade over MPI (`mpirun -np N tlengine train ...`).
+//
+// A Distributed object reads the environment: launched by an MPI launcher with more than one process
+// (OpenMPI's OMPI_COMM_WORLD_SIZE, or PMI_SIZE of MPICH / Intel MPI / Slurm), it initialises MPI and knows this
+// process's rank, the world size and the local rank (the rank among the processes of this machine: which GPU a
+// later NCCL backend takes). Otherwise it is a single process (rank 0 of 1) and never calls MPI at all, also when
+// the engine was built without MPI; a launch with several processes in a build without MPI is refused with a
+// ValueError that says how to get it.
+//
+// Collectives (all ranks must call them in the same order, with the same sizes) work on contiguous CPU float32 /
+// float64 tensors in place. Each one is non-blocking MPI (MPI_Iallreduce, MPI_Ibcast, MPI_Ibarrier) polled against
+// a deadline: when another rank died or hangs, the call throws DistributedTimeout naming this rank, the operation
+// (`what`, e.g. "all-reduce of the gradients at epoch 2 step 17") and the timeout. The caller then ends every rank
+// with abort() (MPI_Abort), since the pending operation cannot be cancelled.
+//
+// The only state is the object's own and what MPI holds: create one per process (MPI can be initialised once).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace tl {
+
+class DistributedTimeout : public Error {
+ public:
+  using Error::Error;
+};
+
+// What the launcher's environment says, without touching MPI: world size 1 when not launched by one.
+struct LaunchInfo {
+  int rank = 0, world_size = 1, local_rank = 0;
+  std::string launcher;  // "OpenMPI", "PMI" or "" (not launched)
+};
+// `getenv` is a parameter so that tests can feed an environment; the default reads the process's.
+LaunchInfo launch_info_from_env(const char* (*getenv)(const char*) = nullptr);
+
+class Distributed {
+ public:
+  // Single process: rank 0 of 1, no MPI.
+  Distributed() = default;
+  // From the environment (launch_info_from_env); initialises MPI when there is more than one process.
+  // `timeout_s`: the longest a collective waits (--dist-timeout).
+  static Distributed from_env(double timeout_s);
+  ~Distributed();  // MPI_Finalize when this object initialised MPI
+  Distributed(Distributed&& other) noexcept;
+  Distributed& operator=(Distributed&&) = delete;
+  Distributed(const Distributed&) = delete;
+  Distributed& operator=(const Distributed&) = delete;
+
+  static bool built_with_mpi();
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  int local_rank() const { return local_rank_; }
+  bool is_main() const { return rank_ == 0; }  // rank 0 writes the files and prints the log
+  double timeout_s() const { return timeout_s_; }
+
+  // Sum over the ranks, in place; the tensor must be on the CPU, contiguous, float32 or float64. No-op for 1 rank.
+  void all_reduce_sum(Tensor& t, const std::string& what) const;
+  void all_reduce_sum(std::vector<double>& values, const std::string& what) const;
+  // Rank `root`'s values to every rank, in place.
+  void broadcast(Tensor& t, int root, const std::string& what) const;
+  void barrier(const std::string& what) const;
+  // Ends every rank (MPI_Abort with `code`); with one process it returns and the caller exits as usual.
+  void abort(int code) const;
+
+ private:
+  void wait(void* request, const std::string& what) const;  // polls an MPI_Request* until done or the deadline
+  int rank_ = 0, world_size_ = 1, local_rank_ = 0;
+  double timeout_s_ = 300;
+  bool owns_mpi_ = false;
+};
+
+}  // namespace tl
