@@ -1050,3 +1050,32 @@ TEST(Train, ErrorAnalysisPicturesAfterTrainingAndFromEval) {
   EXPECT_EQ(io::decode_image(d + "/eval/confusion.png").pixels, confusion.pixels);
   EXPECT_EQ(io::decode_image(d + "/eval/top_losses.png").pixels, top.pixels);
 }
+
+// --on-bad-image skip with a batch whose images are all bad (the first one here: two broken files sorted first, no
+// shuffling): a run stopped after two steps resumes after the batches it trained on, not one batch early, and ends
+// as one straight run does.
+TEST(Train, ASkippedBatchKeepsTheResumePosition) {
+  const std::string d = fresh_dir("train_skipped_batch");
+  const std::string data = make_data(d + "/data");
+  const std::string cls = data + "/train/" + io::synthetic_class_name(0);
+  std::ofstream(cls + "/!a.png").close();
+  std::ofstream(cls + "/!b.png") << "not an image";
+  train::TrainOptions a = tiny(data, d + "/straight");
+  a.epochs = 1;
+  a.batch_size = 2;
+  a.shuffle = false;
+  a.on_bad_image = "skip";
+  std::ostringstream log;
+  train::run_training(a, log);
+  train::TrainOptions b = a;
+  b.out = d + "/resumed";
+  b.stop_after_steps = 2;
+  EXPECT_TRUE(train::run_training(b, log).interrupted);
+  EXPECT_EQ(train::load_state_dict(b.out + "/last.ckpt").get_int("batch"), 3) << "batch 0 was empty, 1 and 2 trained";
+  b.stop_after_steps = 0;
+  b.resume = true;
+  train::run_training(b, log);
+  const train::StateDict x = train::load_state_dict(a.out + "/last.ckpt"), y = train::load_state_dict(b.out + "/last.ckpt");
+  for (const auto& [k, t] : x.tensors)
+    EXPECT_EQ(t.to_doubles(), y.get_tensor(k).to_doubles()) << k << " differs after resuming past a skipped batch";
+}

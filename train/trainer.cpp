@@ -560,6 +560,7 @@ struct Trainer {
       };
       while (const io::Batch* b = data.train->next()) {
         if (catch_up(b->index)) return false;
+        state.batch = b->index;  // one process: past any batch whose images were all skipped (no step for it)
         const RunningMetrics::Totals t = step(b->images_to(dev), b->labels_to(dev), false, state.epoch, state.batch,
                                               last_path);
         if (after_step(t, b->size)) return false;
