@@ -14,10 +14,11 @@ void GradientAverager::rebuild(const std::vector<std::pair<std::string, Paramete
     if (buckets_.empty() || buckets_.back().dtype != v.dtype() ||
         (buckets_.back().numel * static_cast<int64_t>(dtype_size(v.dtype())) + bytes > bucket_bytes_ &&
          !buckets_.back().params.empty()))
-      buckets_.push_back(Bucket{v.dtype(), {}, 0});
+      buckets_.push_back(Bucket{v.dtype(), {}, 0, Tensor()});
     buckets_.back().params.push_back(*it);
     buckets_.back().numel += v.numel();
   }
+  for (Bucket& b : buckets_) b.flat = Tensor::empty({b.numel}, b.dtype);  // reused by every step's reduction
   for (const auto& [name, p] : trainable) names_.push_back(name);
 }
 
@@ -30,14 +31,15 @@ void GradientAverager::plan(const nn::Module& model) {
   if (!same) rebuild(trainable);
 }
 
-void GradientAverager::average(const nn::Module& model, const std::string& when, bool empty_batch) {
+void GradientAverager::average(const nn::Module& model, int epoch, int64_t step, bool empty_batch) {
   if (dist_.world_size() == 1) return;
   plan(model);
+  const std::string when = detail::concat("at epoch ", epoch + 1, " step ", step + 1);
   for (size_t i = 0; i < buckets_.size(); ++i) reduce(buckets_[i], i, when, empty_batch);
 }
 
 void GradientAverager::reduce(Bucket& b, size_t index, const std::string& when, bool empty_batch) {
-  Tensor flat = Tensor::empty({b.numel}, b.dtype);
+  Tensor& flat = b.flat;
   char* base = static_cast<char*>(flat.data());
   size_t offset = 0;
   for (const auto& [name, p] : b.params) {

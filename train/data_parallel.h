@@ -24,10 +24,10 @@ class GradientAverager {
  public:
   explicit GradientAverager(const Distributed& dist, int64_t bucket_bytes = 25 << 20)
       : dist_(dist), bucket_bytes_(bucket_bytes) {}
-  // `when` completes the error messages, e.g. "at epoch 2 step 17". No-op with one rank.
+  // `epoch` and `step` (0-based) complete the error messages ("at epoch 2 step 17"). No-op with one rank.
   // `empty_batch`: this rank had no image in this step (all skipped, --on-bad-image skip) but takes part in the
   // reduction with zeros, and every trainable parameter gets the mean, so that it updates as the other ranks do.
-  void average(const nn::Module& model, const std::string& when, bool empty_batch = false);
+  void average(const nn::Module& model, int epoch, int64_t step, bool empty_batch = false);
   // (Re)builds the buckets when the trainable set differs from the one they were built for (average() calls it).
   void plan(const nn::Module& model);
   // The buckets in use: parameter names per bucket, first reduced first.
@@ -38,6 +38,7 @@ class GradientAverager {
     DType dtype = DType::F32;
     std::vector<std::pair<std::string, Parameter>> params;
     int64_t numel = 0;
+    Tensor flat;  // the bucket's gradients in one buffer, allocated when the buckets are built
   };
   void rebuild(const std::vector<std::pair<std::string, Parameter>>& trainable);
   void reduce(Bucket& b, size_t index, const std::string& when, bool empty_batch);

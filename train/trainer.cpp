@@ -497,7 +497,7 @@ struct Trainer {
     check_finite(t, epoch, batch_index, last_path);
     tape.backward(loss);
     if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);
-    grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1));
+    grads.average(model, epoch, batch_index);
     opt.step();
     opt.zero_grad();
     return t;
@@ -506,7 +506,7 @@ struct Trainer {
   // takes part in the gradient reduction (with zeros) and updates with the mean, as the other ranks do.
   RunningMetrics::Totals empty_step(int epoch, int64_t batch_index) {
     sched.apply(epoch, batch_index);
-    grads.average(model, detail::concat("at epoch ", epoch + 1, " step ", batch_index + 1), true);
+    grads.average(model, epoch, batch_index, true);
     opt.step();
     opt.zero_grad();
     return running.lagged();
