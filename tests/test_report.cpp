@@ -466,6 +466,38 @@ TEST(Report, LrChangeLinesOnlyWhereTheScheduleSteps) {
   EXPECT_LE(line_columns, 3 * 3);  // at most 2-3 columns per line: nowhere else
 }
 
+TEST(Report, UnfreezeLinesAtTheEpochsThatUnfroze) {
+  // --unfreeze layer4@3 --freeze-epochs style history: epochs 3 and 6 unfroze something. Green dashed lines (and a
+  // legend entry) at exactly those epochs, in both panels; a history without unfreezing has no green pixel.
+  std::vector<EpochRecord> history;
+  for (int e = 1; e <= 8; ++e)
+    history.push_back({e, 1.0 / e, 1.1 / e, 0.5 + e / 20.0, 0.45 + e / 20.0, 0.01, e == 3 || e == 6});
+  auto green_columns = [](const io::Image& img, int x0) {
+    std::vector<int> n(640, 0);
+    for (int x = 90; x < 614; ++x)
+      n[static_cast<size_t>(x)] = count_color(img, 44, 160, 44, x0 + x, 60, x0 + x + 1, 414, 0);
+    return n;
+  };
+  const io::Image img = render_curves(history);
+  write_png_atomic(output_dir() + "/curves_unfreeze.png", img);
+  for (int panel_x : {0, 640}) {
+    SCOPED_TRACE(panel_x);
+    const std::vector<int> cols = green_columns(img, panel_x);
+    for (int e : {3, 6}) {
+      SCOPED_TRACE(e);
+      const int x = static_cast<int>(88 + (e - 0.5) / 8.0 * 528);  // epoch axis [1 - 0.5, 8 + 0.5]
+      EXPECT_GT(*std::max_element(cols.begin() + x - 3, cols.begin() + x + 4), 150);
+    }
+    int line_columns = 0;
+    for (int v : cols) line_columns += v > 150;
+    EXPECT_LE(line_columns, 2 * 3);
+    EXPECT_GT(count_color(img, 44, 160, 44, panel_x + 300, 10, panel_x + 640, 50, 0), 10);  // the legend's sample
+  }
+  for (EpochRecord& r : history) r.unfrozen = false;
+  const io::Image plain = render_curves(history);
+  EXPECT_EQ(count_color(plain, 44, 160, 44, 0, 0, plain.width, plain.height, 0), 0);
+}
+
 // ---- Error analysis ----
 
 TEST(ErrorAnalysis, ImageLossesAreEachImagesCrossEntropy) {

@@ -78,6 +78,11 @@ void expect_same_metrics(const std::string& straight, const std::string& resumed
       y.erase("loss");
       EXPECT_EQ(x.dump(), y.dump()) << phase << " metrics of epoch " << i + 1 << " after the resume";
     }
+  for (size_t i = 0; i < a.size(); ++i) {  // the rest of the line: epoch, lr, trainable_params, unfrozen
+    nlohmann::json x = a[i], y = b[i];
+    for (nlohmann::json* j : {&x, &y}) j->erase("train"), j->erase("val");
+    EXPECT_EQ(x.dump(), y.dump()) << "epoch " << i + 1 << " after the resume";
+  }
 }
 
 std::string slurp(const std::string& path) {
@@ -966,6 +971,12 @@ TEST(Train, GradualUnfreezingTrainsTheRightLayersAndResumesExactly) {
   EXPECT_EQ(lines[2]["unfrozen"], nlohmann::json::array({"layer3"}));
   EXPECT_LT(lines[0]["trainable_params"].get<int64_t>(), lines[1]["trainable_params"].get<int64_t>());
   EXPECT_LT(lines[1]["trainable_params"].get<int64_t>(), lines[2]["trainable_params"].get<int64_t>());
+  // The history curves.png is drawn from (kept across the resumes) marks the epochs that unfroze something.
+  const nlohmann::json history = nlohmann::json::parse(y.get_string("history"));  // the resumed run's
+  ASSERT_EQ(history.size(), 3u);
+  EXPECT_EQ(history[0]["unfrozen"], false);
+  EXPECT_EQ(history[1]["unfrozen"], true);
+  EXPECT_EQ(history[2]["unfrozen"], true);
 }
 
 // --freeze-epochs N (fastai's fine_tune): N epochs with the head alone, then everything, the body at 0.1 x --lr

@@ -271,7 +271,7 @@ io::Image render_lr_find(const LrFindResult& r) {
     lines.xs = {std::log10(sg.steep), std::log10(sg.minimum)};
   }
   draw_panel(cv, {0, 0, 1200, 600}, "Learning-rate finder", xs, series, xa,
-             value_axis(values, 0, std::numeric_limits<double>::infinity(), 1), lines);
+             value_axis(values, 0, std::numeric_limits<double>::infinity(), 1), {lines});
   return std::move(cv.image());
 }
 

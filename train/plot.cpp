@@ -213,7 +213,7 @@ Axis log10_axis(const std::vector<double>& positive_values) {
 
 // One chart: title and legend on top, framed plot area with grid lines, tick labels, curves with markers.
 void draw_panel(Canvas& cv, const PanelBox& box, const std::string& title, const std::vector<double>& xs,
-                const std::vector<Series>& series, const Axis& xa, const Axis& ya, const VerticalLines& vlines) {
+                const std::vector<Series>& series, const Axis& xa, const Axis& ya, const std::vector<VerticalLines>& vlines) {
   constexpr float kScale = 2;
   const float left = box.x + 88, right = box.x + box.w - 24, top = box.y + 56, bottom = box.y + box.h - 64;
   auto px = [&](double v) { return static_cast<float>(left + (v - xa.lo) / (xa.hi - xa.lo) * (right - left)); };
@@ -236,7 +236,8 @@ void draw_panel(Canvas& cv, const PanelBox& box, const std::string& title, const
     }
     lx -= 26;
   };
-  if (!vlines.xs.empty()) legend_entry(vlines.name, vlines.color, true);
+  for (auto it = vlines.rbegin(); it != vlines.rend(); ++it)
+    if (!it->xs.empty()) legend_entry(it->name, it->color, true);
   for (auto it = series.rbegin(); it != series.rend(); ++it) legend_entry(it->name, it->color, false);
 
   for (double t : ya.ticks()) {
@@ -252,7 +253,8 @@ void draw_panel(Canvas& cv, const PanelBox& box, const std::string& title, const
     cv.text_centered(x, bottom + 20, xa.label(t), kText, kScale);
   }
   if (!xa.title.empty()) cv.text_centered((left + right) / 2, bottom + 48, xa.title, kText, kScale);
-  for (double e : vlines.xs) cv.dashed_vertical(px(e), top, bottom, 2, vlines.color);
+  for (const VerticalLines& v : vlines)
+    for (double e : v.xs) cv.dashed_vertical(px(e), top, bottom, 2, v.color);
   // Frame.
   cv.fill_rect(left, top, right, top + 1, kAxis);
   cv.fill_rect(left, bottom, right + 1, bottom + 1, kAxis);

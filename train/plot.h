@@ -97,8 +97,9 @@ struct VerticalLines {
 };
 
 // One chart: title and legend on top, framed plot area with grid lines, tick labels, the x axis title
-// (xa.title) under it, curves with markers, and optional dashed vertical lines.
+// (xa.title) under it, curves with markers, and optional dashed vertical lines (one legend entry per set).
 void draw_panel(Canvas& cv, const PanelBox& box, const std::string& title, const std::vector<double>& xs,
-                const std::vector<Series>& series, const Axis& xa, const Axis& ya, const VerticalLines& vlines = {});
+                const std::vector<Series>& series, const Axis& xa, const Axis& ya,
+                const std::vector<VerticalLines>& vlines = {});
 
 }  // namespace tl::train

@@ -47,6 +47,7 @@ namespace {
 const Color kTrain{31, 119, 180};   // matplotlib blue
 const Color kVal{255, 127, 14};     // matplotlib orange
 const Color kLrChange{150, 150, 150};
+const Color kUnfreeze{44, 160, 44};  // matplotlib green
 }  // namespace
 
 io::Image render_curves(const std::vector<EpochRecord>& history, const std::vector<int>& lr_steps) {
@@ -55,7 +56,7 @@ io::Image render_curves(const std::vector<EpochRecord>& history, const std::vect
   std::vector<double> xs;
   Series train_loss{"train", kTrain, {}}, val_loss{"val", kVal, {}}, train_acc{"train", kTrain, {}},
       val_acc{"val", kVal, {}};
-  VerticalLines lr_changes{"lr change", kLrChange, {}};
+  VerticalLines lr_changes{"lr change", kLrChange, {}}, unfreezes{"unfreeze", kUnfreeze, {}};
   int first = 1, last = 1;  // an empty history gets an axis around epoch 1
   for (size_t i = 0; i < history.size(); ++i) {
     const EpochRecord& r = history[i];
@@ -66,6 +67,7 @@ io::Image render_curves(const std::vector<EpochRecord>& history, const std::vect
     val_acc.y.push_back(100 * r.val_acc);
     first = i == 0 ? r.epoch : std::min(first, r.epoch);
     last = i == 0 ? r.epoch : std::max(last, r.epoch);
+    if (r.unfrozen) unfreezes.xs.push_back(r.epoch);
   }
   for (int e : lr_steps)
     if (e > first && e <= last) lr_changes.xs.push_back(e);  // inside the drawn epochs
@@ -76,9 +78,9 @@ io::Image render_curves(const std::vector<EpochRecord>& history, const std::vect
   accs.insert(accs.end(), val_acc.y.begin(), val_acc.y.end());
   const double inf = std::numeric_limits<double>::infinity();
   draw_panel(cv, {0, 0, kPanelWidth, kPanelHeight}, "Loss", xs, {train_loss, val_loss}, xa, value_axis(losses, 0, inf, 1),
-             lr_changes);
+             {lr_changes, unfreezes});
   draw_panel(cv, {kPanelWidth, 0, kPanelWidth, kPanelHeight}, "Accuracy (%)", xs, {train_acc, val_acc}, xa,
-             value_axis(accs, 0, 100, 100), lr_changes);
+             value_axis(accs, 0, 100, 100), {lr_changes, unfreezes});
   return std::move(cv.image());
 }
 

@@ -30,11 +30,13 @@ void write_png_atomic(const std::string& path, const io::Image& image);
 struct EpochRecord {
   int epoch = 0;
   double train_loss = 0, val_loss = 0, train_acc = 0, val_acc = 0, lr = 0;
+  bool unfrozen = false;  // gradual unfreezing: more of the model trains from this epoch on
 };
 
 // Two panels side by side: loss (train and val) and accuracy (train and val), with axes, tick labels, a legend
 // and markers at the data points; dashed vertical "lr change" lines at the epochs `lr_steps` (EpochRecord::epoch
-// numbers: the first epoch at the new lr; see LRSchedule::step_epochs; smooth schedules have none). Works for one
+// numbers: the first epoch at the new lr; see LRSchedule::step_epochs; smooth schedules have none), and dashed green
+// "unfreeze" lines at the epochs whose record says `unfrozen` (--unfreeze, --freeze-epochs). Works for one
 // epoch, flat curves and all-NaN series. Records are drawn in the order given.
 io::Image render_curves(const std::vector<EpochRecord>& history, const std::vector<int>& lr_steps = {});
 void write_curves_png(const std::string& path, const std::vector<EpochRecord>& history,

@@ -98,7 +98,7 @@ json history_json(const std::vector<EpochRecord>& h) {
   json a = json::array();
   for (const EpochRecord& r : h)
     a.push_back({{"epoch", r.epoch}, {"train_loss", r.train_loss}, {"val_loss", r.val_loss},
-                 {"train_acc", r.train_acc}, {"val_acc", r.val_acc}, {"lr", r.lr}});
+                 {"train_acc", r.train_acc}, {"val_acc", r.val_acc}, {"lr", r.lr}, {"unfrozen", r.unfrozen}});
   return a;
 }
 // JSON has no NaN: a phase that did not run (no val set, or no train batch left after a resume at an epoch's end)
@@ -111,7 +111,7 @@ std::vector<EpochRecord> history_from_json(const json& a) {
   std::vector<EpochRecord> h;
   for (const json& r : a)
     h.push_back({r.at("epoch").get<int>(), number(r, "train_loss"), number(r, "val_loss"), number(r, "train_acc"),
-                 number(r, "val_acc"), number(r, "lr")});
+                 number(r, "val_acc"), number(r, "lr"), r.value("unfrozen", false)});  // absent before 2026-12-01
   return h;
 }
 
@@ -264,6 +264,8 @@ class Unfreezing {
   }
   bool ever_trainable(const std::string& name) const { return ever_trainable_.count(name) > 0; }
   const FreezePlan& plan() const { return plan_; }
+  // The blocks the schedule unfreezes at the start of 0-based `epoch`, also when a resume applied them already.
+  std::vector<std::string> unfreezing_at(int epoch) const { return schedule_.unfreezing_at(epoch); }
 
   // Applies the steps reached by 0-based `epoch` and not applied yet (at the start of that epoch, or of a resumed
   // one). Returns the blocks unfrozen now; empty when nothing changed.
@@ -602,7 +604,7 @@ bool record_epoch(const TrainOptions& o, const TrainData& data, models::Model& m
   const bool has_val = val_m.count() > 0;
   const double val_acc = has_val ? val_m.top1_accuracy() : NAN;
   state.history.push_back({epoch + 1, train_m.mean_loss(), has_val ? val_m.mean_loss() : NAN,
-                           train_m.top1_accuracy(), val_acc, opt.lr(0)});
+                           train_m.top1_accuracy(), val_acc, opt.lr(0), !trained.value("unfrozen", json::array()).empty()});
   json line = {{"epoch", epoch + 1}, {"lr", opt.lr(0)}, {"train", train_m.to_json(false)}};
   line.update(trained);  // what trained: trainable_params, and the blocks unfrozen at this epoch's start
   if (has_val) line["val"] = val_m.to_json(true);
@@ -762,7 +764,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
     }
     ClassificationMetrics val_m(static_cast<int>(data.num_classes()));
     t.val_epoch(state.epoch, val_m, log);
-    const json trained = {{"trainable_params", unfreezing.plan().trainable_params}, {"unfrozen", unfrozen}};
+    const json trained = {{"trainable_params", unfreezing.plan().trainable_params},
+                          {"unfrozen", unfreezing.unfreezing_at(state.epoch)}};
     const bool stop_early =
         record_epoch(o, data, *model, *opt, train_m, val_m, trained, state, result, metrics_log.get(), log);
     result.epochs_done = state.epoch + 1;
