@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "core/error.h"
+
 namespace tl {
 
 size_t dtype_size(DType t) {
@@ -26,6 +28,12 @@ const char* dtype_name(DType t) {
     case DType::I64: return "int64";
   }
   return "?";
+}
+void throw_unsupported_dtype(const char* op, DType t, const char* accepted, const char* file, int line) {
+  const std::string name = dtype_name(t) == std::string("?")
+                               ? detail::concat("with value ", static_cast<int>(t))
+                               : std::string(dtype_name(t));
+  throw DTypeError(detail::concat(op, ": unsupported dtype ", name, " (takes ", accepted, ") [", file, ":", line, "]"));
 }
 const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 const char* layout_name(Layout l) { return l == Layout::NCHW ? "NCHW" : "NHWC"; }

@@ -22,6 +22,11 @@ const char* device_name(Device d);
 const char* layout_name(Layout l);
 inline bool is_floating_half(DType t) { return t == DType::BF16 || t == DType::F16; }
 
+// The failure of a dtype dispatch (the TL_DISPATCH_* macros of kernels/common.cuh) that has no case for `t`:
+// throws DTypeError "<op>: unsupported dtype <name> (takes <accepted>) [file:line]"; a value outside the enum is
+// named by its number.
+[[noreturn]] void throw_unsupported_dtype(const char* op, DType t, const char* accepted, const char* file, int line);
+
 // The CPU reference paths compute in float32 and float64: calls f(T{}) with T = double for F64, else float (the
 // caller has checked that the dtype is one of the two), e.g. with_cpu_float(x.dtype(), [&](auto t) {
 // using T = decltype(t); loop(x.data_as<T>()); }).

@@ -1,6 +1,7 @@
 // Host and stream-ordered device allocation for Storage, with per-device usage counters.
 #include "core/memory.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -98,6 +99,21 @@ void configure_pool_once() {
   });
 }
 
+// Makes `later` wait for the work queued on `earlier` so far (an event recorded on `earlier`; destroying it
+// right after the wait is allowed, the wait keeps what it captured). Called from a destructor: no throw; when the
+// event cannot be made, the whole device is synchronised instead, so the memory is never released early.
+void order_after(cudaStream_t earlier, cudaStream_t later) noexcept {
+  cudaEvent_t e = nullptr;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess &&
+      cudaEventRecord(e, earlier) == cudaSuccess && cudaStreamWaitEvent(later, e, 0) == cudaSuccess) {
+    cudaEventDestroy(e);
+    return;
+  }
+  (void)cudaGetLastError();
+  if (e) cudaEventDestroy(e);
+  (void)cudaDeviceSynchronize();
+}
+
 void* cuda_alloc(size_t bytes, size_t request, cudaStream_t stream) {
   configure_pool_once();
   void* ptr = nullptr;
@@ -139,12 +155,18 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   count_alloc(device, bytes);
 }
 
+void Storage::record_stream(CUstream_st* s) {
+  if (device_ == Device::CPU || s == stream_) return;
+  if (std::find(used_on_.begin(), used_on_.end(), s) == used_on_.end()) used_on_.push_back(s);
+}
+
 Storage::~Storage() {
   if (!ptr_) return;
   if (device_ == Device::CPU) {
     if (!host_cache().give(ptr_, host_rounded(bytes_ == 0 ? 1 : bytes_))) std::free(ptr_);
   } else {
 #if TL_WITH_CUDA
+    for (CUstream_st* s : used_on_) order_after(s, stream_);
     cudaFreeAsync(ptr_, stream_);  // on the allocating stream, not this thread's; no throw from a destructor
 #endif
   }

@@ -48,26 +48,30 @@ inline unsigned grid_for(int64_t n, int block = 256) {
        i##_wide += (int64_t)blockDim.x * gridDim.x)                                                            \
     if (const I i = static_cast<I>(i##_wide); true)
 
-// Calls `body` with a typed null pointer `(scalar_t*)nullptr` for the dtype (use decltype to get the type).
-#define TL_DISPATCH_ALL(dtype, what, ...)                                        \
-  switch (dtype) {                                                              \
-    case ::tl::DType::F32: { using scalar_t = float; __VA_ARGS__; break; }      \
-    case ::tl::DType::F64: { using scalar_t = double; __VA_ARGS__; break; }     \
-    case ::tl::DType::BF16: { using scalar_t = __nv_bfloat16; __VA_ARGS__; break; } \
-    case ::tl::DType::F16: { using scalar_t = __half; __VA_ARGS__; break; }     \
-    default: throw ::tl::DTypeError(std::string(what) + ": unsupported dtype"); \
+// Runs the statements `...` with `scalar_t` the C++ type of `dtype`; `what` names the op. A dtype without a case
+// throws DTypeError naming the op, the dtype and what the op takes (tl::throw_unsupported_dtype), so that a
+// failure says which call got which dtype. The dtype is evaluated once.
+#define TL_DISPATCH_ALL(dtype, what, ...)                                                                              \
+  switch (const ::tl::DType tl_dispatch_dtype = (dtype); tl_dispatch_dtype) {                                          \
+    case ::tl::DType::F32: { using scalar_t = float; __VA_ARGS__; break; }                                             \
+    case ::tl::DType::F64: { using scalar_t = double; __VA_ARGS__; break; }                                            \
+    case ::tl::DType::BF16: { using scalar_t = __nv_bfloat16; __VA_ARGS__; break; }                                    \
+    case ::tl::DType::F16: { using scalar_t = __half; __VA_ARGS__; break; }                                            \
+    default: ::tl::throw_unsupported_dtype(what, tl_dispatch_dtype, "float32, float64, bfloat16 or float16",           \
+                                          __FILE__, __LINE__);                                                         \
   }
 
-// TL_DISPATCH_ALL plus int32 and int64: for the kernels that only store and convert values (fill, cast).
-#define TL_DISPATCH_ALL_AND_INT(dtype, what, ...)                                \
-  switch (dtype) {                                                              \
-    case ::tl::DType::F32: { using scalar_t = float; __VA_ARGS__; break; }      \
-    case ::tl::DType::F64: { using scalar_t = double; __VA_ARGS__; break; }     \
-    case ::tl::DType::BF16: { using scalar_t = __nv_bfloat16; __VA_ARGS__; break; } \
-    case ::tl::DType::F16: { using scalar_t = __half; __VA_ARGS__; break; }     \
-    case ::tl::DType::I32: { using scalar_t = int32_t; __VA_ARGS__; break; }    \
-    case ::tl::DType::I64: { using scalar_t = int64_t; __VA_ARGS__; break; }    \
-    default: throw ::tl::DTypeError(std::string(what) + ": unsupported dtype"); \
+// TL_DISPATCH_ALL plus int32 and int64: for the kernels that only store and convert values (fill, cast). Every
+// DType has a case; the default catches a corrupted value (its number is in the message).
+#define TL_DISPATCH_ALL_AND_INT(dtype, what, ...)                                                                      \
+  switch (const ::tl::DType tl_dispatch_dtype = (dtype); tl_dispatch_dtype) {                                          \
+    case ::tl::DType::F32: { using scalar_t = float; __VA_ARGS__; break; }                                             \
+    case ::tl::DType::F64: { using scalar_t = double; __VA_ARGS__; break; }                                            \
+    case ::tl::DType::BF16: { using scalar_t = __nv_bfloat16; __VA_ARGS__; break; }                                    \
+    case ::tl::DType::F16: { using scalar_t = __half; __VA_ARGS__; break; }                                            \
+    case ::tl::DType::I32: { using scalar_t = int32_t; __VA_ARGS__; break; }                                           \
+    case ::tl::DType::I64: { using scalar_t = int64_t; __VA_ARGS__; break; }                                           \
+    default: ::tl::throw_unsupported_dtype(what, tl_dispatch_dtype, "a float or integer dtype", __FILE__, __LINE__);   \
   }
 
 #define TL_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())

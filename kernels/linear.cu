@@ -13,13 +13,15 @@ cudaDataType_t cuda_type(DType dtype) {
     case DType::F64: return CUDA_R_64F;
     case DType::BF16: return CUDA_R_16BF;
     case DType::F16: return CUDA_R_16F;
-    default: throw DTypeError(std::string("linear: unsupported dtype ") + dtype_name(dtype));
+    default: throw_unsupported_dtype("linear", dtype, "float32, float64, bfloat16 or float16", __FILE__, __LINE__);
   }
 }
 
-template <typename T>
-__global__ void bias_broadcast_kernel(const T* b, T* y, int64_t rows, int64_t cols) {
-  TL_KERNEL_LOOP(i, rows * cols) { y[i] = b[i % cols]; }
+// I: the index type (kernels/index_math.h): the modulo per element is several times cheaper in 32 bits, which the
+// launcher picks whenever rows * cols fits.
+template <typename T, typename I>
+__global__ void bias_broadcast_kernel(const T* b, T* y, int64_t n, I cols) {
+  TL_KERNEL_LOOP_AS(I, i, n) { y[i] = b[i % cols]; }
 }
 
 // Block (32, 8): threadIdx.x walks columns (coalesced), threadIdx.y strides over rows; the 8 partial sums
@@ -72,8 +74,11 @@ void gemm_rowmajor(cublasHandle_t handle, bool trans_a, bool trans_b, int64_t M,
 void bias_broadcast(const void* b, void* y, DType dtype, int64_t rows, int64_t cols, cudaStream_t stream) {
   const int64_t n = rows * cols;
   if (n == 0) return;
-  TL_DISPATCH_ALL(dtype, "bias_broadcast", bias_broadcast_kernel<scalar_t><<<grid_for(n), 256, 0, stream>>>(
-                                               static_cast<const scalar_t*>(b), static_cast<scalar_t*>(y), rows, cols));
+  TL_DISPATCH_ALL(dtype, "bias_broadcast", with_index_type({n}, [&](auto index) {
+    using I = decltype(index);
+    bias_broadcast_kernel<scalar_t, I><<<grid_for(n), 256, 0, stream>>>(static_cast<const scalar_t*>(b),
+                                                                       static_cast<scalar_t*>(y), n, I(cols));
+  }));
   TL_LAUNCH_CHECK();
 }
 

@@ -3,8 +3,6 @@
 #include "layers/conv2d.h"
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -286,26 +284,14 @@ const char* direction_name(Direction dir) {
   return dir == Direction::Forward ? "forward" : dir == Direction::BackwardData ? "backward-data" : "backward-filter";
 }
 
-struct AlgoChoice {
-  int algo = 0;
-  cudnnMathType_t math = CUDNN_DEFAULT_MATH;
-  size_t workspace = 0;
-};
-// The usable heuristic offers of one problem, best first, and the one that ran last (candidates.size(): none yet).
-struct AlgoEntry {
-  std::vector<AlgoChoice> candidates;
-  size_t ran = 0;
-};
+// A candidate and a problem's ranked candidates: the runtime's types (core/device.h), whose per-device cache
+// (find_conv_algos / store_conv_algos) replaces a function-static map here, so that the process has one piece of
+// CUDA state, torn down by cuda::release_runtime().
+using AlgoChoice = cuda::ConvAlgo;
+using AlgoEntry = cuda::ConvAlgoEntry;
 
-// Algorithm cache: one entry per full problem (direction, shapes, options, dtype, layout, math mode).
-std::map<std::vector<int64_t>, AlgoEntry>& algo_cache() {
-  static std::map<std::vector<int64_t>, AlgoEntry> cache;
-  return cache;
-}
-std::mutex& algo_cache_mutex() {
-  static std::mutex m;
-  return m;
-}
+// The cache key of one full problem (direction, shapes, options, dtype, layout, math mode); the runtime adds the
+// device.
 std::vector<int64_t> algo_key(Direction dir, const Geometry& g, DType dtype, Layout layout, cudnnMathType_t math) {
   const Conv2dOptions& o = g.o;
   return {static_cast<int64_t>(dir), g.n, g.c, g.h, g.w, g.k, g.r, g.s, o.stride_h, o.stride_w, o.pad_h, o.pad_w,
@@ -365,11 +351,7 @@ std::vector<AlgoChoice> heuristic_algos(Direction dir, const CudnnConv& d) {
 
 // The cached entry of a problem, or a fresh one from the heuristic (no candidate has run yet).
 AlgoEntry algo_entry(const std::vector<int64_t>& key, Direction dir, const CudnnConv& d) {
-  {
-    std::lock_guard<std::mutex> lock(algo_cache_mutex());
-    auto it = algo_cache().find(key);
-    if (it != algo_cache().end()) return it->second;
-  }
+  if (std::optional<AlgoEntry> cached = cuda::find_conv_algos(key)) return std::move(*cached);
   AlgoEntry e;
   e.candidates = heuristic_algos(dir, d);
   e.ran = e.candidates.size();
@@ -405,10 +387,9 @@ void run_conv(Direction dir, const CudnnConv& d, const Geometry& g, Layout layou
   const size_t ran = cudnn_rules::run_first_that_works(e.candidates.size(), e.ran, attempt,
                                                        detail::concat("conv2d ", direction_name(dir)));
   if (ran == e.ran) return;
-  std::lock_guard<std::mutex> lock(algo_cache_mutex());
-  AlgoEntry& cached = algo_cache()[key];
-  cached.candidates = e.candidates;
-  cached.ran = ran;
+  AlgoEntry updated = e;
+  updated.ran = ran;
+  cuda::store_conv_algos(key, std::move(updated));
 }
 
 // Calls fn(sub, first_image) over slices of the batch that cuDNN takes in one call (each tensor within 2^31
