@@ -23,6 +23,7 @@
 #endif
 
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace tl {
 // A --device option: "cpu", "cuda" (throws ValueError when no CUDA device can be used) or "auto" (CUDA when
@@ -64,6 +65,15 @@ class StreamGuard {
 };
 cudnnHandle_t cudnn();    // bound to stream()
 cublasHandle_t cublas();  // bound to stream(), with its fixed workspace (set again after every stream change)
+
+// True while `s` is being captured into a CUDA graph (train/cuda_graph.h). What a captured step must not do (a
+// value that changes every step taken by value, an allocation that must persist) checks it and says so.
+inline bool stream_is_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(s, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+inline bool stream_is_capturing() { return stream_is_capturing(stream()); }
 
 // A scratch buffer of at least `bytes`, valid on stream() until the next call that needs more.
 // It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing. Throws
