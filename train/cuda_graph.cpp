@@ -103,6 +103,13 @@ void CudaGraphs::capture(const Shape& shape, const std::function<void()>& step) 
     cudaGraphExecDestroy(it->second);
     execs_.erase(it);
   }
+  {
+    // Bind (or create) the cuDNN and cuBLAS handles for the side stream now: creating one allocates with
+    // cudaMalloc, which a capture does not allow.
+    cuda::StreamGuard guard(side_);
+    (void)cuda::cudnn();
+    (void)cuda::cublas();
+  }
   cudaGraph_t graph = nullptr;
   CUDA_CHECK(cudaStreamBeginCapture(side_, cudaStreamCaptureModeThreadLocal));
   try {
