@@ -28,6 +28,7 @@
 #endif
 
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace tl {
 // A --device option: "cpu", "cuda" (throws ValueError when no CUDA device can be used) or "auto" (CUDA when
@@ -81,6 +82,15 @@ class StreamGuard {
 // scratch). A thread's entries are released when it exits. The one exception is a capture (StreamGuard).
 cudnnHandle_t cudnn();    // bound to stream()
 cublasHandle_t cublas();  // bound to stream(), with its own fixed workspace (set again after every cublasSetStream)
+
+// True while `s` is being captured into a CUDA graph (train/cuda_graph.h). What a captured step must not do (a
+// value that changes every step taken by value, an allocation that must persist) checks it and says so.
+inline bool stream_is_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(s, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+inline bool stream_is_capturing() { return stream_is_capturing(stream()); }
 
 // A scratch buffer of at least `bytes`, valid on stream() for this thread until its next call that needs more.
 // It grows (stream-ordered free + malloc) but never shrinks, so steady-state steps allocate nothing. Throws

@@ -1,7 +1,9 @@
 // The scalar coefficients of the SGD and Adam/AdamW updates and the kernel tables' element types, shared by the
 // CPU reference (train/optimizer.cpp) and the CUDA kernels (kernels/optimizer.h); no CUDA header, so the CPU-only
 // build (TL_WITH_CUDA == 0) uses it too. Computed in double exactly as torch.optim 1.13 computes its Python-float
-// scalars; each is rounded to the parameter dtype where it meets a tensor, as in PyTorch.
+// scalars; each is rounded to the parameter dtype where it meets a tensor, as in PyTorch. The host computes them
+// once per launch and step into the per-step scalar table (train/step_scalars.h); the CPU loops read the table's
+// entry and the kernels the same bytes in device memory, so both use identical doubles.
 #pragma once
 #include <cmath>
 #include <cstdint>

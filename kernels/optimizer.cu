@@ -1,5 +1,6 @@
 // CUDA multi-tensor SGD and Adam/AdamW updates: one thread block per chunk of one tensor, tables of tensors
-// and chunks in device memory, per-step scalars as kernel arguments (formulas in kernels/optimizer.h).
+// and chunks in device memory, per-step coefficients read from device memory (formulas in
+// kernels/optim_coefficients.h).
 #include <string>
 
 #include "kernels/common.cuh"
@@ -9,16 +10,30 @@ namespace tl::kernels {
 namespace {
 constexpr int kOptimThreads = 256;
 
+// The coefficients in T, converted once per thread from the device copy exactly as the CPU reference converts
+// them (static_cast: round to nearest).
 template <typename T>
 struct SgdArgs {
   T neg_lr, weight_decay, momentum, one_minus_dampening;
-  int use_weight_decay, use_momentum, nesterov, first;
+  bool use_weight_decay, use_momentum, nesterov, first;
+  __device__ explicit SgdArgs(const SgdCoefficients& c)
+      : neg_lr(static_cast<T>(c.neg_lr)), weight_decay(static_cast<T>(c.weight_decay)),
+        momentum(static_cast<T>(c.momentum)), one_minus_dampening(static_cast<T>(c.one_minus_dampening)),
+        use_weight_decay(c.weight_decay != 0.0), use_momentum(c.momentum != 0.0), nesterov(c.nesterov),
+        first(c.first) {}
 };
 
 template <typename T>
 struct AdamArgs {
   T l2, decay_factor, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size;
-  int use_l2, decoupled, amsgrad;
+  bool use_l2, decoupled, amsgrad;
+  __device__ explicit AdamArgs(const AdamCoefficients& c)
+      : l2(static_cast<T>(c.l2)), decay_factor(static_cast<T>(c.decay_factor)), beta1(static_cast<T>(c.beta1)),
+        one_minus_beta1(static_cast<T>(c.one_minus_beta1)), beta2(static_cast<T>(c.beta2)),
+        one_minus_beta2(static_cast<T>(c.one_minus_beta2)),
+        bias_correction2_sqrt(static_cast<T>(c.bias_correction2_sqrt)), eps(static_cast<T>(c.eps)),
+        neg_step_size(static_cast<T>(c.neg_step_size)), use_l2(c.l2 != 0.0), decoupled(c.decoupled),
+        amsgrad(c.amsgrad) {}
 };
 
 __device__ __forceinline__ float dev_sqrt(float v) { return sqrtf(v); }
@@ -28,7 +43,8 @@ __device__ __forceinline__ double dev_max(double a, double b) { return (a != a |
 
 template <typename T>
 __global__ void sgd_kernel(const OptimTensor* tensors, const void* const* grads, const OptimChunk* chunks,
-                           SgdArgs<T> a) {
+                           const SgdCoefficients* coefficients) {
+  const SgdArgs<T> a(*coefficients);
   const OptimChunk c = chunks[blockIdx.x];
   const OptimTensor t = tensors[c.tensor];
   T* p = static_cast<T*>(t.param);
@@ -57,7 +73,8 @@ __global__ void sgd_kernel(const OptimTensor* tensors, const void* const* grads,
 
 template <typename T>
 __global__ void adam_kernel(const OptimTensor* tensors, const void* const* grads, const OptimChunk* chunks,
-                            AdamArgs<T> a) {
+                            const AdamCoefficients* coefficients) {
+  const AdamArgs<T> a(*coefficients);
   const OptimChunk c = chunks[blockIdx.x];
   const OptimTensor t = tensors[c.tensor];
   T* p = static_cast<T*>(t.param);
@@ -97,28 +114,22 @@ void check_launch(int64_t num_chunks, DType dtype, const char* what) {
 }  // namespace
 
 void sgd_multi_tensor(const OptimTensor* tensors, const void* const* grads, const OptimChunk* chunks,
-                      int64_t num_chunks, DType dtype, const SgdCoefficients& c, cudaStream_t stream) {
+                      int64_t num_chunks, DType dtype, const SgdCoefficients* c, cudaStream_t stream) {
   check_launch(num_chunks, dtype, "sgd_multi_tensor");
   auto launch = [&](auto zero) {
     using T = decltype(zero);
-    SgdArgs<T> a{static_cast<T>(c.neg_lr), static_cast<T>(c.weight_decay), static_cast<T>(c.momentum),
-                 static_cast<T>(c.one_minus_dampening), c.weight_decay != 0.0, c.momentum != 0.0, c.nesterov, c.first};
-    sgd_kernel<T><<<static_cast<unsigned>(num_chunks), kOptimThreads, 0, stream>>>(tensors, grads, chunks, a);
+    sgd_kernel<T><<<static_cast<unsigned>(num_chunks), kOptimThreads, 0, stream>>>(tensors, grads, chunks, c);
   };
   if (dtype == DType::F32) launch(0.0f); else launch(0.0);
   TL_LAUNCH_CHECK();
 }
 
 void adam_multi_tensor(const OptimTensor* tensors, const void* const* grads, const OptimChunk* chunks,
-                       int64_t num_chunks, DType dtype, const AdamCoefficients& c, cudaStream_t stream) {
+                       int64_t num_chunks, DType dtype, const AdamCoefficients* c, cudaStream_t stream) {
   check_launch(num_chunks, dtype, "adam_multi_tensor");
   auto launch = [&](auto zero) {
     using T = decltype(zero);
-    AdamArgs<T> a{static_cast<T>(c.l2), static_cast<T>(c.decay_factor), static_cast<T>(c.beta1),
-                  static_cast<T>(c.one_minus_beta1), static_cast<T>(c.beta2), static_cast<T>(c.one_minus_beta2),
-                  static_cast<T>(c.bias_correction2_sqrt), static_cast<T>(c.eps), static_cast<T>(c.neg_step_size),
-                  c.l2 != 0.0, c.decoupled, c.amsgrad};
-    adam_kernel<T><<<static_cast<unsigned>(num_chunks), kOptimThreads, 0, stream>>>(tensors, grads, chunks, a);
+    adam_kernel<T><<<static_cast<unsigned>(num_chunks), kOptimThreads, 0, stream>>>(tensors, grads, chunks, c);
   };
   if (dtype == DType::F32) launch(0.0f); else launch(0.0);
   TL_LAUNCH_CHECK();

@@ -451,7 +451,12 @@ bool forward_train_persistent(const Tensor& x, const Tensor& gamma, const Tensor
   if (!TL_CUDNN_RAN(cudnnGetBatchNormalizationTrainingExReserveSpaceSize(h, mode, ops, nullptr, xd.get(),
                                                                          &reserve_bytes)))
     return false;
-  Tensor res = Tensor::empty({static_cast<int64_t>((reserve_bytes + 3) / 4)}, DType::F32, Device::CUDA);
+  // The layer's reserve from the last step, unless it is too small or a forward not yet back-propagated still
+  // holds it (a layer called twice in one forward): steady-state steps allocate nothing.
+  Tensor& res = buf.cudnn_reserve;
+  const int64_t words = std::max<int64_t>(static_cast<int64_t>((reserve_bytes + 3) / 4), 1);
+  if (!res.defined() || res.numel() < words || !res.is_unique())
+    res = Tensor::empty({words}, DType::F32, Device::CUDA);
   void* ws = ws_bytes ? cuda::workspace(ws_bytes) : nullptr;
   const Scalar one(1.0), zero(0.0);
   const bool ran = TL_CUDNN_RAN(cudnnBatchNormalizationForwardTrainingEx(
@@ -617,6 +622,13 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
   TL_CHECK(opt.cumulative_average || (opt.momentum >= 0 && opt.momentum <= 1), ValueError, op,
            ": momentum must be in [0, 1], got ", opt.momentum);
 
+#if TL_WITH_CUDA
+  // The cumulative-average factor changes every batch, and cuDNN takes it by value: a captured CUDA graph would
+  // replay the captured batch's factor. (No torchvision model uses momentum=None.)
+  TL_CHECK(!opt.cumulative_average || !x.is_cuda() || !cuda::stream_is_capturing(), ValueError, op,
+           ": cumulative-average batch norm (momentum=None) cannot run in a captured CUDA graph (its factor "
+           "1/num_batches_tracked changes every batch); train without --cuda-graphs or give the layer a momentum");
+#endif
   buffers.num_batches_tracked += 1;
   const double factor =
       opt.cumulative_average ? 1.0 / static_cast<double>(buffers.num_batches_tracked) : opt.momentum;
@@ -747,9 +759,12 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
     // Run again by checkpoint() in the backward pass: the same batch statistics, but the running statistics were
     // updated by the first run, so this one updates copies.
     BatchNormBuffers copies;
-    if (recomputing()) copies = {buffers.running_mean.clone(), buffers.running_var.clone(), buffers.num_batches_tracked};
+    if (recomputing())
+      copies = {buffers.running_mean.clone(), buffers.running_var.clone(), buffers.num_batches_tracked,
+                std::move(buffers.cudnn_reserve)};
     Tensor y = batchnorm_forward_train(x.value(), gamma.value(), beta.value(), recomputing() ? copies : buffers, opt,
                                        save_mean, save_invstd, &reserve);
+    if (recomputing()) buffers.cudnn_reserve = std::move(copies.cudnn_reserve);  // the layer's, for the next step
     if (!record) return Variable(y);  // running statistics were updated all the same
     // dbeta = sum(dy) needs nothing; dx and dgamma need x and the batch statistics; dx needs gamma (cuDNN's
     // backward runs only when dx is needed).

@@ -44,10 +44,17 @@
 namespace tl {
 
 // Running statistics of one BatchNorm layer (PyTorch's buffers). Tensors of shape (C), parameter dtype,
-// on the op's device; updated in place. num_batches_tracked is a host counter (no device sync).
+// on the op's device; updated in place. num_batches_tracked is a host counter (no device sync): the state dict
+// reads it as it is. Under CUDA graphs the host code of a replayed step does not run, so the graph launcher adds
+// what the captured step added (train/cuda_graph.h); with momentum (every torchvision model) the counter never
+// reaches the device, and the cumulative-average factor (momentum=None), which cuDNN takes by value, is refused
+// during a capture.
 struct BatchNormBuffers {
   Tensor running_mean, running_var;
   int64_t num_batches_tracked = 0;
+  // CUDA persistent (NHWC) path: cuDNN's reserve space of the last training forward, reused by the next one
+  // when nothing holds it any more (scratch, not state: not in the state dict).
+  Tensor cudnn_reserve = Tensor();
 };
 
 struct BatchNormOptions {

@@ -57,6 +57,12 @@ Tensor dropout_forward(const Tensor& x, double p, uint64_t seed, uint64_t offset
   check_defined(x, "dropout");
   check_p(p);
   if (!x.is_cuda()) check_cpu_float(x, "dropout");
+#if TL_WITH_CUDA
+  // The seed and offset are kernel arguments: every replay of a captured CUDA graph would drop the same elements.
+  TL_CHECK(!x.is_cuda() || p == 0.0 || !cuda::stream_is_capturing(), ValueError,
+           "dropout (p = ", p, ") cannot run in a captured CUDA graph: every replay would drop the same elements; "
+           "train with --dropout 0 or without --cuda-graphs");
+#endif
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
   apply(x, y, p, seed, offset, false);
   return y;

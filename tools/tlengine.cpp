@@ -142,6 +142,10 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
       ->delimiter(',');
   c.add_flag("--freeze-bn", o.freeze.freeze_bn, "frozen batch norm uses running statistics (inference mode)");
   c.add_flag("--memory-efficient", o.memory_efficient, kMemoryEfficientHelp);
+  c.add_flag("--cuda-graphs", o.cuda_graphs,
+             "CUDA: capture the training step into a CUDA graph after a few eager warm-up steps and replay it (one launch "
+             "per step, the same results; the last, smaller batch of an epoch runs eagerly). Not with dropout or the "
+             "feature cache");
   c.add_option("--unfreeze", o.unfreeze,
                "gradual unfreezing: <block>@<epoch>, e.g. layer4@3,layer3@6 (trainable from the start of that epoch, "
                "in the body's group at its lr)")

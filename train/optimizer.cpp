@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "core/device.h"
 #include "kernels/optim_coefficients.h"
@@ -270,13 +271,24 @@ const ParamState& Optimizer::state(size_t g, size_t i) const {
   return groups_[g].states[i];
 }
 
-void Optimizer::zero_grad() {
+void Optimizer::zero_grad(bool set_to_none) {
   for (Group& g : groups_)
-    for (Parameter& p : g.params) p.zero_grad();
+    for (Parameter& p : g.params) {
+      if (set_to_none || !p.grad().defined()) {
+        p.zero_grad();
+      } else if (p.grad().is_unique()) {
+        Tensor grad = p.grad();  // shares the storage
+        grad.zero_();
+      } else {
+        const Tensor& grad = p.grad();
+        p.set_grad(Tensor::zeros(grad.shape(), grad.dtype(), grad.device(), grad.layout()));
+      }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// step()
+// step(): plan (host bookkeeping and the coefficient table), then the CPU loops and the CUDA launches, both of
+// which read their coefficients from the table.
 
 void Optimizer::step() {
   // Check every gradient first, so that a bad one leaves all parameters untouched.
@@ -290,32 +302,72 @@ void Optimizer::step() {
                grad.str(), " but the parameter is ", value.str(),
                "; gradients must match their parameter's shape, dtype and device");
     }
-  for (size_t g = 0; g < groups_.size(); ++g) step_group(g);
+  launches_.clear();
+  for (size_t g = 0; g < groups_.size(); ++g) plan_group(g);
+  fill_step_scalars();
+  bool any_cuda = false;
+  for (const Launch& l : launches_) {
+    if (l.device == Device::CUDA) {
+      any_cuda = true;
+      continue;
+    }
+    for (size_t i : l.params) run_cpu(l, i);
+  }
+  if (any_cuda) launch_cuda();
 }
 
-void Optimizer::step_group(size_t gi) {
+void Optimizer::replay_step() {
+  for (Launch& l : launches_) {
+    for (size_t i : l.params) {
+      ParamState& st = groups_[l.group].states[i];
+      st.step += 1;
+      l.step = st.step;  // the same for all of the launch's parameters (they shared it before)
+    }
+    l.first = false;  // the last step created every momentum buffer of its parameters
+  }
+  fill_step_scalars();
+#if TL_WITH_CUDA
+  for (const Launch& l : launches_)
+    if (l.device == Device::CUDA) {
+      scalars_.upload(cuda::stream());
+      break;
+    }
+#endif
+}
+
+std::optional<size_t> Optimizer::step_scalar_offset(size_t g, size_t i) const {
+  for (const Launch& l : launches_)
+    if (l.group == g && std::find(l.params.begin(), l.params.end(), i) != l.params.end()) return l.scalars;
+  return std::nullopt;
+}
+
+std::vector<int64_t> Optimizer::launch_layout() const {
+  std::vector<int64_t> v;
+  for (const Launch& l : launches_) {
+    v.insert(v.end(), {static_cast<int64_t>(l.group), static_cast<int64_t>(l.dtype), static_cast<int64_t>(l.device),
+                       static_cast<int64_t>(l.scalars), static_cast<int64_t>(l.params.size())});
+    for (size_t i : l.params) v.push_back(static_cast<int64_t>(i));
+  }
+  return v;
+}
+
+void Optimizer::plan_group(size_t gi) {
   Group& group = groups_[gi];
   const HyperParams& h = group.hyper;
   const bool is_sgd = kind_ == OptimizerKind::SGD;
   const bool use_momentum = is_sgd && h.momentum != 0.0;
 
-  // What each CUDA launch covers: parameters of one dtype with the same step (Adam) or first-update flag (SGD).
-  std::map<std::pair<int, int64_t>, std::vector<size_t>> cuda_launches;
-  std::vector<Tensor> grads(group.params.size());
-
+  // Parameters of one dtype and device with the same step (Adam) or first-update flag (SGD) share a launch.
+  std::map<std::tuple<int, int, int64_t>, Launch> launches;
   for (size_t i = 0; i < group.params.size(); ++i) {
     Parameter& param = group.params[i];
     if (!param.trainable() || !param.grad().defined()) continue;  // PyTorch: `if p.grad is None: continue`
     const Tensor& value = param.value();
-    Tensor grad = param.grad();  // checked by step()
-    if (grad.layout() != value.layout()) grad = grad.to_layout(value.layout());
-    grads[i] = grad;
-
     ParamState& st = group.states[i];
-    const bool first = !st.momentum_buffer.defined();
+    const bool first = use_momentum && !st.momentum_buffer.defined();
     const Device dev = value.device();
     if (is_sgd) {
-      if (use_momentum && first) st.momentum_buffer = Tensor::empty(value.shape(), value.dtype(), dev, value.layout());
+      if (first) st.momentum_buffer = Tensor::empty(value.shape(), value.dtype(), dev, value.layout());
     } else if (!st.exp_avg.defined()) {
       st.exp_avg = Tensor::zeros(value.shape(), value.dtype(), dev, value.layout());
       st.exp_avg_sq = Tensor::zeros(value.shape(), value.dtype(), dev, value.layout());
@@ -323,40 +375,70 @@ void Optimizer::step_group(size_t gi) {
     if (!is_sgd && h.amsgrad && !st.max_exp_avg_sq.defined())
       st.max_exp_avg_sq = Tensor::zeros(value.shape(), value.dtype(), dev, value.layout());
     st.step += 1;
-
-    if (dev == Device::CUDA) {
-      const int64_t launch_key = is_sgd ? (use_momentum && first ? 1 : 0) : st.step;
-      cuda_launches[{static_cast<int>(value.dtype()), launch_key}].push_back(i);
-      continue;
-    }
-    const int64_t n = value.numel();
-    if (is_sgd) {
-      const auto c = kernels::sgd_coefficients(h.lr, h.weight_decay, h.momentum, h.dampening, h.nesterov, first);
-      if (value.dtype() == DType::F32)
-        sgd_cpu(value.data_as<float>(), grad.data_as<float>(), static_cast<float*>(data_or_null(st.momentum_buffer)),
-                n, c);
-      else
-        sgd_cpu(value.data_as<double>(), grad.data_as<double>(),
-                static_cast<double*>(data_or_null(st.momentum_buffer)), n, c);
-    } else {
-      const auto c = kernels::adam_coefficients(h.lr, h.weight_decay, h.beta1, h.beta2, h.eps, st.step,
-                                                kind_ == OptimizerKind::AdamW, h.amsgrad);
-      if (value.dtype() == DType::F32)
-        adam_cpu(value.data_as<float>(), grad.data_as<float>(), st.exp_avg.data_as<float>(),
-                 st.exp_avg_sq.data_as<float>(), static_cast<float*>(data_or_null(st.max_exp_avg_sq)), n, c);
-      else
-        adam_cpu(value.data_as<double>(), grad.data_as<double>(), st.exp_avg.data_as<double>(),
-                 st.exp_avg_sq.data_as<double>(), static_cast<double*>(data_or_null(st.max_exp_avg_sq)), n, c);
-    }
+    const int64_t key = is_sgd ? (first ? 1 : 0) : st.step;
+    Launch& l = launches[{static_cast<int>(dev), static_cast<int>(value.dtype()), key}];
+    l.group = gi;
+    l.dtype = value.dtype();
+    l.device = dev;
+    l.first = first;
+    l.step = st.step;
+    l.params.push_back(i);
   }
-  if (cuda_launches.empty()) return;
+  for (auto& [key, l] : launches) launches_.push_back(std::move(l));
+}
+
+void Optimizer::fill_step_scalars() {
+  scalars_.clear();
+  for (Launch& l : launches_) {
+    const HyperParams& h = groups_[l.group].hyper;
+    if (kind_ == OptimizerKind::SGD)
+      l.scalars = scalars_.add(kernels::sgd_coefficients(h.lr, h.weight_decay, h.momentum, h.dampening, h.nesterov,
+                                                         l.first));
+    else
+      l.scalars = scalars_.add(kernels::adam_coefficients(h.lr, h.weight_decay, h.beta1, h.beta2, h.eps, l.step,
+                                                          kind_ == OptimizerKind::AdamW, h.amsgrad));
+  }
+}
+
+void Optimizer::run_cpu(const Launch& l, size_t i) {
+  const Parameter& param = groups_[l.group].params[i];
+  ParamState& st = groups_[l.group].states[i];
+  const Tensor& value = param.value();
+  Tensor grad = param.grad();  // checked by step()
+  if (grad.layout() != value.layout()) grad = grad.to_layout(value.layout());
+  const int64_t n = value.numel();
+  if (kind_ == OptimizerKind::SGD) {
+    const auto c = scalars_.at<kernels::SgdCoefficients>(l.scalars);
+    if (value.dtype() == DType::F32)
+      sgd_cpu(value.data_as<float>(), grad.data_as<float>(), static_cast<float*>(data_or_null(st.momentum_buffer)), n,
+              c);
+    else
+      sgd_cpu(value.data_as<double>(), grad.data_as<double>(), static_cast<double*>(data_or_null(st.momentum_buffer)),
+              n, c);
+  } else {
+    const auto c = scalars_.at<kernels::AdamCoefficients>(l.scalars);
+    if (value.dtype() == DType::F32)
+      adam_cpu(value.data_as<float>(), grad.data_as<float>(), st.exp_avg.data_as<float>(),
+               st.exp_avg_sq.data_as<float>(), static_cast<float*>(data_or_null(st.max_exp_avg_sq)), n, c);
+    else
+      adam_cpu(value.data_as<double>(), grad.data_as<double>(), st.exp_avg.data_as<double>(),
+               st.exp_avg_sq.data_as<double>(), static_cast<double*>(data_or_null(st.max_exp_avg_sq)), n, c);
+  }
+}
+
+void Optimizer::launch_cuda() {
 #if TL_WITH_CUDA
   if (!cuda_cache_) cuda_cache_ = std::make_unique<CudaCache>();
   if (cuda_cache_->launches.size() > 64) cuda_cache_->launches.clear();  // bound odd partition patterns
   cudaStream_t stream = cuda::stream();
-  for (const auto& [launch, indices] : cuda_launches) {
-    const DType dtype = static_cast<DType>(launch.first);
-    std::vector<int64_t> key = {static_cast<int64_t>(gi), launch.first};
+  const unsigned char* scalars = scalars_.upload(stream);  // one copy for all launches of this step
+  const bool is_sgd = kind_ == OptimizerKind::SGD;
+  std::vector<Tensor> converted;  // gradients converted to their parameter's layout, freed after the launches
+  for (const Launch& l : launches_) {
+    if (l.device != Device::CUDA) continue;
+    Group& group = groups_[l.group];
+    const std::vector<size_t>& indices = l.params;
+    std::vector<int64_t> key = {static_cast<int64_t>(l.group), static_cast<int64_t>(l.dtype)};
     for (size_t i : indices) key.push_back(static_cast<int64_t>(i));
     LaunchTables& t = cuda_cache_->launches[key];
 
@@ -398,7 +480,15 @@ void Optimizer::step_group(size_t gi) {
     // Gradient table: re-uploaded only when the gradients moved.
     std::vector<const void*> grad_ptrs;
     grad_ptrs.reserve(indices.size());
-    for (size_t i : indices) grad_ptrs.push_back(grads[i].data());
+    for (size_t i : indices) {
+      const Tensor& value = group.params[i].value();
+      Tensor grad = group.params[i].grad();
+      if (grad.layout() != value.layout()) {
+        grad = grad.to_layout(value.layout());
+        converted.push_back(grad);
+      }
+      grad_ptrs.push_back(grad.data());
+    }
     if (grad_ptrs != t.grad_ptrs) {
       const size_t bytes = grad_ptrs.size() * sizeof(void*);
       ensure_device_bytes(t.grad_table, bytes);
@@ -412,18 +502,12 @@ void Optimizer::step_group(size_t gi) {
     const auto* chunks = reinterpret_cast<const kernels::OptimChunk*>(
         static_cast<const unsigned char*>(t.static_table.data()) + indices.size() * sizeof(kernels::OptimTensor));
     const auto* grad_table = static_cast<const void* const*>(t.grad_table.data());
-    if (is_sgd) {
-      const bool first = launch.second == 1;
-      kernels::sgd_multi_tensor(tensors, grad_table, chunks, t.num_chunks, dtype,
-                                kernels::sgd_coefficients(h.lr, h.weight_decay, h.momentum, h.dampening,
-                                                          h.nesterov, first),
-                                stream);
-    } else {
-      kernels::adam_multi_tensor(tensors, grad_table, chunks, t.num_chunks, dtype,
-                                 kernels::adam_coefficients(h.lr, h.weight_decay, h.beta1, h.beta2, h.eps,
-                                                            launch.second, kind_ == OptimizerKind::AdamW, h.amsgrad),
-                                 stream);
-    }
+    if (is_sgd)
+      kernels::sgd_multi_tensor(tensors, grad_table, chunks, t.num_chunks, l.dtype,
+                                reinterpret_cast<const kernels::SgdCoefficients*>(scalars + l.scalars), stream);
+    else
+      kernels::adam_multi_tensor(tensors, grad_table, chunks, t.num_chunks, l.dtype,
+                                 reinterpret_cast<const kernels::AdamCoefficients*>(scalars + l.scalars), stream);
     ++cuda_stats_.launches;
   }
 #endif
@@ -553,6 +637,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
     groups_[g].states = std::move(states[g]);
   }
   cuda_cache_.reset();  // the state tensors are new
+  launches_.clear();    // nothing to replay
 }
 
 }  // namespace tl::train

@@ -11,11 +11,14 @@
 // multi-tensor kernel per (group, dtype) covering all of the group's parameters. Its tables of parameter/state
 // pointers, sizes and chunks live in device memory, uploaded once and reused while the pointers stay the same;
 // gradient pointers sit in a separate small table that is re-uploaded (from pinned memory, no host sync) only
-// when the gradients moved. The learning rate and the bias corrections are kernel arguments, so a schedule may
-// change the lr every step at no cost. (Parameters whose step counts differ, e.g. after unfreezing a layer
-// mid-training, or whose momentum buffer does not exist yet, get one more launch per distinct case.)
+// when the gradients moved. The learning rate, the bias corrections and SGD's first-update flag of each launch
+// are one entry of a per-step coefficient table (train/step_scalars.h) that the kernels read from device memory,
+// copied once per step: a schedule may change the lr every step at no cost, and a replayed CUDA graph reads the
+// fresh values. The CPU loops read the same entries. (Parameters whose step counts differ, e.g. after unfreezing
+// a layer mid-training, or whose momentum buffer does not exist yet, get one more launch per distinct case.)
 // CUDA graphs: capture a step only after a warm-up step has built the tables, and keep the gradients where they
-// were (as for any captured kernel, the pointers in the tables are what the replayed step uses).
+// were (as for any captured kernel, the pointers in the tables are what the replayed step uses); each replay
+// calls replay_step() first, which does the step's host bookkeeping and copies its coefficients.
 #pragma once
 #include <memory>
 #include <optional>
@@ -24,6 +27,7 @@
 
 #include "core/autograd.h"
 #include "train/state_dict.h"
+#include "train/step_scalars.h"
 
 namespace tl::train {
 
@@ -98,8 +102,29 @@ class Optimizer {
   // One update of every parameter that trains and has a gradient. Gradients must have the parameter's
   // shape, dtype and device (a different layout is converted).
   void step();
-  // Drops every parameter's gradient (set to none, PyTorch's default).
-  void zero_grad();
+  // Drops every parameter's gradient (set_to_none, PyTorch's default), or zeroes it in place (set_to_none =
+  // false: PyTorch's zero_grad(set_to_none=False)), so that the next backward adds into the same storage: the
+  // gradients keep their addresses from step to step, as a captured CUDA graph needs (train/cuda_graph.h). A
+  // gradient that shares its storage with another tensor is replaced by zeros instead (never zeroed under it).
+  void zero_grad(bool set_to_none = true);
+
+  // The host side of a step whose kernels a replayed CUDA graph runs (train/cuda_graph.h): every parameter the
+  // last step() updated takes one more step (its step count, the coefficient table, queued to the device on
+  // cuda::stream() before the graph launch); no parameter, gradient or state tensor is touched. The launches keep
+  // the last step()'s partition, so the captured kernels find their entries at the same offsets. (On the CPU it
+  // is that bookkeeping alone: tests use it.)
+  void replay_step();
+  // The coefficient table of the last step() or replay_step(), and the offset of parameter i of group g's entry
+  // in it (nullopt when that step did not update the parameter). The entry is a kernels::SgdCoefficients or
+  // kernels::AdamCoefficients (kernels/optim_coefficients.h).
+  const StepScalars& step_scalars() const { return scalars_; }
+  std::optional<size_t> step_scalar_offset(size_t g, size_t i) const;
+  // The last step's launch partition as numbers (per launch: group, dtype, device, entry offset, parameters): a
+  // captured graph's kernels are only right for the partition they were captured with.
+  std::vector<int64_t> launch_layout() const;
+#if TL_WITH_CUDA
+  StepScalars& step_scalars() { return scalars_; }  // for the graph launcher's flush()
+#endif
 
   // Everything needed to continue exactly: kind, per group its hyper-parameters (the current lr included),
   // parameter names and count, per parameter its step and state tensors (CPU copies).
@@ -125,10 +150,26 @@ class Optimizer {
     std::vector<ParamState> states;
   };
   struct CudaCache;  // fused-kernel tables, per launch (optimizer.cpp)
+  // One fused update: parameters of one group, dtype and device that share the step count (Adam) or the
+  // first-update flag (SGD), with the offset of its coefficients in the step's table.
+  struct Launch {
+    size_t group = 0;
+    DType dtype = DType::F32;
+    Device device = Device::CPU;
+    bool first = false;  // SGD: the momentum buffers are created by this update
+    int64_t step = 0;    // the parameters' step count after this update
+    std::vector<size_t> params;
+    size_t scalars = 0;
+  };
 
-  void step_group(size_t g);
+  void plan_group(size_t g);  // host bookkeeping of one group's update: state, step counts, launches_
+  void fill_step_scalars();   // the table from launches_
+  void run_cpu(const Launch& l, size_t i);
+  void launch_cuda();
   OptimizerKind kind_;
   std::vector<Group> groups_;
+  std::vector<Launch> launches_;  // of the last step
+  StepScalars scalars_;
   std::unique_ptr<CudaCache> cuda_cache_;
   CudaStats cuda_stats_;
 };

@@ -26,6 +26,7 @@
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "models/weights.h"
+#include "train/cuda_graph.h"
 #include "train/data_parallel.h"
 #include "train/error_analysis.h"
 #include "train/feature_cache.h"
@@ -481,6 +482,9 @@ struct Trainer {
   const Distributed& dist;
   int64_t hang_at_step = 0;  // TL_TEST_HANG_AT_STEP for this rank (test hook, trainer.h); 0: off
   int64_t steps_run = 0;     // by this process (the hook counts as --stop-after-steps does)
+#if TL_WITH_CUDA
+  std::unique_ptr<StepGraphs> graphs = nullptr;  // --cuda-graphs
+#endif
 
   // One step: forward (the whole model on images, or the head on cached features), loss, backward, update. No host
   // sync: the loss and counts go to `running` on the device. Returns the running totals (on CUDA as of the previous
@@ -489,12 +493,10 @@ struct Trainer {
   RunningMetrics::Totals step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
                               const std::string& last_path) {
     sched.apply(epoch, batch_index);
-    Variable logits = cached ? model.forward_from(Variable(input), caches.train->cut())
-                             : model.forward(Variable(model_input(input, dev, prec)));
-    Variable loss = cross_entropy(logits, labels, ce);
-    for (const models::Model::AuxLogits& a : model.take_aux_logits())  // Inception v3, GoogLeNet in training
-      loss = add(loss, cross_entropy(a.logits, labels, ce), a.weight);
-    running.add(logits.value(), labels, loss.value());
+#if TL_WITH_CUDA
+    if (graphs && !cached) return graph_step(input, labels, epoch, batch_index, last_path);
+#endif
+    Variable loss = forward_loss(input, labels, cached);
     const RunningMetrics::Totals t = running.lagged();
     check_finite(t, epoch, batch_index, last_path);
     tape.backward(loss);
@@ -504,6 +506,44 @@ struct Trainer {
     opt.zero_grad();
     return t;
   }
+  // The forward pass and the loss, added to the running metrics.
+  Variable forward_loss(const Tensor& input, const Tensor& labels, bool cached) {
+    Variable logits = cached ? model.forward_from(Variable(input), caches.train->cut())
+                             : model.forward(Variable(model_input(input, dev, prec)));
+    Variable loss = cross_entropy(logits, labels, ce);
+    for (const models::Model::AuxLogits& a : model.take_aux_logits())  // Inception v3, GoogLeNet in training
+      loss = add(loss, cross_entropy(a.logits, labels, ce), a.weight);
+    running.add(logits.value(), labels, loss.value());
+    return loss;
+  }
+#if TL_WITH_CUDA
+  // --cuda-graphs (one process, images, checked by check_cuda_graphs): the step as one body that runs eagerly, is
+  // captured or is replayed (train/cuda_graph.h); the gradients are zeroed in place so that they keep their
+  // addresses. The non-finite check follows the launch: one step late, as for any CUDA step.
+  RunningMetrics::Totals graph_step(const Tensor& input, const Tensor& labels, int epoch, int64_t batch_index,
+                                    const std::string& last_path) {
+    graphs->run(input, labels, input.size(0) == o.batch_size, [&] { return graph_signature(); }, opt,
+                [&](const Tensor& x, const Tensor& y) {
+                  tape.backward(forward_loss(x, y, false));
+                  opt.step();
+                  opt.zero_grad(false);
+                });
+    const RunningMetrics::Totals t = running.lagged();
+    check_finite(t, epoch, batch_index, last_path);
+    if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);
+    return t;
+  }
+  // What a captured graph depends on besides the input shape (GraphPolicy): the trainable set, the optimizer's
+  // launch partition, tables and coefficient block, and the workspace's address.
+  std::vector<int64_t> graph_signature() const {
+    std::vector<int64_t> trainable;
+    for (size_t g = 0; g < opt.num_groups(); ++g)
+      for (const Parameter& p : opt.group_params(g)) trainable.push_back(p.trainable());
+    const Optimizer::CudaStats& st = opt.cuda_stats();
+    return {signature_hash(trainable), signature_hash(opt.launch_layout()), st.table_uploads, st.grad_table_uploads,
+            opt.step_scalars().device_generation(), static_cast<int64_t>(reinterpret_cast<intptr_t>(cuda::workspace(0)))};
+  }
+#endif
   // Several ranks: a step in which every image of this rank's batch was skipped (--on-bad-image skip). It still
   // takes part in the gradient reduction (with zeros) and updates with the mean, as the other ranks do.
   RunningMetrics::Totals empty_step(int epoch, int64_t batch_index) {
@@ -700,6 +740,38 @@ void final_report(const TrainOptions& o, TrainData& data, models::Model& model, 
 
 }  // namespace
 
+namespace {
+// --cuda-graphs: what cannot be captured is refused before any work (the device) or once the model and the
+// feature caches exist (dropout, whose mask would repeat; the cached head step, which the graphs do not cover).
+void check_cuda_graphs(const TrainOptions& o, Device dev) {
+  if (!o.cuda_graphs) return;
+  TL_CHECK(dev == Device::CUDA, ValueError, "--cuda-graphs captures the training step's CUDA work, but this run is on "
+           "the CPU", o.device == "auto" ? " (--device auto: " + cuda::unavailable_reason() + ")" : std::string(),
+           "; drop --cuda-graphs, or use --device cuda on a machine with a GPU");
+}
+void check_cuda_graphs(const TrainOptions& o, models::Model& model, const FeatureCaches& caches) {
+  if (!o.cuda_graphs) return;
+  for (const auto& [name, m] : model.named_modules())
+    if (const auto* d = dynamic_cast<const nn::Dropout*>(m); d && d->p > 0)
+      throw ValueError(detail::concat("--cuda-graphs: ", o.arch, " has dropout ('", name, "', p = ", d->p,
+                                      "), whose mask would repeat in every replay of the captured step; add "
+                                      "--dropout 0 or drop --cuda-graphs"));
+  TL_CHECK(!caches.train, ValueError, "--cuda-graphs: the feature cache is on (only the head trains, on cached "
+           "features), and the graphs capture the step on images; add --no-cache to capture the whole step, or drop "
+           "--cuda-graphs (the head's step is small)");
+}
+
+#if TL_WITH_CUDA
+// Every batch norm's num_batches_tracked: the host counters a replayed step advances (train/cuda_graph.h).
+std::vector<int64_t*> step_counters(models::Model& model) {
+  std::vector<int64_t*> counters;
+  for (const nn::StateEntry& e : model.state())
+    if (e.counter) counters.push_back(e.counter);
+  return counters;
+}
+#endif
+}  // namespace
+
 TrainResult run_training(const TrainOptions& o, std::ostream& log) { return run_training(o, log, Distributed()); }
 
 TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Distributed& dist) {
@@ -710,6 +782,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
   TL_CHECK(dist.world_size() == 1 || dev == Device::CPU, ValueError, "training on several processes runs on the CPU ",
            "for now (the NCCL backend for GPUs is not there yet): add --device cpu, or run one process");
+  check_cuda_graphs(o, dev);
   io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 
   TrainData data = build_data(o, log, dist.rank(), dist.world_size());
@@ -733,6 +806,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   broadcast_parameters(dist, *model);  // the same start on every rank
   unfreezing.advance(*model, state.epoch, log);  // a run resumed after an unfreeze
   FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist.world_size(), log);
+  check_cuda_graphs(o, *model, caches);
   result.epochs_done = state.epoch;
 
   std::unique_ptr<JsonLinesWriter> metrics_log;  // rank 0 alone writes files
@@ -742,6 +816,9 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches,
             RunningMetrics(static_cast<int>(data.num_classes()), dev), GradientAverager(dist), dist,
             hang_step_from_env(dist.rank())};
+#if TL_WITH_CUDA
+  if (o.cuda_graphs) t.graphs = std::make_unique<StepGraphs>(step_counters(*model));
+#endif
   int64_t steps = 0;
   for (; state.epoch < o.epochs; ++state.epoch, state.batch = 0) {
     const std::vector<std::string> unfrozen = unfreezing.advance(*model, state.epoch, log);
@@ -775,6 +852,13 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
       break;
     }
   }
+#if TL_WITH_CUDA
+  if (t.graphs) {
+    const GraphPolicy& gp = t.graphs->policy();
+    log << "cuda graphs: " << gp.captures() << " captured, " << gp.replays() << " steps replayed, " << gp.invalidations()
+        << " invalidated (the rest ran eagerly: warm-up and last batches)\n";
+  }
+#endif
   if (dist.is_main()) final_report(o, data, *model, dev, prec, ce, result, log);
   return result;
 }

@@ -29,6 +29,9 @@ struct TrainOptions {
   // DenseNet: recompute each dense layer's bottleneck in the backward pass instead of keeping it (lower peak memory,
   // the same results, a longer step; torchvision's memory_efficient=True). --memory-efficient.
   bool memory_efficient = false;
+  // CUDA: capture the training step into a CUDA graph after a few eager warm-up steps and replay it (one launch
+  // per step; the same results). Refused on the CPU, with dropout and with the feature cache (train/cuda_graph.h).
+  bool cuda_graphs = false;
   bool shuffle = true;     // a seeded new order every epoch (off: folder order, e.g. to compare with PyTorch)
   int workers = 4;
   std::string cache_images = "auto";  // decoded images kept in RAM: auto (a quarter of the memory) | off | <GB>
