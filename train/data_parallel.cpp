@@ -231,20 +231,34 @@ void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const
   m.add_counts(std::llround(v[0]), std::llround(v[1]), v[2], confusion);
 }
 
+namespace {
+// MPI sends CPU float32 / float64 tensors: a CUDA (training on GPUs) or a bfloat16 / float16 tensor travels as a
+// host copy in float32 (exact for those), written back in place. Only at the start and before val phases.
+void broadcast_any(const Distributed& dist, Tensor& t, const std::string& what) {
+  if (t.device() == Device::CPU && (t.dtype() == DType::F32 || t.dtype() == DType::F64)) {
+    dist.broadcast(t, 0, what);
+    return;
+  }
+  const DType wide = t.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor host = t.to(Device::CPU, wide, Layout::NCHW);
+  dist.broadcast(host, 0, what);
+  t.copy_(host);
+}
+}  // namespace
+
 void broadcast_parameters(const Distributed& dist, const nn::Module& model) {
   if (dist.world_size() == 1) return;
-  for (auto& [name, p] : model.named_parameters()) {
-    Tensor& v = p.mutable_value();
-    dist.broadcast(v, 0, "broadcast of rank 0's start weights (" + name + ")");
-  }
+  for (auto& [name, p] : model.named_parameters())
+    broadcast_any(dist, p.mutable_value(), "broadcast of rank 0's start weights (" + name + ")");
   nn::invalidate_derived_state();  // written directly: caches derived from the weights are stale
 }
 
 void broadcast_buffers(const Distributed& dist, nn::Module& model) {
   if (dist.world_size() == 1) return;
   for (const nn::StateEntry& e : model.state())  // state() also invalidates caches derived from the buffers
-    if (e.buffer && (e.buffer->dtype() == DType::F32 || e.buffer->dtype() == DType::F64))
-      dist.broadcast(*e.buffer, 0, "broadcast of rank 0's buffers (" + e.name + ")");
+    if (e.buffer && (e.buffer->dtype() == DType::F32 || e.buffer->dtype() == DType::F64 ||
+                     is_floating_half(e.buffer->dtype())))
+      broadcast_any(dist, *e.buffer, "broadcast of rank 0's buffers (" + e.name + ")");
 }
 
 }  // namespace tl::train

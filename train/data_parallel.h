@@ -101,6 +101,7 @@ class GradientAverager {
 void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const std::string& what);
 
 // Rank 0's parameter values to every rank (the same start even if a rank read other weights). No-op with one rank.
+// CUDA and half-precision tensors travel as float32 host copies (these two run outside the training steps).
 void broadcast_parameters(const Distributed& dist, const nn::Module& model);
 // Rank 0's floating-point buffers (batch norm running statistics) to every rank, before a val phase: each rank's
 // own batches updated its copy, and the val metrics summed over the ranks must come from one model, rank 0's
