@@ -16,6 +16,7 @@
 #include "core/nccl.h"
 #include "io/loader.h"
 #include "io/synthetic.h"
+#include "layers/elementwise.h"
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "train/data_parallel.h"
@@ -459,6 +460,26 @@ TEST(DataParallelRank, OverlappedReductionEqualsReductionAfterBackward) {
     dist.broadcast(rank0, 0, "rank 0's gradients");
     EXPECT_EQ(rank0.to_doubles(), mine) << "the mean is the same on every rank";
   }
+  // Gradients that share storage (add hands its output's gradient to both inputs, here the caller's seed) get the
+  // mean in new tensors: the seed keeps its values.
+  struct TwoParams : nn::Module {
+    TwoParams() {
+      add_parameter("a", Tensor::zeros({2}));
+      add_parameter("b", Tensor::zeros({2}));
+    }
+  } two;
+  const double r = dist.rank() + 1.0;
+  const Tensor seed = Tensor::from_values({r, 2 * r}, {2});
+  train::GradientAverager avg(dist);
+  Tape tape;
+  TapeScope scope(tape);
+  const auto params = two.named_parameters();
+  const Variable y = add(params[0].second, params[1].second);
+  avg.begin(two, 0, 0, tape);
+  tape.backward(y, seed, avg.leaf_ready_hook());
+  avg.finish();
+  EXPECT_EQ(seed.to_doubles(), (std::vector<double>{r, 2 * r}));
+  for (const auto& [name, p] : params) EXPECT_EQ(p.grad().to_doubles(), (std::vector<double>{1.5, 3})) << name;
 }
 
 TEST(DataParallel, OverlappedReductionEqualsReductionAfterBackward) {

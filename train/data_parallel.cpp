@@ -200,9 +200,12 @@ void GradientAverager::complete(Bucket& b, size_t index, bool empty_batch) {
   size_t offset = 0;
   for (const auto& [name, p] : b.params) {
     const size_t bytes = p.value().nbytes();
-    if (p.grad().defined()) {
-      copy_bytes(p.grad().data(), base + offset, bytes, device);
-    } else if (empty_batch) {  // gradients have the layout of their parameter
+    const Tensor& grad = p.grad();
+    if (grad.defined() && grad.is_unique()) {
+      copy_bytes(grad.data(), base + offset, bytes, device);
+    } else if (grad.defined() || empty_batch) {
+      // A new tensor (in the layout of its parameter, as gradients are) where there was none, or where the gradient
+      // shares its storage (a backward may hand the same tensor to two inputs): the mean must not reach the other.
       Tensor g = Tensor::empty(p.value().shape(), b.dtype, device, p.value().layout());
       copy_bytes(g.data(), base + offset, bytes, device);
       Parameter(p).set_grad(g);
