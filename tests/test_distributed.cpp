@@ -415,8 +415,9 @@ TEST(DataParallel, HungRankTimesOutAndResumeFinishes) {
 // resnet18 in buckets of 1 MB (20): for the whole model, and with the head unused (the loss on the features,
 // so fc's bucket, the first to reduce, gets no gradient), the gradients averaged by buckets started during backward
 // equal, to the bit, those averaged after it, and they are the same on both ranks (each rank's batch differs).
-// Buckets start during backward: all but the last one or two, whose parameters (conv1, bn1) are final only at the
-// end of backward; with fc unused, its bucket starts in begin(), before backward.
+// Buckets start before backward returns (the last one from the hook call for conv1's weight, the last gradient;
+// two are allowed to start in finish()); with fc unused, its bucket starts in begin(), before backward, and without
+// that every bucket would wait for it (they start in order).
 TEST(DataParallelRank, OverlappedReductionEqualsReductionAfterBackward) {
   if (launch_info_from_env().world_size == 1)
     GTEST_SKIP() << "a rank of DataParallel.OverlappedReductionEqualsReductionAfterBackward (run by it, under mpirun)";
