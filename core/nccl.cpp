@@ -183,25 +183,31 @@ void NcclComm::wait_on_compute_stream(size_t slot) {
   CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), impl_->done[slot], 0));
 }
 
-void NcclComm::end_step(int epoch, int64_t step) {
+// The reductions up to the last end_step() have ended (polled, with the deadline).
+void NcclComm::wait_recorded() {
   Impl& m = *impl_;
   TL_CHECK(m.comm, Error, "NCCL: a step after the communicator was aborted");
-  if (m.step_end_recorded) {  // the previous step's reductions: normally over long ago
-    const auto what = [&] {
-      return detail::concat("all-reduce of the gradients (NCCL) at epoch ", m.last_epoch + 1, " step ",
-                            m.last_step + 1);
-    };
-    m.poll(what, [&] {
-             const cudaError_t q = cudaEventQuery(m.step_end);
-             if (q != cudaErrorNotReady) CUDA_CHECK(q);
-             return q == cudaSuccess;
-           });
-  }
+  if (!m.step_end_recorded) return;
+  const auto what = [&] {
+    return detail::concat("all-reduce of the gradients (NCCL) at epoch ", m.last_epoch + 1, " step ", m.last_step + 1);
+  };
+  m.poll(what, [&] {
+    const cudaError_t q = cudaEventQuery(m.step_end);
+    if (q != cudaErrorNotReady) CUDA_CHECK(q);
+    return q == cudaSuccess;
+  });
+}
+
+void NcclComm::end_step(int epoch, int64_t step) {
+  wait_recorded();  // the previous step's reductions: normally over long ago
+  Impl& m = *impl_;
   CUDA_CHECK(cudaEventRecord(m.step_end, m.stream));
   m.step_end_recorded = true;
   m.last_epoch = epoch;
   m.last_step = step;
 }
+
+void NcclComm::drain() { wait_recorded(); }
 
 #else  // no NCCL in this build
 
@@ -218,6 +224,7 @@ void NcclComm::reserve(size_t) {}
 void NcclComm::start_mean(Tensor&, size_t) {}
 void NcclComm::wait_on_compute_stream(size_t) {}
 void NcclComm::end_step(int, int64_t) {}
+void NcclComm::drain() {}
 
 #endif
 

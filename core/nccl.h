@@ -47,8 +47,11 @@ class NcclComm {
   // throws DistributedTimeout after the deadline, or Error on an NCCL error, naming the previous step (`epoch`,
   // `step` 0-based, the previous ones are remembered), after aborting the communicator.
   void end_step(int epoch, int64_t step);
+  // The same for the last step's reductions (at the end of a train phase, before anything waits for the GPU).
+  void drain();
 
  private:
+  void wait_recorded();
   struct Impl;  // NCCL and CUDA handles
   std::unique_ptr<Impl> impl_;
   int device_ = 0, world_size_ = 1;

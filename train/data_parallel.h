@@ -48,6 +48,11 @@ class GradientAverager {
   // `empty_batch`: this rank had no image in this step (all skipped, --on-bad-image skip) but takes part in the
   // reduction with zeros, and every trainable parameter gets the mean, so that it updates as the other ranks do.
   void finish(bool empty_batch = false);
+  // On CUDA the host checks each step's reductions one step later (core/nccl.h): drain() checks the last ones, at
+  // the end of a train phase, so that a rank that hangs then times out instead of blocking the next host sync.
+  void drain() {
+    if (nccl_) nccl_->drain();
+  }
   // begin() and finish() without a backward pass between them: every bucket reduced after it.
   void average(const nn::Module& model, int epoch, int64_t step, bool empty_batch = false);
   // (Re)builds the buckets when the trainable set differs from the one they were built for (begin() calls it).

@@ -530,6 +530,7 @@ struct Trainer {
     running.reset();
     // Before the epoch's metrics are read or a checkpoint is written: every loss so far finite (exactly).
     auto end_phase = [&]() {
+      grads.drain();  // several ranks on CUDA: the last step's reductions ended (or the timeout), before any sync
       check_finite(running.exact(), state.epoch, state.batch - 1, last_path);
       running.read_into(m);
     };
