@@ -536,3 +536,13 @@ TEST(DataParallelNccl, OneRankMatchesTheRunWithoutIt) {
   ASSERT_EQ(weights[0].size(), weights[1].size());
   for (size_t i = 0; i < weights[0].size(); ++i) ASSERT_NEAR(weights[1][i], weights[0][i], 1e-4) << i;
 }
+
+// A build without NCCL refuses CUDA training over several processes, saying how to get NCCL or what to do instead.
+TEST(DataParallelNccl, BuildWithoutNcclRefusesWithAClearMessage) {
+  if (NcclComm::built_with_nccl()) GTEST_SKIP() << "built with NCCL: the refusal is the build without it";
+  const Distributed single;
+  const std::string e = error_of([&] { NcclComm nccl(single); });
+  EXPECT_TRUE(contains(e, "needs NCCL, and this tlengine was built without it")) << e;
+  EXPECT_TRUE(contains(e, "-DTL_WITH_NCCL=ON")) << e;
+  EXPECT_TRUE(contains(e, "--device cpu")) << e;
+}
