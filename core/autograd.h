@@ -79,12 +79,17 @@ struct GradSlot {
   Tensor grad;
 };
 using BackwardFn = std::function<void(const Tensor& grad_out, std::vector<GradSlot>& slots)>;
+// Told, during a backward pass, that a leaf's gradient is final for this pass (see Tape::backward).
+using LeafReadyFn = std::function<void(const GradNode& leaf)>;
 
 struct TapeEntry {
   std::string op;
   std::vector<std::shared_ptr<GradNode>> inputs;  // null where the input needs no gradient
   std::weak_ptr<GradNode> output;  // weak: an entry whose output died can never receive a gradient
   BackwardFn backward;             // owns the saved tensors
+  // Leaves that `backward` accumulates into directly rather than through a slot: the parameters a checkpoint()'s
+  // function uses (its recomputation backpropagates into them). Known so that the leaf-ready report covers them.
+  std::vector<std::shared_ptr<GradNode>> inner_leaves;
   size_t saved_bytes = 0;
 };
 
@@ -106,12 +111,23 @@ class Tape {
 
   void record(TapeEntry entry);
   // Backpropagate from `root` (seed defaults to ones). Consumes the tape.
-  void backward(const Variable& root, const Tensor& seed = Tensor());
+  // `on_leaf_ready` (optional) is called once for each leaf that needs a gradient (a trainable Parameter) and that
+  // an entry of this tape feeds, as soon as its gradient is final for this pass: after the earliest-recorded entry
+  // that feeds it has run (its last accumulation, not its first), or was skipped because its output got no gradient
+  // (the leaf's gradient may then be undefined). A checkpoint() entry feeds the parameters its function uses
+  // (TapeEntry::inner_leaves). Data-parallel training starts a bucket's all-reduce from it while backward goes on
+  // (train/data_parallel.h). Leaves that no entry feeds are never reported (entries() tells which are fed).
+  void backward(const Variable& root, const Tensor& seed = Tensor(), const LeafReadyFn& on_leaf_ready = nullptr);
   const std::vector<BackwardRecord>& last_backward() const { return last_backward_; }
 
  private:
   void prune_dead_entries();
+  void run_entry(TapeEntry& e, const GradNode* root);
+  void find_leaf_last_uses();
   std::vector<TapeEntry> entries_;
+  // backward()'s scratch, kept to allocate nothing per pass: (index of the earliest entry feeding a leaf, leaf),
+  // ascending by index.
+  std::vector<std::pair<size_t, const GradNode*>> leaf_last_use_;
   std::vector<BackwardRecord> last_backward_;
   size_t prune_at_ = 64;
 };
@@ -142,7 +158,7 @@ class NoGradGuard {
 bool grad_enabled();
 
 // backward() on the current tape.
-void backward(const Variable& root, const Tensor& seed = Tensor());
+void backward(const Variable& root, const Tensor& seed = Tensor(), const LeafReadyFn& on_leaf_ready = nullptr);
 
 // Activation checkpointing (torch.utils.checkpoint): runs `fn` on `inputs` now, keeping none of its intermediate
 // tensors, and records one entry that keeps only the inputs; the backward pass runs `fn` again on them, under its own

@@ -30,10 +30,16 @@ const char* process_getenv(const char* name) { return std::getenv(name); }
 #ifdef TL_HAVE_MPI
 MPI_Datatype mpi_type(const Tensor& t, const char* op) {
   TL_CHECK(t.device() == Device::CPU, ValueError, "distributed ", op, ": the tensor is on ", device_name(t.device()),
-           "; only CPU tensors are supported (the NCCL backend for GPUs is not there yet)");
+           "; MPI reduces CPU tensors (CUDA gradients go through NCCL, core/nccl.h)");
   TL_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, ValueError, "distributed ", op,
            ": float32 or float64 tensors only, got ", dtype_name(t.dtype()));
   return t.dtype() == DType::F32 ? MPI_FLOAT : MPI_DOUBLE;
+}
+
+// The MPI_Request inside a CollectiveRequest's storage (an int in MPICH, a pointer in OpenMPI).
+MPI_Request* mpi_request(unsigned char* handle) {
+  static_assert(sizeof(MPI_Request) <= 16 && alignof(MPI_Request) <= 8, "CollectiveRequest cannot hold an MPI_Request");
+  return reinterpret_cast<MPI_Request*>(handle);
 }
 #endif
 
@@ -107,7 +113,7 @@ Distributed::~Distributed() {
 #endif
 }
 
-void Distributed::wait(void* request, const std::string& what) const {
+void Distributed::wait_for(void* request, const std::string& what) const {
 #ifdef TL_HAVE_MPI
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
@@ -130,15 +136,40 @@ void Distributed::wait(void* request, const std::string& what) const {
 }
 
 void Distributed::all_reduce_sum(Tensor& t, const std::string& what) const {
+  CollectiveRequest request;
+  start_all_reduce_sum(t, request);
+  wait(request, what);
+}
+
+void Distributed::start_all_reduce_sum(Tensor& t, CollectiveRequest& request) const {
+  TL_CHECK(!request.pending_, ValueError, "distributed all-reduce: the request is still in flight");
   if (world_size_ == 1) return;
 #ifdef TL_HAVE_MPI
   const MPI_Datatype type = mpi_type(t, "all-reduce");
   TL_CHECK(t.numel() <= (1LL << 31) - 1, ValueError, "distributed all-reduce: ", t.numel(),
            " elements in one call; split it (at most 2^31 - 1)");
-  MPI_Request req;
-  MPI_Iallreduce(MPI_IN_PLACE, t.data(), static_cast<int>(t.numel()), type, MPI_SUM, MPI_COMM_WORLD, &req);
-  wait(&req, what);
+  MPI_Iallreduce(MPI_IN_PLACE, t.data(), static_cast<int>(t.numel()), type, MPI_SUM, MPI_COMM_WORLD,
+                 mpi_request(request.handle_));
+  request.pending_ = true;
 #endif
+}
+
+bool Distributed::test(CollectiveRequest& request) const {
+#ifdef TL_HAVE_MPI
+  if (!request.pending_) return true;
+  int done = 0;
+  MPI_Test(mpi_request(request.handle_), &done, MPI_STATUS_IGNORE);
+  request.pending_ = !done;
+#endif
+  return !request.pending_;
+}
+
+void Distributed::wait(CollectiveRequest& request, const std::string& what) const {
+  if (!request.pending_) return;
+#ifdef TL_HAVE_MPI
+  wait_for(mpi_request(request.handle_), what);
+#endif
+  request.pending_ = false;
 }
 
 void Distributed::all_reduce_sum(std::vector<double>& values, const std::string& what) const {
@@ -156,7 +187,22 @@ void Distributed::broadcast(Tensor& t, int root, const std::string& what) const 
   const MPI_Datatype type = mpi_type(t, "broadcast");
   MPI_Request req;
   MPI_Ibcast(t.data(), static_cast<int>(t.numel()), type, root, MPI_COMM_WORLD, &req);
-  wait(&req, what);
+  wait_for(&req, what);
+#endif
+}
+
+void Distributed::broadcast_bytes(void* data, size_t bytes, int root, const std::string& what) const {
+  TL_CHECK(root >= 0 && root < world_size_, ValueError, "distributed broadcast: root ", root, " outside the ",
+           world_size_, " ranks");
+  TL_CHECK(bytes <= (1u << 30), ValueError, "distributed broadcast: ", bytes, " bytes in one call (at most 2^30)");
+  if (world_size_ == 1) return;
+#ifdef TL_HAVE_MPI
+  MPI_Request req;
+  MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, MPI_COMM_WORLD, &req);
+  wait_for(&req, what);
+#else
+  (void)data;
+  (void)what;
 #endif
 }
 
@@ -165,7 +211,7 @@ void Distributed::barrier(const std::string& what) const {
 #ifdef TL_HAVE_MPI
   MPI_Request req;
   MPI_Ibarrier(MPI_COMM_WORLD, &req);
-  wait(&req, what);
+  wait_for(&req, what);
 #endif
 }
 

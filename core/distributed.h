@@ -36,6 +36,18 @@ struct LaunchInfo {
 // `getenv` is a parameter so that tests can feed an environment; the default reads the process's.
 LaunchInfo launch_info_from_env(const char* (*getenv)(const char*) = nullptr);
 
+// A non-blocking collective in flight (Distributed::start_all_reduce_sum, test, wait). It holds an MPI_Request,
+// opaquely, so that only distributed.cpp includes mpi.h.
+class CollectiveRequest {
+ public:
+  bool pending() const { return pending_; }
+
+ private:
+  friend class Distributed;
+  alignas(8) unsigned char handle_[16] = {};
+  bool pending_ = false;
+};
+
 class Distributed {
  public:
   // Single process: rank 0 of 1, no MPI.
@@ -60,14 +72,24 @@ class Distributed {
   // Sum over the ranks, in place; the tensor must be on the CPU, contiguous, float32 or float64. No-op for 1 rank.
   void all_reduce_sum(Tensor& t, const std::string& what) const;
   void all_reduce_sum(std::vector<double>& values, const std::string& what) const;
+  // The same sum split in two, for reductions overlapped with other work (the gradient buckets during backward):
+  // start_all_reduce_sum() starts it on `t` (which must stay alive and untouched until it ends), test() lets MPI
+  // progress it (without an MPI progress thread a non-blocking collective advances only inside MPI calls) and says
+  // whether it ended, wait() polls it to the end or the deadline (DistributedTimeout). Requests of all ranks must be
+  // started in the same order. With 1 rank they end at once.
+  void start_all_reduce_sum(Tensor& t, CollectiveRequest& request) const;
+  bool test(CollectiveRequest& request) const;
+  void wait(CollectiveRequest& request, const std::string& what) const;
   // Rank `root`'s values to every rank, in place.
   void broadcast(Tensor& t, int root, const std::string& what) const;
+  // The same for `bytes` raw bytes (NCCL's unique id, core/nccl.h).
+  void broadcast_bytes(void* data, size_t bytes, int root, const std::string& what) const;
   void barrier(const std::string& what) const;
   // Ends every rank (MPI_Abort with `code`); with one process it returns and the caller exits as usual.
   void abort(int code) const;
 
  private:
-  void wait(void* request, const std::string& what) const;  // polls an MPI_Request* until done or the deadline
+  void wait_for(void* request, const std::string& what) const;  // polls an MPI_Request* until done or the deadline
   int rank_ = 0, world_size_ = 1, local_rank_ = 0;
   double timeout_s_ = 300;
   bool owns_mpi_ = false;

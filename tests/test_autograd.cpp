@@ -1,4 +1,6 @@
 // The tape: what is recorded, gradient accumulation and release, aliasing safety, no-grad mode.
+#include <algorithm>
+
 #include "core/autograd.h"
 #include "layers/activation.h"
 #include "layers/elementwise.h"
@@ -60,6 +62,52 @@ TEST(Autograd, FanOutSumsGradientsWithoutCorruptingAliases) {
   backward(y);
   EXPECT_EQ(a.grad().to_doubles(), (std::vector<double>{3, 3}));
   EXPECT_EQ(b.grad().to_doubles(), (std::vector<double>{1, 1}));
+}
+
+// The leaf-ready callback (data-parallel overlap): each trainable leaf that an entry feeds is reported once, with
+// its final gradient, after its LAST accumulation: `a` is fed by the last-recorded entry (walked first) and by the
+// first-recorded one, so reporting it at its first accumulation would show [1, 1] instead of [2, 1]. A leaf whose
+// only entry gets no gradient (`c`: its output is not on the path to y) is reported with none; frozen and unused
+// leaves are not reported.
+TEST(Autograd, LeafReadyReportsEachTrainableLeafOnceAfterItsLastAccumulation) {
+  Tape tape;
+  TapeScope scope(tape);
+  Parameter a(Tensor::from_values({1, 2}, {2}), "a"), b(Tensor::from_values({3, -4}, {2}), "b");
+  Parameter c(Tensor::from_values({5, 6}, {2}), "c"), unused(Tensor::from_values({7, 8}, {2}), "unused");
+  Parameter frozen(Tensor::from_values({0, 0}, {2}), "frozen", false);
+  Variable side = relu(c);                 // entry 0: walked last, its output gets no gradient
+  Variable h = add(a, frozen);             // entry 1: a's last accumulation
+  Variable y = add(relu(add(h, b)), a);    // entries 2, 3 (b) and 4 (a's first accumulation)
+  std::vector<std::pair<std::string, std::vector<double>>> reported;
+  const std::vector<const Parameter*> params = {&a, &b, &c, &unused, &frozen};
+  tape.backward(y, Tensor(), [&](const GradNode& leaf) {
+    for (const Parameter* p : params)
+      if (p->node().get() == &leaf)
+        reported.emplace_back(p->name(), leaf.grad.defined() ? leaf.grad.to_doubles() : std::vector<double>{});
+  });
+  using Reports = std::vector<std::pair<std::string, std::vector<double>>>;
+  EXPECT_EQ(reported, (Reports{{"b", {1, 0}}, {"a", {2, 1}}, {"c", {}}}));
+  EXPECT_EQ(a.grad().to_doubles(), (std::vector<double>{2, 1}));
+}
+
+// A parameter used inside checkpoint() gets its gradient in the recomputation's backward: it is reported after
+// the checkpoint entry (here its last accumulation; `w` also feeds an entry recorded after it), once, with its final
+// gradient; the checkpoint's own input `x` too.
+TEST(Autograd, LeafReadyReportsParametersUsedInsideACheckpoint) {
+  Tape tape;
+  TapeScope scope(tape);
+  Parameter w(Tensor::from_values({1, -3}, {2}), "w");
+  Variable x(Tensor::from_values({2, 2}, {2}), true);
+  Variable h = checkpoint([&](const std::vector<Variable>& in) { return relu(add(in[0], w)); }, {x});
+  Variable y = add(h, w);
+  std::vector<std::pair<std::string, std::vector<double>>> reported;
+  tape.backward(y, Tensor(), [&](const GradNode& leaf) {
+    const std::string name = &leaf == w.node().get() ? "w" : &leaf == x.node().get() ? "x" : "?";
+    reported.emplace_back(name, leaf.grad.to_doubles());
+  });
+  std::sort(reported.begin(), reported.end());  // both after the same entry: in no particular order
+  using Reports = std::vector<std::pair<std::string, std::vector<double>>>;
+  EXPECT_EQ(reported, (Reports{{"w", {2, 1}}, {"x", {1, 0}}}));
 }
 
 TEST(Autograd, NonLeafGradientsAndSavedTensorsAreReleased) {

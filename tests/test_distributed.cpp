@@ -11,9 +11,13 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include "core/device.h"
 #include "core/distributed.h"
+#include "core/nccl.h"
 #include "io/loader.h"
 #include "io/synthetic.h"
+#include "layers/elementwise.h"
+#include "layers/loss.h"
 #include "models/registry.h"
 #include "train/data_parallel.h"
 #include "train/freeze.h"
@@ -402,4 +406,143 @@ TEST(DataParallel, HungRankTimesOutAndResumeFinishes) {
   const std::vector<nlohmann::json> m = read_jsonl(d + "/run/metrics.jsonl");
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[1]["epoch"], 2);
+}
+
+// ---------------------------------------------------------------- the overlapped reduction, in 2 ranks of this binary
+
+// One rank of DataParallel.OverlappedReductionEqualsReductionAfterBackward, which runs this test binary under
+// mpirun (MPI is initialised once per process, so this is the only test such a run holds); it skips otherwise.
+// resnet18 in buckets of 1 MB (20): for the whole model, and with the head unused (the loss on the features,
+// so fc's bucket, the first to reduce, gets no gradient), the gradients averaged by buckets started during backward
+// equal, to the bit, those averaged after it, and they are the same on both ranks (each rank's batch differs).
+// Buckets start before backward returns (the last one from the hook call for conv1's weight, the last gradient;
+// two are allowed to start in finish()); with fc unused, its bucket starts in begin(), before backward, and without
+// that every bucket would wait for it (they start in order).
+TEST(DataParallelRank, OverlappedReductionEqualsReductionAfterBackward) {
+  if (launch_info_from_env().world_size == 1)
+    GTEST_SKIP() << "a rank of DataParallel.OverlappedReductionEqualsReductionAfterBackward (run by it, under mpirun)";
+  const Distributed dist = Distributed::from_env(60);
+  ASSERT_EQ(dist.world_size(), 2);
+  auto model = models::create_model("resnet18", 4);
+  train::broadcast_parameters(dist, *model);
+  const Tensor x = Tensor::randn({2, 3, 32, 32}, 100 + static_cast<uint64_t>(dist.rank()));
+  const Tensor labels = Tensor::from_values({1, 3}, {2}, DType::I32);
+  for (const bool head_unused : {false, true}) {
+    std::vector<std::vector<double>> grads[2];
+    for (int overlapped = 0; overlapped < 2; ++overlapped) {
+      train::GradientAverager avg(dist, 1 << 20);
+      Tape tape;
+      TapeScope scope(tape);
+      const Variable out = head_unused ? model->features(Variable(x)) : model->forward(Variable(x));
+      const Variable loss = cross_entropy(out, labels);
+      if (overlapped) {
+        avg.begin(*model, 0, 0, tape);
+        tape.backward(loss, Tensor(), avg.leaf_ready_hook());
+        avg.finish();
+        const train::GradientAverager::Overlap o = avg.last_overlap();
+        EXPECT_GE(o.buckets, 10) << "buckets of 1 MB";
+        EXPECT_GE(o.started_during_backward, o.buckets - 2) << "head unused: " << head_unused;
+      } else {
+        tape.backward(loss);
+        avg.average(*model, 0, 0);
+        EXPECT_EQ(avg.last_overlap().started_during_backward, 0);
+      }
+      for (auto& [name, p] : model->named_parameters()) {
+        grads[overlapped].push_back(p.grad().defined() ? p.grad().to_doubles() : std::vector<double>{});
+        EXPECT_EQ(p.grad().defined(), !(head_unused && name.rfind("fc.", 0) == 0)) << name;
+        p.zero_grad();
+      }
+    }
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (size_t i = 0; i < grads[0].size(); ++i) ASSERT_EQ(grads[0][i], grads[1][i]) << "parameter " << i;
+    std::vector<double> mine;
+    for (const auto& g : grads[1]) mine.insert(mine.end(), g.begin(), g.end());
+    Tensor rank0 = Tensor::from_values(mine, {static_cast<int64_t>(mine.size())}, DType::F64);
+    dist.broadcast(rank0, 0, "rank 0's gradients");
+    EXPECT_EQ(rank0.to_doubles(), mine) << "the mean is the same on every rank";
+  }
+  // Gradients that share storage (add hands its output's gradient to both inputs, here the caller's seed) get the
+  // mean in new tensors: the seed keeps its values.
+  struct TwoParams : nn::Module {
+    TwoParams() {
+      add_parameter("a", Tensor::zeros({2}));
+      add_parameter("b", Tensor::zeros({2}));
+    }
+  } two;
+  const double r = dist.rank() + 1.0;
+  const Tensor seed = Tensor::from_values({r, 2 * r}, {2});
+  train::GradientAverager avg(dist);
+  Tape tape;
+  TapeScope scope(tape);
+  const auto params = two.named_parameters();
+  const Variable y = add(params[0].second, params[1].second);
+  avg.begin(two, 0, 0, tape);
+  tape.backward(y, seed, avg.leaf_ready_hook());
+  avg.finish();
+  EXPECT_EQ(seed.to_doubles(), (std::vector<double>{r, 2 * r}));
+  for (const auto& [name, p] : params) EXPECT_EQ(p.grad().to_doubles(), (std::vector<double>{1.5, 3})) << name;
+}
+
+TEST(DataParallel, OverlappedReductionEqualsReductionAfterBackward) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string log;
+  const std::string filter =
+      " --gtest_color=no --gtest_filter=DataParallelRank.OverlappedReductionEqualsReductionAfterBackward";
+  EXPECT_EQ(run_command(mpirun(2) + self + filter, &log), 0) << log;
+  EXPECT_EQ(count_of(log, "[  PASSED  ] 1 test."), 2u) << "both ranks ran it (not skipped):\n" << log;
+  EXPECT_EQ(count_of(log, "SKIPPED"), 0u) << log;
+}
+
+// The NCCL path on one GPU, one rank: 3 SGD steps of resnet18 with the gradients averaged by NCCL (buckets of 1 MB
+// started during backward on the communication stream, ordered by events) give the losses and weights of the same
+// steps without it: the mean over one rank is the gradient itself, so any mistake in the buckets' offsets, event
+// order or copies back shows. cuDNN's backward may pick non-deterministic algorithms, hence the tolerance.
+TEST(DataParallelNccl, OneRankMatchesTheRunWithoutIt) {
+  if (!NcclComm::built_with_nccl()) GTEST_SKIP() << "built without NCCL (-DTL_WITH_NCCL, with CUDA and MPI)";
+  if (!cuda::available()) GTEST_SKIP() << cuda::unavailable_reason();
+  const Distributed single;
+  NcclComm nccl(single);
+  const Tensor x = Tensor::randn({4, 3, 64, 64}, 11, DType::F32, Device::CUDA);
+  const Tensor labels = Tensor::from_values({0, 1, 2, 3}, {4}, DType::I32, Device::CUDA);
+  std::vector<double> losses[2], weights[2];
+  for (int with_nccl = 0; with_nccl < 2; ++with_nccl) {
+    auto model = models::create_model("resnet18", 4, 3);
+    model->to(Device::CUDA);
+    train::GradientAverager avg(single, 1 << 20, &nccl);
+    for (int step = 0; step < 3; ++step) {
+      Tape tape;
+      TapeScope scope(tape);
+      const Variable loss = cross_entropy(model->forward(Variable(x)), labels);
+      losses[with_nccl].push_back(loss.value().item());
+      if (with_nccl) avg.begin(*model, 0, step, tape);
+      tape.backward(loss, Tensor(), with_nccl ? avg.leaf_ready_hook() : LeafReadyFn());
+      if (with_nccl) avg.finish();
+      for (auto& [name, p] : model->named_parameters()) {
+        p.mutable_value().add_(p.grad(), -0.05);
+        p.zero_grad();
+      }
+      nn::invalidate_derived_state();
+    }
+    if (with_nccl) {
+      EXPECT_GE(avg.last_overlap().buckets, 10);
+      EXPECT_GT(avg.last_overlap().started_during_backward, 0);
+    }
+    weights[with_nccl] = model->named_parameters().front().second.value().to_doubles();
+  }
+  for (int step = 0; step < 3; ++step)
+    EXPECT_NEAR(losses[1][step], losses[0][step], 1e-4 * std::abs(losses[0][step])) << "step " << step + 1;
+  ASSERT_EQ(weights[0].size(), weights[1].size());
+  for (size_t i = 0; i < weights[0].size(); ++i) ASSERT_NEAR(weights[1][i], weights[0][i], 1e-4) << i;
+}
+
+// A build without NCCL refuses CUDA training over several processes, saying how to get NCCL or what to do instead.
+TEST(DataParallelNccl, BuildWithoutNcclRefusesWithAClearMessage) {
+  if (NcclComm::built_with_nccl()) GTEST_SKIP() << "built with NCCL: the refusal is the build without it";
+  const Distributed single;
+  const std::string e = error_of([&] { NcclComm nccl(single); });
+  EXPECT_TRUE(contains(e, "needs NCCL, and this tlengine was built without it")) << e;
+  EXPECT_TRUE(contains(e, "-DTL_WITH_NCCL=ON")) << e;
+  EXPECT_TRUE(contains(e, "--device cpu")) << e;
 }

@@ -1,25 +1,55 @@
 #include "train/data_parallel.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "core/device.h"
+
 namespace tl::train {
+
+namespace {
+// Byte copies between gradients and a bucket's buffer on `device` (on CUDA queued on cuda::stream(), no host sync).
+void copy_bytes(void* dst, const void* src, size_t bytes, Device device) {
+#if TL_WITH_CUDA
+  if (device == Device::CUDA) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::stream()));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, bytes);
+}
+void zero_bytes(void* dst, size_t bytes, Device device) {
+#if TL_WITH_CUDA
+  if (device == Device::CUDA) {
+    CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, cuda::stream()));
+    return;
+  }
+#endif
+  std::memset(dst, 0, bytes);
+}
+}  // namespace
 
 void GradientAverager::rebuild(const std::vector<std::pair<std::string, Parameter>>& trainable) {
   buckets_.clear();
   names_.clear();
+  bucket_of_.clear();
   for (auto it = trainable.rbegin(); it != trainable.rend(); ++it) {  // reverse: backward's order
     const Tensor& v = it->second.value();
     const int64_t bytes = static_cast<int64_t>(v.nbytes());
     if (buckets_.empty() || buckets_.back().dtype != v.dtype() ||
         (buckets_.back().numel * static_cast<int64_t>(dtype_size(v.dtype())) + bytes > bucket_bytes_ &&
          !buckets_.back().params.empty()))
-      buckets_.push_back(Bucket{v.dtype(), {}, 0, Tensor()});
+      buckets_.push_back(Bucket{v.dtype(), {}, 0, Tensor(), 0, CollectiveRequest()});
     buckets_.back().params.push_back(*it);
     buckets_.back().numel += v.numel();
+    bucket_of_.emplace_back(it->second.node().get(), buckets_.size() - 1);
   }
-  for (Bucket& b : buckets_) b.flat = Tensor::empty({b.numel}, b.dtype);  // reused by every step's reduction
+  for (Bucket& b : buckets_)  // reused by every step's reduction
+    b.flat = Tensor::empty({b.numel}, b.dtype, b.params.front().second.value().device());
+  if (nccl_) nccl_->reserve(buckets_.size());
   for (const auto& [name, p] : trainable) names_.push_back(name);
+  std::sort(bucket_of_.begin(), bucket_of_.end());
 }
 
 void GradientAverager::plan(const nn::Module& model) {
@@ -31,46 +61,153 @@ void GradientAverager::plan(const nn::Module& model) {
   if (!same) rebuild(trainable);
 }
 
-void GradientAverager::average(const nn::Module& model, int epoch, int64_t step, bool empty_batch) {
-  if (dist_.world_size() == 1) return;
+void GradientAverager::start_step(const nn::Module& model, int epoch, int64_t step) {
+  TL_CHECK(!in_step_, ValueError, "data-parallel: a step began before finish() of the previous one");
   plan(model);
-  const std::string when = detail::concat("at epoch ", epoch + 1, " step ", step + 1);
-  for (size_t i = 0; i < buckets_.size(); ++i) reduce(buckets_[i], i, when, empty_batch);
+  epoch_ = epoch;
+  step_ = step;
+  for (Bucket& b : buckets_) b.ready = 0;
+  next_start_ = first_pending_ = 0;
+  overlap_ = Overlap{static_cast<int64_t>(buckets_.size()), 0};
+  in_step_ = true;
 }
 
-void GradientAverager::reduce(Bucket& b, size_t index, const std::string& when, bool empty_batch) {
-  Tensor& flat = b.flat;
-  char* base = static_cast<char*>(flat.data());
+void GradientAverager::begin(const nn::Module& model, int epoch, int64_t step, const Tape& tape) {
+  if (!active()) return;
+  start_step(model, epoch, step);
+  mark_unused_ready(tape);
+}
+
+const std::pair<const GradNode*, size_t>* GradientAverager::find(const GradNode* leaf) const {
+  const auto it = std::lower_bound(bucket_of_.begin(), bucket_of_.end(), std::make_pair(leaf, size_t{0}));
+  return it != bucket_of_.end() && it->first == leaf ? &*it : nullptr;
+}
+
+// The parameters no entry of the tape feeds will not be reported by backward (PyTorch DDP finds them by walking
+// the graph from the outputs, with find_unused_parameters): their gradients are final already. Without this, a
+// bucket holding one would wait for the end of backward, and every later bucket with it (they start in order).
+void GradientAverager::mark_unused_ready(const Tape& tape) {
+  fed_.assign(bucket_of_.size(), 0);
+  auto mark = [&](const std::shared_ptr<GradNode>& in) {
+    if (const auto* slot = in ? find(in.get()) : nullptr) fed_[static_cast<size_t>(slot - bucket_of_.data())] = 1;
+  };
+  for (const TapeEntry& e : tape.entries()) {
+    for (const auto& in : e.inputs) mark(in);
+    for (const auto& in : e.inner_leaves) mark(in);
+  }
+  for (size_t i = 0; i < bucket_of_.size(); ++i)
+    if (!fed_[i]) ++buckets_[bucket_of_[i].second].ready;
+  start_ready_buckets();
+  overlap_.started_during_backward = static_cast<int64_t>(next_start_);
+}
+
+LeafReadyFn GradientAverager::leaf_ready_hook() {
+  if (!active()) return nullptr;
+  return [this](const GradNode& leaf) { on_leaf_ready(leaf); };
+}
+
+void GradientAverager::on_leaf_ready(const GradNode& leaf) {
+  TL_CHECK(in_step_, ValueError, "data-parallel: the gradient hook ran outside begin() ... finish()");
+  if (const auto* slot = find(&leaf)) {  // other leaves (e.g. an input with a gradient) are not ours
+    Bucket& b = buckets_[slot->second];
+    if (++b.ready == b.params.size()) {
+      const size_t before = next_start_;
+      start_ready_buckets();
+      overlap_.started_during_backward += static_cast<int64_t>(next_start_ - before);
+    }
+  }
+  progress();
+}
+
+// Starts the complete buckets from next_start_ on, in order, stopping at the first incomplete one.
+void GradientAverager::start_ready_buckets() {
+  for (; next_start_ < buckets_.size() && buckets_[next_start_].ready == buckets_[next_start_].params.size();
+       ++next_start_)
+    start(buckets_[next_start_], next_start_);
+}
+
+// Copies the bucket's gradients (zeros for a parameter without one) into its buffer and starts the sum.
+void GradientAverager::start(Bucket& b, size_t index) {
+  const Device device = b.flat.device();
+  TL_CHECK(device == Device::CPU || nccl_, ValueError, "data-parallel: CUDA gradients need the NCCL backend");
+  char* base = static_cast<char*>(b.flat.data());
   size_t offset = 0;
   for (const auto& [name, p] : b.params) {
     const size_t bytes = p.value().nbytes();
     const Tensor& g = p.grad();
     if (g.defined()) {
-      TL_CHECK(g.device() == Device::CPU && g.nbytes() == bytes, ValueError, "data-parallel: the gradient of ", name,
-               " is not a CPU tensor of its parameter's size (only CPU training runs on several processes)");
-      std::memcpy(base + offset, g.data(), bytes);
+      TL_CHECK(g.device() == device && g.nbytes() == bytes, ValueError, "data-parallel: the gradient of ", name,
+               " is not a ", device_name(device), " tensor of its parameter's size");
+      copy_bytes(base + offset, g.data(), bytes, device);
     } else {
-      std::memset(base + offset, 0, bytes);
+      zero_bytes(base + offset, bytes, device);
     }
     offset += bytes;
   }
-  dist_.all_reduce_sum(flat, detail::concat("all-reduce of the gradients (bucket ", index + 1, " of ",
-                                            buckets_.size(), ") ", when));
-  const double scale = 1.0 / dist_.world_size();
-  if (b.dtype == DType::F64) {
-    for (double *x = flat.data_as<double>(), *end = x + b.numel; x != end; ++x) *x *= scale;
+  if (nccl_ && device == Device::CUDA) {
+    nccl_->start_mean(b.flat, index);
   } else {
-    const float s = static_cast<float>(scale);
-    for (float *x = flat.data_as<float>(), *end = x + b.numel; x != end; ++x) *x *= s;
+    dist_.start_all_reduce_sum(b.flat, b.request);
   }
-  offset = 0;
+}
+
+// Lets MPI advance the reductions in flight (the earliest first; skipping those already done).
+void GradientAverager::progress() {
+  while (first_pending_ < next_start_ && dist_.test(buckets_[first_pending_].request)) ++first_pending_;
+  for (size_t i = first_pending_ + 1; i < next_start_; ++i) dist_.test(buckets_[i].request);
+}
+
+// The sum into the mean, in place (a CPU float32 / float64 buffer).
+void GradientAverager::scale(Tensor& flat, double factor) {
+  if (flat.dtype() == DType::F64) {
+    for (double *x = flat.data_as<double>(), *end = x + flat.numel(); x != end; ++x) *x *= factor;
+  } else {
+    const float f = static_cast<float>(factor);
+    for (float *x = flat.data_as<float>(), *end = x + flat.numel(); x != end; ++x) *x *= f;
+  }
+}
+
+void GradientAverager::finish(bool empty_batch) {
+  if (!active()) return;
+  TL_CHECK(in_step_, ValueError, "data-parallel: finish() without begin()");
+  in_step_ = false;  // also when a wait below throws: the step is abandoned then
+  for (Bucket& b : buckets_) b.ready = b.params.size();  // backward is over: every gradient is final
+  start_ready_buckets();
+  if (nccl_) nccl_->end_step(epoch_, step_);  // the previous step's reductions ended (or the timeout)
+  for (size_t i = 0; i < buckets_.size(); ++i) complete(buckets_[i], i, empty_batch);
+  last_overlap_ = overlap_;
+}
+
+void GradientAverager::average(const nn::Module& model, int epoch, int64_t step, bool empty_batch) {
+  if (!active()) return;
+  start_step(model, epoch, step);
+  finish(empty_batch);
+}
+
+// Waits for the bucket's sum, then scales it into the mean and copies it back into the gradients. NCCL averages
+// itself; the compute stream waits for it (no host sync).
+void GradientAverager::complete(Bucket& b, size_t index, bool empty_batch) {
+  const Device device = b.flat.device();
+  if (device == Device::CUDA) {
+    nccl_->wait_on_compute_stream(index);
+  } else {
+    if (b.request.pending())
+      dist_.wait(b.request, detail::concat("all-reduce of the gradients (bucket ", index + 1, " of ", buckets_.size(),
+                                           ") at epoch ", epoch_ + 1, " step ", step_ + 1));
+    scale(b.flat, 1.0 / dist_.world_size());
+  }
+  const char* base = static_cast<const char*>(b.flat.data());
+  size_t offset = 0;
   for (const auto& [name, p] : b.params) {
     const size_t bytes = p.value().nbytes();
-    if (p.grad().defined()) {
-      std::memcpy(p.grad().data(), base + offset, bytes);
-    } else if (empty_batch) {  // gradients have the layout of their parameter
-      Tensor g = Tensor::empty(p.value().shape(), b.dtype, Device::CPU, p.value().layout());
-      std::memcpy(g.data(), base + offset, bytes);
+    const Tensor& grad = p.grad();
+    if (grad.defined() && grad.is_unique()) {
+      copy_bytes(grad.data(), base + offset, bytes, device);
+    } else if (grad.defined() || empty_batch) {
+      // A new tensor (in the layout of its parameter, as gradients are) where there was none, or where the gradient
+      // shares its storage (a backward may hand the same tensor to two inputs): the mean must not reach the other.
+      Tensor g = Tensor::empty(p.value().shape(), b.dtype, device, p.value().layout());
+      copy_bytes(g.data(), base + offset, bytes, device);
       Parameter(p).set_grad(g);
     }
     offset += bytes;
@@ -97,20 +234,34 @@ void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const
   m.add_counts(std::llround(v[0]), std::llround(v[1]), v[2], confusion);
 }
 
+namespace {
+// MPI sends CPU float32 / float64 tensors: a CUDA (training on GPUs) or a bfloat16 / float16 tensor travels as a
+// host copy in float32 (exact for those), written back in place. Only at the start and before val phases.
+void broadcast_any(const Distributed& dist, Tensor& t, const std::string& what) {
+  if (t.device() == Device::CPU && (t.dtype() == DType::F32 || t.dtype() == DType::F64)) {
+    dist.broadcast(t, 0, what);
+    return;
+  }
+  const DType wide = t.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor host = t.to(Device::CPU, wide, Layout::NCHW);
+  dist.broadcast(host, 0, what);
+  t.copy_(host);
+}
+}  // namespace
+
 void broadcast_parameters(const Distributed& dist, const nn::Module& model) {
   if (dist.world_size() == 1) return;
-  for (auto& [name, p] : model.named_parameters()) {
-    Tensor& v = p.mutable_value();
-    dist.broadcast(v, 0, "broadcast of rank 0's start weights (" + name + ")");
-  }
+  for (auto& [name, p] : model.named_parameters())
+    broadcast_any(dist, p.mutable_value(), "broadcast of rank 0's start weights (" + name + ")");
   nn::invalidate_derived_state();  // written directly: caches derived from the weights are stale
 }
 
 void broadcast_buffers(const Distributed& dist, nn::Module& model) {
   if (dist.world_size() == 1) return;
   for (const nn::StateEntry& e : model.state())  // state() also invalidates caches derived from the buffers
-    if (e.buffer && (e.buffer->dtype() == DType::F32 || e.buffer->dtype() == DType::F64))
-      dist.broadcast(*e.buffer, 0, "broadcast of rank 0's buffers (" + e.name + ")");
+    if (e.buffer && (e.buffer->dtype() == DType::F32 || e.buffer->dtype() == DType::F64 ||
+                     is_floating_half(e.buffer->dtype())))
+      broadcast_any(dist, *e.buffer, "broadcast of rank 0's buffers (" + e.name + ")");
 }
 
 }  // namespace tl::train

@@ -499,9 +499,10 @@ struct Trainer {
     Variable loss = forward_loss(input, labels, cached);
     const RunningMetrics::Totals t = running.lagged();
     check_finite(t, epoch, batch_index, last_path);
-    tape.backward(loss);
-    if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);
-    grads.average(model, epoch, batch_index);
+    if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);  // before any bucket starts
+    grads.begin(model, epoch, batch_index, tape);  // several ranks: buckets start reducing during backward
+    tape.backward(loss, Tensor(), grads.leaf_ready_hook());
+    grads.finish();
     opt.step();
     opt.zero_grad();
     return t;
@@ -571,6 +572,7 @@ struct Trainer {
     running.reset();
     // Before the epoch's metrics are read or a checkpoint is written: every loss so far finite (exactly).
     auto end_phase = [&]() {
+      grads.drain();  // several ranks on CUDA: the last step's reductions ended (or the timeout), before any sync
       check_finite(running.exact(), state.epoch, state.batch - 1, last_path);
       running.read_into(m);
     };
@@ -780,9 +782,13 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   const Device dev = parse_device(o.device);
   const Precision prec = parse_precision(o.precision, dev, o.memory_format);
   TL_CHECK(o.epochs >= 1 && o.batch_size >= 1, ValueError, "--epochs and --batch-size must be >= 1");
-  TL_CHECK(dist.world_size() == 1 || dev == Device::CPU, ValueError, "training on several processes runs on the CPU ",
-           "for now (the NCCL backend for GPUs is not there yet): add --device cpu, or run one process");
   check_cuda_graphs(o, dev);
+  TL_CHECK(!o.cuda_graphs || dist.world_size() == 1, ValueError, "--cuda-graphs runs one process for now (the ",
+           "captured step has no gradient all-reduce); with several processes leave it out");
+  // Several processes on CUDA: the GPU is chosen (node-local rank) before anything else touches CUDA. Without NCCL
+  // in the build, NcclComm's constructor refuses, saying how to get it.
+  std::unique_ptr<NcclComm> nccl;
+  if (dist.world_size() > 1 && dev == Device::CUDA) nccl = std::make_unique<NcclComm>(dist);
   io::ensure_writable_folder(o.out, "--out");  // before any work: a wrong --out fails in a second, not an epoch
 
   TrainData data = build_data(o, log, dist.rank(), dist.world_size());
@@ -814,7 +820,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   Tape tape;
   TapeScope tape_scope(tape);
   Trainer t{o, dev, prec, data, *model, *opt, sched, ce, tape, caches,
-            RunningMetrics(static_cast<int>(data.num_classes()), dev), GradientAverager(dist), dist,
+            RunningMetrics(static_cast<int>(data.num_classes()), dev),
+            GradientAverager(dist, GradientAverager::kBucketBytes, nccl.get()), dist,
             hang_step_from_env(dist.rank())};
 #if TL_WITH_CUDA
   if (o.cuda_graphs) t.graphs = std::make_unique<StepGraphs>(step_counters(*model));

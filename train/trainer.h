@@ -109,13 +109,15 @@ class DivergedError : public Error {
 std::atomic<bool>& stop_requested();
 
 TrainResult run_training(const TrainOptions& options, std::ostream& log);
-// Data-parallel training when `dist` has several ranks (CPU only for now): each rank trains on its share of every
-// epoch (io::LoaderOptions rank / world_size, padded as PyTorch's DistributedSampler) with --batch-size images per
-// step, the gradients are averaged over the ranks after each backward pass (GradientAverager) and the train and val
+// Data-parallel training when `dist` has several ranks (on the CPU over MPI, on CUDA over NCCL when built with it):
+// each rank trains on its share of every epoch (io::LoaderOptions rank / world_size, padded as PyTorch's
+// DistributedSampler) with --batch-size images per step, the gradients are averaged over the ranks in buckets
+// started during each backward pass (GradientAverager) and the train and val
 // metrics summed over them. Rank 0 alone writes the files (checkpoints, metrics.jsonl, PNGs, best.bin) and the log;
 // every rank can --resume from them (a shared filesystem). Batch norm uses each rank's own batch statistics.
 // Test hook: the environment variable TL_TEST_HANG_AT_STEP="<rank>:<step>" makes that rank stop answering before
-// its step-th gradient all-reduce (1-based, counted as --stop-after-steps), so that the others time out.
+// its step-th backward pass, before any of that step's gradient all-reduces starts (1-based, counted as
+// --stop-after-steps), so that the others time out.
 TrainResult run_training(const TrainOptions& options, std::ostream& log, const Distributed& dist);
 
 // The numeric format of a run's activations: "fp32" (float32; NCHW on CUDA, on the CPU the layout its fast
