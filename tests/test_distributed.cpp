@@ -403,3 +403,106 @@ TEST(DataParallel, HungRankTimesOutAndResumeFinishes) {
   ASSERT_EQ(m.size(), 2u);
   EXPECT_EQ(m[1]["epoch"], 2);
 }
+
+// ---------------------------------------------------------------- --sync-bn
+
+namespace {
+
+// How far run `a` is from run `b` (both in --out folders of the same job): the largest relative difference of
+// their per-epoch train and val losses (metrics.jsonl), and of the model tensors in last.ckpt (weights, running
+// statistics), |a - b| / (1 + |b|).
+struct RunDiff {
+  double loss = 0, weights = 0;
+  int losses = 0, tensors = 0;  // how many were compared
+};
+RunDiff run_diff(const std::string& a, const std::string& b) {
+  RunDiff r;
+  const std::vector<nlohmann::json> ma = read_jsonl(a + "/metrics.jsonl"), mb = read_jsonl(b + "/metrics.jsonl");
+  EXPECT_EQ(ma.size(), mb.size()) << a << " vs " << b;
+  for (size_t e = 0; e < std::min(ma.size(), mb.size()); ++e)
+    for (const char* phase : {"train", "val"}) {
+      const double x = ma[e][phase]["loss"].get<double>(), y = mb[e][phase]["loss"].get<double>();
+      r.loss = std::max(r.loss, std::abs(x - y) / std::abs(y));
+      ++r.losses;
+    }
+  const train::StateDict sa = train::load_state_dict(a + "/last.ckpt"), sb = train::load_state_dict(b + "/last.ckpt");
+  for (const auto& [key, t] : sb.tensors) {
+    if (key.rfind("model.", 0) != 0) continue;
+    const std::vector<double> x = sa.tensors.at(key).to_doubles(), y = t.to_doubles();
+    EXPECT_EQ(x.size(), y.size()) << key;
+    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i)
+      r.weights = std::max(r.weights, std::abs(x[i] - y[i]) / (1 + std::abs(y[i])));
+    ++r.tensors;
+  }
+  if (sb.has_value("partial_train")) {  // stopped inside an epoch: the loss sum of its steps so far
+    const double x = nlohmann::json::parse(sa.get_string("partial_train"))["loss_sum"].get<double>();
+    const double y = nlohmann::json::parse(sb.get_string("partial_train"))["loss_sum"].get<double>();
+    r.loss = std::max(r.loss, std::abs(x - y) / std::abs(y));
+    ++r.losses;
+  }
+  return r;
+}
+
+}  // namespace
+
+// --sync-bn against 1 process with the global batch: PyTorch 1.13's SyncBatchNorm runs only on CUDA, so the
+// reference is what it computes, batch norm over the union of the ranks' batches, i.e. 1 process x batch 8 where
+// 2 processes x batch 4 take the same 8 images per step (the DistributedSampler split). resnet18 with every batch
+// norm training.
+//  - float64 (the CPU reference path), 2 epochs of 4 steps: the statistics are the same double sums in another
+//    order, so the runs agree to ~1e-15 relative per step (measured over the run: 2e-13); 1e-9 as the other
+//    DataParallel tests (without --sync-bn: 0.6).
+//  - float32 (the fast path, NHWC or NCHW as the build runs it), one step (--stop-after-steps 1: its loss, and the
+//    weights and running statistics after one update): this job's losses grow over 2 epochs at lr 0.01 and
+//    float32 rounding alone moves them by ~10%, so longer float32 runs bound nothing. After one step the only
+//    differences are float32 rounding of sums over the batch in another order (a few ulps, 6e-8 each, measured
+//    5e-8), scaled by lr 0.01 in the update and by momentum 0.1 in the running statistics: 1e-6 leaves a margin of
+//    20. Per-rank statistics (no --sync-bn) move the weights by ~8e-2, so the test can fail.
+TEST(DataParallel, SyncBnTwoProcessesMatchOneWithTwiceTheBatch) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_syncbn");
+  const std::string data = tiny_data(d + "/data");
+  for (const char* precision : {"fp64", "fp32"}) {
+    const std::string p = precision;
+    const bool one_step = p == "fp32";
+    const std::string common = " train --data " + data + " --arch resnet18 --epochs 2 --image-size 64 --no-augment "
+                               "--device cpu -j 1 --lr 0.01 --seed 1 --dist-timeout 120 --precision " + p +
+                               (one_step ? " --stop-after-steps 1" : "");
+    const int rc = one_step ? 130 : 0;  // a stopped run exits with 130
+    std::string log;
+    ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --sync-bn --out " + d + "/sync_" + p, &log), rc) << log;
+    EXPECT_TRUE(contains(log, "sync batch norm: 20 of 20 batch norm layers use the statistics of the global batch "
+                              "(2 x 4)")) << log;
+    ASSERT_EQ(run_command(std::string("OMP_NUM_THREADS=1 ") + TL_CLI + common + " -b 8 --sync-bn --out " + d +
+                              "/one_" + p, &log), rc) << log;
+    EXPECT_TRUE(contains(log, "--sync-bn: one process, nothing to synchronise")) << log;
+    const RunDiff sync = run_diff(d + "/sync_" + p, d + "/one_" + p);
+    const double tol = one_step ? 1e-6 : 1e-9;
+    EXPECT_LE(sync.loss, tol) << p;
+    EXPECT_LE(sync.weights, tol) << p;
+    EXPECT_EQ(sync.losses, one_step ? 1 : 4) << p << ": train and val losses per epoch, or the stopped step's";
+    EXPECT_GT(sync.tensors, 100) << "weights, biases, running means and variances";
+    std::cerr << p << ": --sync-bn vs 1 x 8: losses " << sync.loss << ", weights " << sync.weights << "\n";
+    if (!one_step) continue;  // the one-step float32 runs also show that per-rank statistics differ
+    ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --out " + d + "/plain_" + p, &log), rc) << log;
+    const RunDiff plain = run_diff(d + "/plain_" + p, d + "/one_" + p);
+    std::cerr << p << ": per-rank batch norm vs 1 x 8: losses " << plain.loss << ", weights " << plain.weights << "\n";
+    EXPECT_GT(plain.weights, 1e-3) << p << ": per-rank statistics must differ from the global batch's";
+  }
+}
+
+// Nothing to synchronise, or a combination that cannot work: refused before any work, naming the option.
+TEST(DataParallel, SyncBnRefusedWhereItCannotApply) {
+  const std::string d = scratch_dir("syncbn_refused");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = std::string("OMP_NUM_THREADS=1 ") + TL_CLI + " train --data " + data +
+                             " --epochs 1 --image-size 32 --no-augment --device cpu -j 1 -b 4 --sync-bn --out " + d +
+                             "/run";
+  std::string log;
+  EXPECT_NE(run_command(common + " --arch squeezenet1_0", &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn: squeezenet1_0 has no batch norm layer; drop --sync-bn")) << log;
+  EXPECT_NE(run_command(common + " --arch resnet18 --freeze backbone --freeze-bn", &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn: every batch norm layer of resnet18 is frozen and uses its running statistics "
+                            "(--freeze-bn)")) << log;
+}

@@ -193,6 +193,9 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
                "several processes (mpirun): seconds a rank waits for the others in a collective before ending the job")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c.add_flag("--sync-bn", o.sync_bn,
+             "several processes (mpirun): batch norm statistics over the global batch of all ranks, as PyTorch's "
+             "SyncBatchNorm (CPU); with one process it changes nothing");
 }
 
 // `train`, in one process or as one rank of `mpirun -np N tlengine train ...`: rank 0 writes args.json and prints

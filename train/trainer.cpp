@@ -156,6 +156,35 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
   if (progress) progress->finish();
 }
 
+// --sync-bn: checked with any number of processes (a job that starts on one starts on several), applied with
+// several (enable_sync_bn). The model is in training mode (which batch norm layers use batch statistics).
+void setup_sync_bn(const TrainOptions& o, models::Model& model, const Distributed& dist, std::ostream& log) {
+  int layers = 0, batch_stats = 0;
+  model.train();
+  for (auto& [name, m] : model.named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) {
+      ++layers;
+      batch_stats += bn->uses_running_stats() ? 0 : 1;
+    }
+  TL_CHECK(layers > 0, ValueError, "--sync-bn: ", o.arch, " has no batch norm layer; drop --sync-bn");
+  const bool unfreezes = !o.unfreeze.empty() || o.freeze_epochs > 0;  // frozen layers may train later
+  TL_CHECK(batch_stats > 0 || unfreezes, ValueError, "--sync-bn: every batch norm layer of ", o.arch,
+           " is frozen and uses its running statistics (--freeze-bn), so there are no batch statistics to "
+           "synchronise; drop --sync-bn (or --freeze-bn)");
+  TL_CHECK(dist.world_size() == 1 || o.on_bad_image != "skip", ValueError,
+           "--sync-bn with --on-bad-image skip on several processes: a rank whose whole batch was skipped has no "
+           "batch to take part in the batch-norm statistics of that step; use --on-bad-image fail (and remove the "
+           "bad images), or drop --sync-bn");
+  if (dist.world_size() == 1) {
+    log << "--sync-bn: one process, nothing to synchronise (batch norm over its batch, as without the flag)\n";
+    return;
+  }
+  enable_sync_bn(dist, model);
+  log << "sync batch norm: " << batch_stats << " of " << layers << " batch norm layers use the statistics of the "
+      << "global batch (" << dist.world_size() << " x " << o.batch_size << ")"
+      << (batch_stats < layers ? ", the frozen ones their running statistics (--freeze-bn)" : "") << "\n";
+}
+
 // TL_TEST_HANG_AT_STEP="<rank>:<step>" (trainer.h): the step at which `rank` hangs, or 0.
 int64_t hang_step_from_env(int rank) {
   const char* v = std::getenv("TL_TEST_HANG_AT_STEP");
@@ -717,6 +746,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   Unfreezing unfreezing(o, *model, plan, log);
+  if (o.sync_bn) setup_sync_bn(o, *model, dist, log);
   auto opt = build_optimizer(o, *model, log, [&](const std::string& name) { return unfreezing.ever_trainable(name); });
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
