@@ -83,6 +83,23 @@ io::Compose val_compose(const std::string& kind, const models::InputSize& size) 
   return io::eval_transform(size.resize, size.crop);
 }
 
+// The train loader's transform: RandomResizedCrop + flip, or the val transform with --no-augment.
+io::Compose train_compose(const TrainOptions& o) {
+  const models::InputSize size = models::input_size(o.arch, o.image_size);
+  return o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
+}
+
+// What every loader of a run shares: batch, workers, seed, bad images, image cache.
+io::LoaderOptions loader_options(const TrainOptions& o) {
+  io::LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.num_workers = o.workers;
+  lo.seed = o.seed;
+  lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
+  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
+  return lo;
+}
+
 LRSchedule make_schedule(const TrainOptions& o) {
   if (o.schedule == "step") return LRSchedule::step(o.step_size, o.gamma);
   if (o.schedule == "multistep") {
@@ -207,19 +224,13 @@ TrainData build_data(const TrainOptions& o, std::ostream& log, int rank, int wor
   TrainData d;
   d.splits = io::load_splits(o.data, o.val_split, o.seed);
   log << "data: " << d.splits.description << "\n";
-  io::LoaderOptions lo;
-  lo.batch_size = o.batch_size;
-  lo.num_workers = o.workers;
-  lo.seed = o.seed;
-  lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
-  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
+  const io::LoaderOptions lo = loader_options(o);
   io::LoaderOptions train_lo = lo;
   train_lo.shuffle = o.shuffle;
   train_lo.rank = rank;
   train_lo.world_size = world_size;
   const models::InputSize size = models::input_size(o.arch, o.image_size);
-  const io::Compose train_t = o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
-  d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_t, train_lo);
+  d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_compose(o), train_lo);
   d.val = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, size), lo);
   if (world_size > 1 && !d.splits.val.samples.empty()) {
     io::LoaderOptions share_lo = lo;
@@ -365,8 +376,10 @@ namespace {
 struct FeatureCaches {
   std::unique_ptr<FeatureCache> train, val;
 };
+// Several ranks: each runs the frozen part on its 1/N of the train images (FeatureCache's parts) and the rows are
+// exchanged, so that every rank can serve its share of any epoch; the val cache holds each rank's own val share.
 FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, models::Model& model, const FreezePlan& plan,
-                                   Device dev, Precision prec, int world_size, std::ostream& log) {
+                                   Device dev, Precision prec, const Distributed& dist, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
   TL_CHECK(o.cache_dtype == "float32" || o.cache_dtype == "float16" || o.cache_dtype == "bfloat16", ValueError,
@@ -384,16 +397,27 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   log << fc.reason << "\n";
   FeatureCaches c;
   if (!fc.use) return c;
-  TL_CHECK(world_size == 1, ValueError,
-           "the feature cache does not work with several processes yet (each rank would need its share of the "
-           "cached rows): add --no-cache");
-  // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
-  auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
+  const bool several = dist.world_size() > 1;
+  // Over the RAM budget: scratch files under --out (one per rank), unlinked as soon as they are mapped.
+  auto spill = [&](const std::string& name) {
+    return fc.spill ? (fs::path(o.out) / (several ? detail::concat(name, ".rank", dist.rank()) : name)).string()
+                    : std::string();
+  };
+  std::unique_ptr<io::DataLoader> train_part;  // several ranks: this rank's 1/N of the train images, in order
+  if (several) {
+    io::LoaderOptions lo = loader_options(o);
+    lo.rank = dist.rank();
+    lo.world_size = dist.world_size();
+    lo.pad_shares = false;
+    train_part = std::make_unique<io::DataLoader>(data.splits.train.samples, train_compose(o), lo);
+  }
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
-                                           views, spill(".feature_cache_train.tmp"), storage, fc.cut);
+                                           views, spill(".feature_cache_train.tmp"), storage, fc.cut,
+                                           FeatureCacheParts{&dist, train_part.get()});
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
-  if (data.val->num_samples() > 0) {
-    c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
+  io::DataLoader& val = data.val_share ? *data.val_share : *data.val;  // each rank evaluates its own share
+  if (val.num_samples() > 0) {
+    c.val = std::make_unique<FeatureCache>(model, val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
                                            spill(".feature_cache_val.tmp"), storage, fc.cut);
     if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
   }
@@ -574,7 +598,11 @@ struct Trainer {
       for (int64_t b = first; b < caches.train->batches_per_epoch(); ++b) {
         FeatureCache::Batch fb = caches.train->batch(state.epoch, b);
         if (fb.size == 0) {  // every image of the batch was skipped
-          ++state.batch;
+          if (!grads_needed()) {
+            ++state.batch;
+          } else if (after_step(empty_step(state.epoch, state.batch), 0)) {  // several ranks: every rank steps
+            return false;
+          }
           continue;
         }
         if (after_step(step(fb.features, fb.labels, true, state.epoch, state.batch, last_path), fb.size)) return false;
@@ -760,7 +788,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
   broadcast_parameters(dist, *model);  // the same start on every rank
   unfreezing.advance(*model, state.epoch, log);  // a run resumed after an unfreeze
-  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist.world_size(), log);
+  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist, log);
   result.epochs_done = state.epoch;
 
   std::unique_ptr<JsonLinesWriter> metrics_log;  // rank 0 alone writes files
