@@ -521,3 +521,49 @@ TEST(DataParallel, FeatureCacheWithSeveralProcessesMatchesOne) {
   EXPECT_LE(diff.weights, 1e-9);
   EXPECT_GT(diff.tensors, 100);
 }
+
+// Only train is data-parallel: the other commands launched as one of several processes are refused on every rank,
+// naming the command and saying to run it as one process. The launcher's variables set by hand (the check reads
+// them before any MPI call, so this runs in any build, without mpirun).
+TEST(DataParallel, OnlyTrainRunsOnSeveralProcesses) {
+  const std::string d = scratch_dir("ddp_commands");
+  for (const std::string& cmd : std::vector<std::string>{"lr-find --data " + d, "eval --weights " + d + "/w.bin --data " + d,
+                                "predict --weights " + d + "/w.bin " + d + "/a.png", "bench --arch resnet18",
+                                "inspect --arch resnet18"}) {
+    std::string log;
+    EXPECT_NE(run_command("OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=1 " + std::string(TL_CLI) + " " + cmd, &log), 0)
+        << cmd << "\n" << log;
+    const std::string name = cmd.substr(0, cmd.find(' '));
+    EXPECT_TRUE(contains(log, name + ": launched by OpenMPI as rank 1 of 2 processes, but only `train` runs on "
+                                      "several processes (data parallel); run " + name + " as one process, without "
+                                      "mpirun")) << log;
+  }
+}
+
+// --resume with another number of processes or batch size: inside an epoch only with the same global batch (refused
+// otherwise, saying why), at an epoch's end with any, the log saying what changed (the lr is not scaled).
+TEST(DataParallel, ResumeWithAnotherNumberOfProcesses) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_resume_world");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = " train --data " + data + " --arch squeezenet1_0 --dropout 0 --image-size 64 "
+                             "--no-augment --device cpu -j 1 --lr 0.01 --dist-timeout 120 --out " + d + "/run";
+  const std::string one = std::string("OMP_NUM_THREADS=1 ") + TL_CLI;
+  std::string log;
+  EXPECT_EQ(run_command(mpirun(2) + TL_CLI + common + " --epochs 2 -b 4 --stop-after-steps 2", &log), 130) << log;
+  EXPECT_NE(run_command(one + common + " --epochs 2 -b 4 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "was written inside epoch 1 (after step 2) by 2 process(es) x batch 4 = global batch 8; "
+                            "this run's global batch is 1 x 4 = 4")) << log;
+  ASSERT_EQ(run_command(one + common + " --epochs 2 -b 8 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "resuming with 1 process(es) x batch 8 = global batch 8 (the checkpoint: 2 x 4 = 8)\n"))
+      << log;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " --epochs 3 -b 2 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "resumed " + d + "/run/last.ckpt at epoch 3, batch 0")) << log;
+  EXPECT_TRUE(contains(log, "resuming with 2 process(es) x batch 2 = global batch 4 (the checkpoint: 1 x 8 = 8); "
+                            "the lr is not scaled (--lr 0.01)")) << log;
+  const std::vector<nlohmann::json> m = read_jsonl(d + "/run/metrics.jsonl");
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m[0]["train"]["count"], 32);
+  EXPECT_EQ(m[2]["train"]["count"], 32);
+}

@@ -218,6 +218,15 @@ int train_command(const CLI::App& cmd, const train::TrainOptions& to) {
   }
 }
 
+// Only `train` is data-parallel: any other command launched as one of several processes would run N times over
+// (and write the same files), so it is refused on every rank.
+void refuse_several_processes(const std::string& command) {
+  const LaunchInfo li = launch_info_from_env();
+  TL_CHECK(li.world_size == 1, ValueError, command, ": launched by ", li.launcher, " as rank ", li.rank, " of ",
+           li.world_size, " processes, but only `train` runs on several processes (data parallel); run ", command,
+           " as one process, without mpirun");
+}
+
 // `lr-find`: the train options that shape the search (the job and its optimizer), and the search's own.
 void add_lr_find_options(CLI::App& c, train::LrFindOptions& lo) {
   train::TrainOptions& o = lo.train;
@@ -404,6 +413,7 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_sigint);
   try {
     if (*train_cmd) return train_command(*train_cmd, to);
+    refuse_several_processes(app.get_subcommands().front()->get_name());
     if (*lr_find_cmd) {
       const train::LrFindResult r = train::run_lr_find(lfo, std::cerr);
       return r.stopped == "interrupted" ? 130 : 0;

@@ -448,10 +448,11 @@ void add_partial_metrics(const json& j, ClassificationMetrics& m) {
 // Writes and reads <out>/last.ckpt: everything an exact --resume needs.
 class Checkpointer {
  public:
+  // `world_size`: the processes of this run (saved, so that a resume with another count can say what changed).
   Checkpointer(const TrainOptions& o, const std::vector<std::string>& classes, models::Model& model, Optimizer& opt,
-               LRScheduler& sched)
+               LRScheduler& sched, int world_size)
       : o_(o), classes_(classes), model_(model), opt_(opt), sched_(sched),
-        path_((fs::path(o.out) / "last.ckpt").string()) {}
+        path_((fs::path(o.out) / "last.ckpt").string()), world_size_(world_size) {}
   const std::string& path() const { return path_; }
 
   void save(const RunState& s, const TrainResult& r) const {
@@ -463,6 +464,8 @@ class Checkpointer {
     sd.set_string("classes", io::encode_names(classes_));
     sd.set_int("epoch", s.epoch);
     sd.set_int("batch", s.batch);
+    sd.set_int("world_size", world_size_);
+    sd.set_int("batch_size", o_.batch_size);
     sd.set_double("best_acc", r.best_val_acc);
     sd.set_int("best_epoch", r.best_epoch);
     sd.set_int("bad_epochs", s.bad_epochs);
@@ -502,16 +505,35 @@ class Checkpointer {
     r.best_val_acc = sd.get_double("best_acc");
     r.best_epoch = static_cast<int>(sd.get_int("best_epoch"));
     log << "resumed " << path_ << " at epoch " << s.epoch + 1 << ", batch " << s.batch << "\n";
+    if (sd.has_value("world_size")) check_global_batch(sd.get_int("world_size"), sd.get_int("batch_size"), s, log);
     return s;
   }
 
  private:
   const TrainOptions& o_;
   const std::vector<std::string>& classes_;
+  // A resume with another number of processes or batch size: fine at an epoch's end (said in the log); inside an
+  // epoch only with the same global batch, since step k of an epoch holds positions [k G, (k + 1) G) of its order
+  // (every rank's share of it), so another global batch would skip or repeat images.
+  void check_global_batch(int64_t world0, int64_t batch0, const RunState& s, std::ostream& log) const {
+    if (world0 == world_size_ && batch0 == o_.batch_size) return;
+    const int64_t global0 = world0 * batch0, global = world_size_ * o_.batch_size;
+    TL_CHECK(s.batch == 0 || global == global0, ValueError, path_, " was written inside epoch ", s.epoch + 1,
+             " (after step ", s.batch, ") by ", world0, " process(es) x batch ", batch0, " = global batch ", global0,
+             "; this run's global batch is ", world_size_, " x ", o_.batch_size, " = ", global, ", so its steps would "
+             "not hold the images left. Resume with a global batch of ", global0, " (processes x --batch-size), or "
+             "from an epoch's end");
+    log << "resuming with " << world_size_ << " process(es) x batch " << o_.batch_size << " = global batch " << global
+        << " (the checkpoint: " << world0 << " x " << batch0 << " = " << global0 << ")";
+    if (global != global0) log << "; the lr is not scaled (--lr " << o_.lr << ")";
+    log << "\n";
+  }
+
   models::Model& model_;
   Optimizer& opt_;
   LRScheduler& sched_;
   std::string path_;
+  int world_size_;
 };
 
 // Everything one training step and the epoch loop use.
@@ -783,7 +805,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   fs::create_directories(o.out);
   TrainResult result;
   result.best_path = (fs::path(o.out) / "best.bin").string();
-  Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched);
+  Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched, dist.world_size());
   result.last_path = ckpt.path();
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
   broadcast_parameters(dist, *model);  // the same start on every rank
