@@ -492,6 +492,11 @@ TEST(DataParallel, SyncBnRefusedWhereItCannotApply) {
   EXPECT_NE(run_command(common + " --arch resnet18 --freeze backbone --freeze-bn", &log), 0);
   EXPECT_TRUE(contains(log, "--sync-bn: every batch norm layer of resnet18 is frozen and uses its running statistics "
                             "(--freeze-bn)")) << log;
+  if (!mpi_missing().empty()) return;  // the rest needs several processes
+  EXPECT_NE(run_command(mpirun(2) + TL_CLI + " train --data " + data + " --epochs 1 --image-size 32 --no-augment "
+                        "--device cpu -j 1 -b 4 --sync-bn --on-bad-image skip --dist-timeout 60 --out " + d + "/run2",
+                        &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn with --on-bad-image skip on several processes")) << log;
 }
 
 // The feature cache on 2 processes: each rank runs the frozen part (conv1 .. layer3, batch norm on its running
