@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #ifdef TL_HAVE_MPI
 #include <mpi.h>
@@ -200,6 +201,33 @@ void Distributed::broadcast_bytes(void* data, size_t bytes, int root, const std:
   MPI_Request req;
   MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, MPI_COMM_WORLD, &req);
   wait_for(&req, what);
+#else
+  (void)data;
+  (void)what;
+#endif
+}
+
+void Distributed::all_gather_rows(void* data, int64_t rows, int64_t row_bytes, const std::string& what) const {
+  if (world_size_ == 1 || rows == 0) return;
+  TL_CHECK(row_bytes > 0 && row_bytes <= (1LL << 31) - 1 && rows / world_size_ < (1LL << 31) - 1, ValueError,
+           "distributed all-gather of rows: ", rows, " rows of ", row_bytes, " bytes; at most 2^31 - 1 bytes per row "
+           "and rows per rank");
+#ifdef TL_HAVE_MPI
+  MPI_Datatype row;
+  MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row);
+  std::vector<MPI_Request> reqs(static_cast<size_t>(world_size_), MPI_REQUEST_NULL);
+  for (int r = 0; r < world_size_; ++r) {  // every rank posts the same broadcasts in the same order
+    const int64_t count = r < rows ? (rows - r + world_size_ - 1) / world_size_ : 0;
+    MPI_Datatype strided;  // rank r's rows: `count` rows, world_size rows apart
+    MPI_Type_create_hvector(static_cast<int>(count), 1, static_cast<MPI_Aint>(world_size_ * row_bytes), row, &strided);
+    MPI_Type_commit(&strided);
+    MPI_Ibcast(static_cast<char*>(data) + r * row_bytes, count > 0 ? 1 : 0, strided, r, MPI_COMM_WORLD,
+               &reqs[static_cast<size_t>(r)]);
+    MPI_Type_free(&strided);  // freed once the pending broadcast is done with it
+  }
+  MPI_Type_free(&row);
+  for (int r = 0; r < world_size_; ++r)
+    wait(&reqs[static_cast<size_t>(r)], detail::concat(what, " (rank ", r, "'s rows)"));
 #else
   (void)data;
   (void)what;

@@ -84,6 +84,11 @@ class Distributed {
   void broadcast(Tensor& t, int root, const std::string& what) const;
   // The same for `bytes` raw bytes (NCCL's unique id, core/nccl.h).
   void broadcast_bytes(void* data, size_t bytes, int root, const std::string& what) const;
+  // All-gather of interleaved rows, in place: `data` holds `rows` rows of `row_bytes` bytes, of which rank r has
+  // filled rows r, r + N, r + 2N, ... (its part of the unpadded DistributedSampler split of 0 .. rows - 1); after the
+  // call every rank holds all of them (e.g. the feature cache: each rank extracts 1/N of the samples). One
+  // broadcast per rank, its rows described by a strided MPI datatype: no staging copy of `data`. No-op for 1 rank.
+  void all_gather_rows(void* data, int64_t rows, int64_t row_bytes, const std::string& what) const;
   void barrier(const std::string& what) const;
   // Ends every rank (MPI_Abort with `code`); with one process it returns and the caller exits as usual.
   void abort(int code) const;

@@ -74,27 +74,44 @@ void write_channel_grads(const BatchNormGrads& gr, int64_t c, double dgamma, dou
   }
 }
 
+// --sync-bn: per-channel sums, and the value count appended, summed over the ranks in place. No-op without sync.
+void sync_sums(const BatchNormSync* sync, std::vector<double>& sums, double& m) {
+  if (!sync || !sync->active()) return;
+  sums.push_back(m);
+  sync->dist->all_reduce_sum(sums, sync->what);
+  m = sums.back();
+  sums.pop_back();
+}
+
+// Sums per channel first (over this batch, then over the ranks with --sync-bn), then the output.
 template <typename T>
 void forward_train_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
-                       Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps) {
+                       Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps,
+                       const BatchNormSync* sync) {
   const Dims d = dims_of(x);
   const bool nx = x.layout() == Layout::NHWC, ny = y.layout() == Layout::NHWC;
   const T *xp = x.data_as<T>(), *g = gamma.data_as<T>(), *b = beta.data_as<T>();
   T *yp = y.data_as<T>(), *sm = save_mean.data_as<T>(), *si = save_invstd.data_as<T>();
   T *rm = running_mean.data_as<T>(), *rv = running_var.data_as<T>();
-  const double m = static_cast<double>(d.m());
-  for (int64_t c = 0; c < d.c; ++c) {
-    double sum = 0;
+  double m = static_cast<double>(d.m());
+  std::vector<double> sum(static_cast<size_t>(d.c), 0.0), sq(static_cast<size_t>(d.c), 0.0);
+  for (int64_t c = 0; c < d.c; ++c)
     for (int64_t n = 0; n < d.n; ++n)
-      for (int64_t s = 0; s < d.hw; ++s) sum += xp[offset(nx, d, n, c, s)];
-    const double mean = sum / m;
-    double sq = 0;
+      for (int64_t s = 0; s < d.hw; ++s) sum[c] += xp[offset(nx, d, n, c, s)];
+  sync_sums(sync, sum, m);
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double mean = sum[c] / m;
     for (int64_t n = 0; n < d.n; ++n)
       for (int64_t s = 0; s < d.hw; ++s) {
         const double v = xp[offset(nx, d, n, c, s)] - mean;
-        sq += v * v;
+        sq[c] += v * v;
       }
-    const double var = sq / m, invstd = 1.0 / std::sqrt(var + eps);
+  }
+  double m_sq = static_cast<double>(d.m());
+  sync_sums(sync, sq, m_sq);
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double mean = sum[c] / m;
+    const double var = sq[c] / m, invstd = 1.0 / std::sqrt(var + eps);
     const double scale = invstd * g[c], shift = b[c];
     for (int64_t n = 0; n < d.n; ++n)
       for (int64_t s = 0; s < d.hw; ++s)
@@ -124,6 +141,9 @@ void forward_eval_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, 
 
 // All gradient outputs are prepared; dx (if any) has dy's layout. x/mean/invstd/gamma may be undefined when
 // the requested gradients do not read them.
+// All gradient outputs are prepared; dx (if any) has dy's layout. x/mean/invstd/gamma may be undefined when
+// the requested gradients do not read them. Sums per channel first (dgamma and dbeta from them), then, with
+// --sync-bn in training, the sums over the ranks for dx.
 template <typename T>
 void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const Tensor& mean, const Tensor& invstd,
                   bool training, const BatchNormGrads& gr) {
@@ -136,7 +156,9 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
   const T* mp = mean.defined() ? mean.data_as<T>() : nullptr;
   const T* ip = invstd.defined() ? invstd.data_as<T>() : nullptr;
   const T* gp = gamma.defined() ? gamma.data_as<T>() : nullptr;
-  const double m = static_cast<double>(d.m());
+  double m = static_cast<double>(d.m());
+  // sums[c]: sum dy; sums[C + c]: sum dy (x - mu)
+  std::vector<double> sums(static_cast<size_t>(2 * d.c), 0.0);
   for (int64_t c = 0; c < d.c; ++c) {
     const double mu = need_xhat ? mp[c] : 0.0, inv = (need_xhat || gr.dx) ? ip[c] : 0.0;
     double sum_dy = 0, sum_dy_xmu = 0;
@@ -146,25 +168,29 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
         sum_dy += g;
         if (need_xhat) sum_dy_xmu += g * (xp[offset(nx, d, n, c, s)] - mu);
       }
-    const double dgamma = sum_dy_xmu * inv;
-    write_channel_grads<T>(gr, c, dgamma, sum_dy);
-    if (gr.dx) {
-      T* dxp = gr.dx->data_as<T>();
-      const double k = gp[c] * inv;
-      for (int64_t n = 0; n < d.n; ++n)
-        for (int64_t s = 0; s < d.hw; ++s) {
-          const double g = dyp[offset(ndy, d, n, c, s)];
-          double r;
-          if (training) {
-            const double xhat = (xp[offset(nx, d, n, c, s)] - mu) * inv;
-            r = k * (g - sum_dy / m - xhat * dgamma / m);
-          } else {
-            r = k * g;
-          }
-          T& o = dxp[offset(ndx, d, n, c, s)];
-          o = static_cast<T>(gr.dx_accumulate ? o + r : r);
+    write_channel_grads<T>(gr, c, sum_dy_xmu * inv, sum_dy);
+    sums[c] = sum_dy, sums[d.c + c] = sum_dy_xmu;
+  }
+  if (!gr.dx) return;
+  if (training) sync_sums(gr.sync, sums, m);
+  T* dxp = gr.dx->data_as<T>();
+  for (int64_t c = 0; c < d.c; ++c) {
+    const double mu = training ? mp[c] : 0.0, inv = ip[c];
+    const double sum_dy = sums[c], dgamma = sums[d.c + c] * inv;
+    const double k = gp[c] * inv;
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) {
+        const double g = dyp[offset(ndy, d, n, c, s)];
+        double r;
+        if (training) {
+          const double xhat = (xp[offset(nx, d, n, c, s)] - mu) * inv;
+          r = k * (g - sum_dy / m - xhat * dgamma / m);
+        } else {
+          r = k * g;
         }
-    }
+        T& o = dxp[offset(ndx, d, n, c, s)];
+        o = static_cast<T>(gr.dx_accumulate ? o + r : r);
+      }
   }
 }
 
@@ -284,15 +310,19 @@ ChannelSums sums_x(const Dims& d, bool nhwc, const float* x, const std::vector<f
 }
 
 void forward_train_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
-                        Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps) {
+                        Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps,
+                        const BatchNormSync* sync) {
   const Dims d = dims_of(x);
   const bool nhwc = x.layout() == Layout::NHWC;  // y has x's layout
   const float* xp = x.data_as<float>();
-  const double m = static_cast<double>(d.m());
+  double m = static_cast<double>(d.m());
   std::vector<float> mu(static_cast<size_t>(d.c));
-  const ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
+  ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
+  sync_sums(sync, s1.a, m);
   for (int64_t c = 0; c < d.c; ++c) mu[c] = static_cast<float>(s1.a[c] / m);
-  const ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
+  ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
+  double m_sq = static_cast<double>(d.m());
+  sync_sums(sync, s2.b, m_sq);
   Affine f(d.c, false);
   const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
   float *sm = save_mean.data_as<float>(), *si = save_invstd.data_as<float>();
@@ -354,13 +384,21 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
       *a = sa, *b = sb;
     });
   }
-  const double m = static_cast<double>(d.m());
+  double m = static_cast<double>(d.m());
+  for (int64_t c = 0; c < d.c; ++c)
+    write_channel_grads<float>(gr, c, s.b[c] * (need_xhat ? invstd.data_as<float>()[c] : 0.0), s.a[c]);
+  if (!gr.dx) return;
+  if (training && gr.sync && gr.sync->active()) {  // --sync-bn: dx from the sums over all ranks
+    std::vector<double> both(s.a);
+    both.insert(both.end(), s.b.begin(), s.b.end());
+    sync_sums(gr.sync, both, m);
+    std::copy(both.begin(), both.begin() + d.c, s.a.begin());
+    std::copy(both.begin() + d.c, both.end(), s.b.begin());
+  }
   Affine f(d.c, true);
   for (int64_t c = 0; c < d.c; ++c) {
-    const double inv = (need_xhat || gr.dx) ? invstd.data_as<float>()[c] : 0.0;
+    const double inv = invstd.data_as<float>()[c];
     const double dgamma = s.b[c] * inv, sum_dy = s.a[c];
-    write_channel_grads<float>(gr, c, dgamma, sum_dy);
-    if (!gr.dx) continue;
     // dx = k (dy - sum_dy / m - xhat dgamma / m), xhat = (x - mu) inv  ->  dx = G dy + A (x - mu) + B
     const double k = gamma.data_as<float>()[c] * inv;
     f.G[c] = static_cast<float>(k);
@@ -368,7 +406,7 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
     f.A[c] = static_cast<float>(training ? -k * inv * dgamma / m : 0.0);
     f.B[c] = static_cast<float>(training ? -k * sum_dy / m : 0.0);
   }
-  if (gr.dx) affine_pass(d, nhwc, training ? xp : dyp, dyp, f, gr.dx->data_as<float>(), gr.dx_accumulate);
+  affine_pass(d, nhwc, training ? xp : dyp, dyp, f, gr.dx->data_as<float>(), gr.dx_accumulate);
 }
 
 #if TL_WITH_CUDA
@@ -621,6 +659,8 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
   TL_CHECK(opt.eps > 0, ValueError, op, ": eps must be > 0, got ", opt.eps);
   TL_CHECK(opt.cumulative_average || (opt.momentum >= 0 && opt.momentum <= 1), ValueError, op,
            ": momentum must be in [0, 1], got ", opt.momentum);
+  TL_CHECK(!(opt.sync && opt.sync->active() && x.is_cuda()), ValueError, op, ": --sync-bn runs on the CPU only "
+           "for now (", opt.sync ? opt.sync->what : "", "); train on the CPU or without --sync-bn");
 
 #if TL_WITH_CUDA
   // The cumulative-average factor changes every batch, and cuDNN takes it by value: a captured CUDA graph would
@@ -644,10 +684,10 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
 #endif
   } else if (x.dtype() == DType::F32) {
     forward_train_fast(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var, factor,
-                       opt.eps);
+                       opt.eps, opt.sync);
   } else {
     forward_train_cpu<double>(x, gamma, beta, y, save_mean, save_invstd, buffers.running_mean, buffers.running_var,
-                              factor, opt.eps);
+                              factor, opt.eps, opt.sync);
   }
   if (reserve) *reserve = cudnn_reserve;
   return y;
@@ -712,6 +752,8 @@ void batchnorm_backward(const Tensor& x, const Tensor& dy_in, const Tensor& gamm
     check_channel_tensor(mean, dy, op, "mean");
   }
   if (need_stats) check_channel_tensor(invstd, dy, op, "invstd");
+  TL_CHECK(!(training && grads.dx && grads.sync && grads.sync->active() && dy.is_cuda()), ValueError, op,
+           ": --sync-bn runs on the CPU only for now (", grads.sync->what, ")");
   if (grads.dx) check_channel_tensor(gamma, dy, op, "gamma");
   const Tensor& like = need_x ? x : dy;  // dx takes x's layout (dy's when x is not needed)
   const int64_t C = dy.size(1);
@@ -774,8 +816,9 @@ Variable batch_norm2d(const Variable& x, const Variable& gamma, const Variable& 
     const Tensor gs = gx ? gamma.value() : Tensor();
     const Tensor rs = gx ? reserve : Tensor();  // cuDNN's persistent backward reads it (dx only)
     return record_op("batch_norm2d", y, {&x, &gamma, &beta}, bytes_of({xs, ms, is, gs, rs}),
-                     [xs, ms, is, gs, rs, eps](const Tensor& dy, std::vector<GradSlot>& s) {
+                     [xs, ms, is, gs, rs, eps, sync = opt.sync](const Tensor& dy, std::vector<GradSlot>& s) {
                        BatchNormGrads g;
+                       g.sync = sync;  // points into the module, which outlives its graph
                        if (s[0].needed) g.dx = &s[0].grad, g.dx_accumulate = s[0].accumulate;
                        if (s[1].needed) g.dgamma = &s[1].grad, g.dgamma_accumulate = s[1].accumulate;
                        if (s[2].needed) g.dbeta = &s[2].grad, g.dbeta_accumulate = s[2].accumulate;

@@ -26,6 +26,15 @@
 // limits), and whatever cuDNN answers with a status of the NOT_SUPPORTED category.
 // gamma/beta and the running statistics are required (affine=True, track_running_stats=True).
 //
+// Synchronised batch norm (BatchNormSync, `--sync-bn`, PyTorch's SyncBatchNorm; CPU only): in training mode the
+// batch statistics are those of the union of all ranks' batches. The forward pass sums per channel sum(x) and the
+// value count over the ranks, takes the mean, then sums sum((x - mean)^2) over the ranks: the same two passes the
+// CPU reference makes over one batch (not E[x^2] - mean^2, which cancels), so 2 ranks x B give the statistics of
+// 1 rank x 2B up to the order of the double sums. The running variance uses the global count (m / (m - 1) over all
+// ranks). The backward pass computes dgamma and dbeta from this rank's dy alone (the gradient averaging between
+// ranks takes their mean, as PyTorch), and dx from sum(dy) and sum(dy * (x - mean)) summed over the ranks (only
+// when dx is needed: every rank runs the same graph, so all take part or none).
+//
 // Gradient contract (the same for every backward function in layers/), per requested output:
 //   accumulate == false: the gradient output is ASSIGNED (allocated when undefined, else overwritten);
 //   accumulate == true:  the gradient is ADDED into the existing gradient output.
@@ -38,10 +47,20 @@
 //             needed; nothing when only dbeta is needed.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "core/autograd.h"
+#include "core/distributed.h"
 
 namespace tl {
+
+// The ranks a batch norm layer shares its batch statistics with (--sync-bn). `what` names the layer in the
+// messages of its collectives (a timeout). A null or single-rank `dist` is the plain per-batch batch norm.
+struct BatchNormSync {
+  const Distributed* dist = nullptr;
+  std::string what;
+  bool active() const { return dist && dist->world_size() > 1; }
+};
 
 // Running statistics of one BatchNorm layer (PyTorch's buffers). Tensors of shape (C), parameter dtype,
 // on the op's device; updated in place. num_batches_tracked is a host counter (no device sync): the state dict
@@ -62,6 +81,7 @@ struct BatchNormOptions {
   double momentum = 0.1;
   bool cumulative_average = false;  // PyTorch momentum=None: f = 1 / num_batches_tracked
   double eps = 1e-5;
+  const BatchNormSync* sync = nullptr;  // training: statistics over all ranks (see the top of this file)
 };
 
 // The dtype of gamma/beta/running stats for an input of dtype `x`: float64 for float64, else float32.
@@ -91,6 +111,7 @@ struct BatchNormGrads {
   bool dgamma_accumulate = false;
   Tensor* dbeta = nullptr;
   bool dbeta_accumulate = false;
+  const BatchNormSync* sync = nullptr;  // training: dx from sums over all ranks (see the top of this file)
 };
 // Backward of either mode. training == true: mean/invstd are save_mean/save_invstd from
 // batchnorm_forward_train; training == false: mean = running_mean, invstd = batchnorm_invstd(running_var).

@@ -173,6 +173,7 @@ Variable BatchNorm2d::operator()(const Variable& x) {
   o.eps = eps;
   o.momentum = momentum;
   o.training = !uses_running_stats();
+  if (o.training && sync.active()) o.sync = &sync;
   return batch_norm2d(x, weight, bias, buffers, o);
 }
 

@@ -150,6 +150,9 @@ class BatchNorm2d : public Module {
   // Frozen batch norm (weight and bias not trainable) runs on its running statistics when true
   // (Keras semantics, `--freeze-bn`); PyTorch's default keeps batch statistics in train().
   bool frozen_uses_running_stats = false;
+  // --sync-bn: the ranks whose batches this layer's batch statistics cover in training (unset: this batch only).
+  // Set by train::enable_sync_bn; the module holds it, so the backward pass of a graph can point at it.
+  BatchNormSync sync;
   // True when this layer normalises with its running statistics in the next forward (eval mode, or frozen with
   // frozen_uses_running_stats).
   bool uses_running_stats() const;

@@ -370,19 +370,6 @@ TEST(DataParallel, RankWithOnlyBadImagesInABatchStillSteps) {
   EXPECT_EQ(m["val"]["count"], 16);
 }
 
-TEST(DataParallel, FeatureCacheRefusedWithSeveralProcesses) {
-  const std::string why = mpi_missing();
-  if (!why.empty()) GTEST_SKIP() << why;
-  const std::string d = scratch_dir("ddp_cache");
-  const std::string data = tiny_data(d + "/data");
-  std::string log;
-  EXPECT_NE(run_command(mpirun(2) + TL_CLI + " train --data " + data + " --arch resnet18 --freeze backbone --freeze-bn "
-                        "--epochs 1 --image-size 32 --no-augment --device cpu -j 1 -b 4 --out " + d + "/run", &log),
-            0);
-  EXPECT_TRUE(contains(log, "the feature cache does not work with several processes yet")) << log;
-  EXPECT_TRUE(contains(log, "add --no-cache")) << log;
-}
-
 // Rank 1 stops answering before its 6th gradient all-reduce (epoch 2, step 2 of 4): rank 0 times out after
 // --dist-timeout (15 s: far above a step, also on a loaded machine), names itself, the operation and the step, and
 // MPI_Abort ends both; the checkpoint of epoch 1 is intact and a single process resumes from it to the end.
@@ -545,4 +532,227 @@ TEST(DataParallelNccl, BuildWithoutNcclRefusesWithAClearMessage) {
   EXPECT_TRUE(contains(e, "needs NCCL, and this tlengine was built without it")) << e;
   EXPECT_TRUE(contains(e, "-DTL_WITH_NCCL=ON")) << e;
   EXPECT_TRUE(contains(e, "--device cpu")) << e;
+
+// ---------------------------------------------------------------- --sync-bn
+
+namespace {
+
+// How far run `a` is from run `b` (both in --out folders of the same job): the largest relative difference of
+// their per-epoch train and val losses (metrics.jsonl), and of the model tensors in last.ckpt (weights, running
+// statistics), |a - b| / (1 + |b|).
+struct RunDiff {
+  double loss = 0, weights = 0;
+  int losses = 0, tensors = 0;  // how many were compared
+};
+RunDiff run_diff(const std::string& a, const std::string& b) {
+  RunDiff r;
+  const std::vector<nlohmann::json> ma = read_jsonl(a + "/metrics.jsonl"), mb = read_jsonl(b + "/metrics.jsonl");
+  EXPECT_EQ(ma.size(), mb.size()) << a << " vs " << b;
+  for (size_t e = 0; e < std::min(ma.size(), mb.size()); ++e)
+    for (const char* phase : {"train", "val"}) {
+      const double x = ma[e][phase]["loss"].get<double>(), y = mb[e][phase]["loss"].get<double>();
+      r.loss = std::max(r.loss, std::abs(x - y) / std::abs(y));
+      ++r.losses;
+    }
+  const train::StateDict sa = train::load_state_dict(a + "/last.ckpt"), sb = train::load_state_dict(b + "/last.ckpt");
+  for (const auto& [key, t] : sb.tensors) {
+    if (key.rfind("model.", 0) != 0) continue;
+    const std::vector<double> x = sa.tensors.at(key).to_doubles(), y = t.to_doubles();
+    EXPECT_EQ(x.size(), y.size()) << key;
+    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i)
+      r.weights = std::max(r.weights, std::abs(x[i] - y[i]) / (1 + std::abs(y[i])));
+    ++r.tensors;
+  }
+  if (sb.has_value("partial_train")) {  // stopped inside an epoch: the loss sum of its steps so far
+    const double x = nlohmann::json::parse(sa.get_string("partial_train"))["loss_sum"].get<double>();
+    const double y = nlohmann::json::parse(sb.get_string("partial_train"))["loss_sum"].get<double>();
+    r.loss = std::max(r.loss, std::abs(x - y) / std::abs(y));
+    ++r.losses;
+  }
+  return r;
+}
+
+}  // namespace
+
+// --sync-bn against 1 process with the global batch: PyTorch 1.13's SyncBatchNorm runs only on CUDA, so the
+// reference is what it computes, batch norm over the union of the ranks' batches, i.e. 1 process x batch 8 where
+// 2 processes x batch 4 take the same 8 images per step (the DistributedSampler split). resnet18 with every batch
+// norm training.
+//  - float64 (the CPU reference path), 2 epochs of 4 steps: the statistics are the same double sums in another
+//    order, so the runs agree to ~1e-15 relative per step (measured over the run: 2e-13); 1e-9 as the other
+//    DataParallel tests (without --sync-bn: 0.6).
+//  - float32 (the fast path, NHWC or NCHW as the build runs it), one step (--stop-after-steps 1: its loss, and the
+//    weights and running statistics after one update): this job's losses grow over 2 epochs at lr 0.01 and
+//    float32 rounding alone moves them by ~10%, so longer float32 runs bound nothing. After one step the only
+//    differences are float32 rounding of sums over the batch in another order (a few ulps, 6e-8 each, measured
+//    5e-8), scaled by lr 0.01 in the update and by momentum 0.1 in the running statistics: 1e-6 leaves a margin of
+//    20. Per-rank statistics (no --sync-bn) move the weights by ~8e-2, so the test can fail.
+TEST(DataParallel, SyncBnTwoProcessesMatchOneWithTwiceTheBatch) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_syncbn");
+  const std::string data = tiny_data(d + "/data");
+  for (const char* precision : {"fp64", "fp32"}) {
+    const std::string p = precision;
+    const bool one_step = p == "fp32";
+    const std::string common = " train --data " + data + " --arch resnet18 --epochs 2 --image-size 64 --no-augment "
+                               "--device cpu -j 1 --lr 0.01 --seed 1 --dist-timeout 120 --precision " + p +
+                               (one_step ? " --stop-after-steps 1" : "");
+    const int rc = one_step ? 130 : 0;  // a stopped run exits with 130
+    std::string log;
+    ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --sync-bn --out " + d + "/sync_" + p, &log), rc) << log;
+    EXPECT_TRUE(contains(log, "sync batch norm: 20 of 20 batch norm layers use the statistics of the global batch "
+                              "(2 x 4)")) << log;
+    ASSERT_EQ(run_command(std::string("OMP_NUM_THREADS=1 ") + TL_CLI + common + " -b 8 --sync-bn --out " + d +
+                              "/one_" + p, &log), rc) << log;
+    EXPECT_TRUE(contains(log, "--sync-bn: one process, nothing to synchronise")) << log;
+    const RunDiff sync = run_diff(d + "/sync_" + p, d + "/one_" + p);
+    const double tol = one_step ? 1e-6 : 1e-9;
+    EXPECT_LE(sync.loss, tol) << p;
+    EXPECT_LE(sync.weights, tol) << p;
+    EXPECT_EQ(sync.losses, one_step ? 1 : 4) << p << ": train and val losses per epoch, or the stopped step's";
+    EXPECT_GT(sync.tensors, 100) << "weights, biases, running means and variances";
+    std::cerr << p << ": --sync-bn vs 1 x 8: losses " << sync.loss << ", weights " << sync.weights << "\n";
+    if (!one_step) continue;  // the one-step float32 runs also show that per-rank statistics differ
+    ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --out " + d + "/plain_" + p, &log), rc) << log;
+    const RunDiff plain = run_diff(d + "/plain_" + p, d + "/one_" + p);
+    std::cerr << p << ": per-rank batch norm vs 1 x 8: losses " << plain.loss << ", weights " << plain.weights << "\n";
+    EXPECT_GT(plain.weights, 1e-3) << p << ": per-rank statistics must differ from the global batch's";
+  }
+}
+
+// Nothing to synchronise, or a combination that cannot work: refused before any work, naming the option.
+TEST(DataParallel, SyncBnRefusedWhereItCannotApply) {
+  const std::string d = scratch_dir("syncbn_refused");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = std::string("OMP_NUM_THREADS=1 ") + TL_CLI + " train --data " + data +
+                             " --epochs 1 --image-size 32 --no-augment --device cpu -j 1 -b 4 --sync-bn --out " + d +
+                             "/run";
+  std::string log;
+  EXPECT_NE(run_command(common + " --arch squeezenet1_0", &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn: squeezenet1_0 has no batch norm layer; drop --sync-bn")) << log;
+  EXPECT_NE(run_command(common + " --arch resnet18 --freeze backbone --freeze-bn", &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn: every batch norm layer of resnet18 is frozen and uses its running statistics "
+                            "(--freeze-bn)")) << log;
+  if (!mpi_missing().empty()) return;  // the rest needs several processes
+  EXPECT_NE(run_command(mpirun(2) + TL_CLI + " train --data " + data + " --epochs 1 --image-size 32 --no-augment "
+                        "--device cpu -j 1 -b 4 --sync-bn --on-bad-image skip --dist-timeout 60 --out " + d + "/run2",
+                        &log), 0);
+  EXPECT_TRUE(contains(log, "--sync-bn with --on-bad-image skip on several processes")) << log;
+}
+
+// The feature cache on 2 processes: each rank runs the frozen part (conv1 .. layer3, batch norm on its running
+// statistics) on half of the train images, the ranks exchange the rows, and every epoch each rank trains layer4 and
+// fc on its share, from rows either rank extracted. --sync-bn gives layer4's batch norm (training) the global
+// batch's statistics, so the run equals 1 process x batch 8 with the cache (float64: 1e-9, as above); a wrong
+// exchange would train on zeros or on another image's features. The 2-process run keeps its cache in scratch files
+// under the shared --out (--cache-budget 0): one per rank.
+TEST(DataParallel, FeatureCacheWithSeveralProcessesMatchesOne) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_cache");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = " train --data " + data + " --arch resnet18 --freeze until=layer3 --freeze-bn --sync-bn "
+                             "--epochs 2 --image-size 64 --no-augment --precision fp64 --device cpu -j 1 --lr 0.01 "
+                             "--seed 1 --dist-timeout 120";
+  std::string log2, log1;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --cache-budget 0 --out " + d + "/two", &log2), 0) << log2;
+  ASSERT_EQ(run_command(std::string("OMP_NUM_THREADS=1 ") + TL_CLI + common + " -b 8 --out " + d + "/one", &log1), 0)
+      << log1;
+  EXPECT_TRUE(contains(log2, "feature cache: on at layer3")) << log2;
+  EXPECT_TRUE(contains(log2, "memory-mapped scratch file")) << log2;
+  EXPECT_TRUE(contains(log1, "feature cache: on at layer3")) << log1;
+  EXPECT_TRUE(contains(log2, "sync batch norm: 5 of 20 batch norm layers")) << log2;
+  const RunDiff diff = run_diff(d + "/two", d + "/one");
+  EXPECT_LE(diff.loss, 1e-9);
+  EXPECT_LE(diff.weights, 1e-9);
+  EXPECT_GT(diff.tensors, 100);
+}
+
+// Against PyTorch 1.13's DistributedDataParallel (tests/torch_ref/ddp_parity.py: gloo, 2 processes on the CPU): the
+// same job on both sides. The same start weights (finetune_parity.py's init.pth, converted), the same per-rank order
+// (--no-shuffle here, PyTorch's own DistributedSampler without shuffling there: rank r takes positions r, r + 2, ...),
+// per-rank batch norm (DDP's default) with rank 0's running statistics for val (broadcast_buffers), the val set
+// split without padding and the metrics summed over the ranks; resnet18 at 64 px, batch 4 per process, 2 epochs,
+// SGD (momentum 0.9) and Adam. Float64 on both sides: the same trajectory up to summation order (1e-16 per
+// operation; measured 6e-16 with SGD), so 1e-9 relative, as in Train.FinetuneReachesTheSameLossesAsPyTorch, while a
+// wrong averaging, order or batch-norm semantics moves the losses by far more. Not 32 px: there layer4's per-rank
+// batch norm normalises 4 values per channel (1x1 maps), which amplified the 1e-16 differences to 1e-10 within an
+// epoch and, at lr 0.01, to 4e-6 by the second (measured).
+TEST(DataParallel, MatchesPyTorchDdp) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_torch");
+  const std::string data = tiny_data(d + "/data");
+  run_torch_script("finetune_parity.py", "weights " + data + " " + d);
+  std::string log;
+  ASSERT_EQ(run_command(std::string(TL_CONVERT_PTH) + " " + d + "/init.pth " + d + "/init.bin", &log), 0) << log;
+  struct Case {
+    std::string optimizer, lr;
+  };
+  for (const Case& c : {Case{"sgd", "0.001"}, Case{"adam", "0.0001"}}) {
+    run_torch_script("ddp_parity.py", data + " " + d + " 2 " + c.lr + " 4 " + c.optimizer + " fp64 resnet18 64");
+    std::ifstream f(d + "/ddp_" + c.optimizer + "_fp64.json");
+    const nlohmann::json ref = nlohmann::json::parse(f);
+    const std::string out = d + "/run_" + c.optimizer;
+    ASSERT_EQ(run_command(mpirun(2) + TL_CLI + " train --data " + data + " --arch resnet18 --weights " + d +
+                              "/init.bin --epochs 2 --image-size 64 --val-transform resize --no-augment --no-shuffle "
+                              "--precision fp64 --device cpu -j 1 -b 4 --schedule constant --momentum 0.9 --optimizer " +
+                              c.optimizer + " --lr " + c.lr + " --dist-timeout 120 --out " + out, &log), 0) << log;
+    const std::vector<nlohmann::json> ours = read_jsonl(out + "/metrics.jsonl");
+    ASSERT_EQ(ours.size(), 2u) << log;
+    for (size_t e = 0; e < 2; ++e)
+      for (const char* phase : {"train", "val"}) {
+        const double t = ref[std::string(phase) + "_loss"][e].get<double>(), mine = ours[e][phase]["loss"].get<double>();
+        EXPECT_NEAR(mine, t, 1e-9 * std::abs(t)) << c.optimizer << " epoch " << e + 1 << " " << phase << " loss";
+        std::printf("[ddp parity] %s epoch %zu %s loss: tlengine %.12g, PyTorch DDP %.12g\n", c.optimizer.c_str(), e + 1,
+                    phase, mine, t);
+      }
+  }
+}
+
+// Only train is data-parallel: the other commands launched as one of several processes are refused on every rank,
+// naming the command and saying to run it as one process. The launcher's variables set by hand (the check reads
+// them before any MPI call, so this runs in any build, without mpirun).
+TEST(DataParallel, OnlyTrainRunsOnSeveralProcesses) {
+  const std::string d = scratch_dir("ddp_commands");
+  for (const std::string& cmd : std::vector<std::string>{"lr-find --data " + d, "eval --weights " + d + "/w.bin --data " + d,
+                                "predict --weights " + d + "/w.bin " + d + "/a.png", "bench --arch resnet18",
+                                "inspect --arch resnet18"}) {
+    std::string log;
+    EXPECT_NE(run_command("OMPI_COMM_WORLD_SIZE=2 OMPI_COMM_WORLD_RANK=1 " + std::string(TL_CLI) + " " + cmd, &log), 0)
+        << cmd << "\n" << log;
+    const std::string name = cmd.substr(0, cmd.find(' '));
+    EXPECT_TRUE(contains(log, name + ": launched by OpenMPI as rank 1 of 2 processes, but only `train` runs on "
+                                      "several processes (data parallel); run " + name + " as one process, without "
+                                      "mpirun")) << log;
+  }
+}
+
+// --resume with another number of processes or batch size: inside an epoch only with the same global batch (refused
+// otherwise, saying why), at an epoch's end with any, the log saying what changed (the lr is not scaled).
+TEST(DataParallel, ResumeWithAnotherNumberOfProcesses) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_resume_world");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = " train --data " + data + " --arch squeezenet1_0 --dropout 0 --image-size 64 "
+                             "--no-augment --device cpu -j 1 --lr 0.01 --dist-timeout 120 --out " + d + "/run";
+  const std::string one = std::string("OMP_NUM_THREADS=1 ") + TL_CLI;
+  std::string log;
+  EXPECT_EQ(run_command(mpirun(2) + TL_CLI + common + " --epochs 2 -b 4 --stop-after-steps 2", &log), 130) << log;
+  EXPECT_NE(run_command(one + common + " --epochs 2 -b 4 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "was written inside epoch 1 (after step 2) by 2 process(es) x batch 4 = global batch 8; "
+                            "this run's global batch is 1 x 4 = 4")) << log;
+  ASSERT_EQ(run_command(one + common + " --epochs 2 -b 8 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "resuming with 1 process(es) x batch 8 = global batch 8 (the checkpoint: 2 x 4 = 8)\n"))
+      << log;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " --epochs 3 -b 2 --resume", &log), 0) << log;
+  EXPECT_TRUE(contains(log, "resumed " + d + "/run/last.ckpt at epoch 3, batch 0")) << log;
+  EXPECT_TRUE(contains(log, "resuming with 2 process(es) x batch 2 = global batch 4 (the checkpoint: 1 x 8 = 8); "
+                            "the lr is not scaled (--lr 0.01)")) << log;
+  const std::vector<nlohmann::json> m = read_jsonl(d + "/run/metrics.jsonl");
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m[0]["train"]["count"], 32);
+  EXPECT_EQ(m[2]["train"]["count"], 32);
 }

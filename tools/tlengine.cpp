@@ -197,6 +197,9 @@ void add_train_options(CLI::App& c, train::TrainOptions& o) {
                "several processes (mpirun): seconds a rank waits for the others in a collective before ending the job")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c.add_flag("--sync-bn", o.sync_bn,
+             "several processes (mpirun): batch norm statistics over the global batch of all ranks, as PyTorch's "
+             "SyncBatchNorm (CPU); with one process it changes nothing");
 }
 
 // `train`, in one process or as one rank of `mpirun -np N tlengine train ...`: rank 0 writes args.json and prints
@@ -217,6 +220,15 @@ int train_command(const CLI::App& cmd, const train::TrainOptions& to) {
     dist.abort(dynamic_cast<const train::DivergedError*>(&e) ? 3 : 1);
     throw;
   }
+}
+
+// Only `train` is data-parallel: any other command launched as one of several processes would run N times over
+// (and write the same files), so it is refused on every rank.
+void refuse_several_processes(const std::string& command) {
+  const LaunchInfo li = launch_info_from_env();
+  TL_CHECK(li.world_size == 1, ValueError, command, ": launched by ", li.launcher, " as rank ", li.rank, " of ",
+           li.world_size, " processes, but only `train` runs on several processes (data parallel); run ", command,
+           " as one process, without mpirun");
 }
 
 // `lr-find`: the train options that shape the search (the job and its optimizer), and the search's own.
@@ -405,6 +417,7 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, on_sigint);
   try {
     if (*train_cmd) return train_command(*train_cmd, to);
+    refuse_several_processes(app.get_subcommands().front()->get_name());
     if (*lr_find_cmd) {
       const train::LrFindResult r = train::run_lr_find(lfo, std::cerr);
       return r.stopped == "interrupted" ? 130 : 0;

@@ -264,4 +264,14 @@ void broadcast_buffers(const Distributed& dist, nn::Module& model) {
       broadcast_any(dist, *e.buffer, "broadcast of rank 0's buffers (" + e.name + ")");
 }
 
+int enable_sync_bn(const Distributed& dist, nn::Module& model) {
+  int layers = 0;
+  for (auto& [name, m] : model.named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) {
+      bn->sync = {&dist, "all-reduce of the batch-norm statistics of " + name + " (--sync-bn)"};
+      ++layers;
+    }
+  return layers;
+}
+
 }  // namespace tl::train

@@ -113,4 +113,10 @@ void broadcast_parameters(const Distributed& dist, const nn::Module& model);
 // (the one its checkpoints hold; DistributedDataParallel's broadcast_buffers gives the same). No-op with one rank.
 void broadcast_buffers(const Distributed& dist, nn::Module& model);
 
+// --sync-bn: points every batch norm layer of `model` at `dist` (layers/batchnorm.h BatchNormSync), so that in
+// training mode its batch statistics cover the batches of all ranks (PyTorch's SyncBatchNorm). Layers on their
+// running statistics (eval, or frozen with --freeze-bn) ignore it; with one rank it changes nothing. Returns the
+// number of batch norm layers. `dist` must outlive the model's use.
+int enable_sync_bn(const Distributed& dist, nn::Module& model);
+
 }  // namespace tl::train

@@ -103,7 +103,7 @@ FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan
 
 FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                            const std::string& what, bool quiet, std::ostream& log, int views,
-                           const std::string& spill_path, DType storage, int cut)
+                           const std::string& spill_path, DType storage, int cut, FeatureCacheParts parts)
     : loader_(loader),
       dev_(dev),
       dtype_(dtype == DType::F64 ? DType::F64 : DType::F32),
@@ -128,14 +128,17 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
       base_ = static_cast<char*>(spill_->data());
     }
   };
-  std::vector<int> seen(static_cast<size_t>(n), 0);  // views in which the sample was decoded
+  const bool several = parts.dist && parts.dist->world_size() > 1;
+  TL_CHECK(!several || parts.source, ValueError, "feature cache: several ranks need the loader of this rank's part");
+  io::DataLoader& source = several ? *parts.source : loader;
+  std::vector<int32_t> seen(static_cast<size_t>(n), 0);  // views in which the sample was decoded
   NoGradGuard no_grad;
   model.train();  // the mode of the uncached run's forward (frozen batch norm runs on running statistics either way)
-  Progress progress(what, 1, 1, views * loader.batches_per_epoch(), log);
+  Progress progress(what, 1, 1, views * source.batches_per_epoch(), log);
   int64_t done = 0;
   for (int v = 0; v < views; ++v) {
-    loader.start_epoch(v);  // view v = epoch v's transform draws
-    while (const io::Batch* b = loader.next()) {
+    source.start_epoch(v);  // view v = epoch v's transform draws
+    while (const io::Batch* b = source.next()) {
       Tensor f = model.forward_until(Variable(b->images_to(dev).to(dev, dtype, layout)), cut).value();
       Tensor host = f.to(Device::CPU, storage_, Layout::NCHW);  // rounded once to the storage dtype
       if (!base_) allocate(host);
@@ -150,9 +153,25 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
       }
       if (!quiet) progress.update(++done, b->size, NAN, NAN);
     }
-    if (v == 0) skipped_report_ = loader.skipped_report();
+    if (v == 0) skipped_report_ = source.skipped_report();
   }
   if (!quiet) progress.finish();
+  if (several) {
+    // A rank whose part gave no row (all its images bad) still needs the features' shape: one zero image.
+    if (!base_) {
+      const io::Size2 size = loader.image_size();
+      model.eval();  // running statistics stay as they are
+      allocate(model.forward_until(Variable(Tensor::zeros({1, 3, size.height, size.width}).to(dev, dtype, layout)), cut)
+                   .value().to(Device::CPU, storage_, Layout::NCHW));
+      model.train();
+    }
+    const size_t row_bytes = static_cast<size_t>(dim_) * dtype_size(storage_);
+    for (int v = 0; v < views; ++v)
+      parts.dist->all_gather_rows(base_ + static_cast<size_t>(v * n) * row_bytes, n, static_cast<int64_t>(row_bytes),
+                                  detail::concat("all-gather of the feature cache (", what, ", view ", v + 1, ")"));
+    parts.dist->all_gather_rows(seen.data(), n, sizeof(int32_t),
+                                detail::concat("all-gather of the feature cache's decoded images (", what, ")"));
+  }
   valid_.assign(static_cast<size_t>(n), 0);
   for (int64_t id = 0; id < n; ++id) valid_[static_cast<size_t>(id)] = seen[static_cast<size_t>(id)] == views;
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/distributed.h"
 #include "core/tensor.h"
 #include "io/files.h"
 #include "io/loader.h"
@@ -42,6 +43,12 @@ struct FeatureCachePlan {
 FeatureCachePlan plan_feature_cache(const models::Model& model, const FreezePlan& plan, bool deterministic_transform,
                                     bool requested, int views, int64_t bytes_needed, int64_t budget_bytes);
 
+// Several ranks: the ranks and the loader of this rank's part of the samples (see FeatureCache's constructor).
+struct FeatureCacheParts {
+  const Distributed* dist = nullptr;
+  io::DataLoader* source = nullptr;
+};
+
 // The features of every sample of one loader (the rows of skipped images marked missing), and batches of them in
 // the loader's own epoch order.
 class FeatureCache {
@@ -53,9 +60,15 @@ class FeatureCache {
   // `storage`: the rows' dtype, float32 or (half the memory, rounded once) float16 / bfloat16; float64 runs always
   // store float64.
   // `cut`: where the pass is cut (cache_cut; -1: features()).
+  // Several ranks (`parts` with a Distributed of more than one rank): `loader` is this rank's share of every epoch
+  // (the batches batch() hands out) and `parts.source` a loader of the same samples and transform without
+  // shuffling or padding, split over the ranks (rank r: samples r, r + N, ...; the same random draws per sample and
+  // epoch as `loader`, which seeds them by sample). Each rank runs the frozen part on its 1/N of the samples only,
+  // then the ranks exchange their rows (Distributed::all_gather_rows), so that every rank can serve any sample
+  // its share of a later epoch holds.
   FeatureCache(models::Model& model, io::DataLoader& loader, Device dev, DType dtype, Layout layout,
                const std::string& what, bool quiet, std::ostream& log, int views = 1,
-               const std::string& spill_path = "", DType storage = DType::F32, int cut = -1);
+               const std::string& spill_path = "", DType storage = DType::F32, int cut = -1, FeatureCacheParts parts = {});
 
   struct Batch {
     Tensor features;  // (size, feature shape...) on the run's device, in the run's dtype

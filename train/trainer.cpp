@@ -84,6 +84,23 @@ io::Compose val_compose(const std::string& kind, const models::InputSize& size) 
   return io::eval_transform(size.resize, size.crop);
 }
 
+// The train loader's transform: RandomResizedCrop + flip, or the val transform with --no-augment.
+io::Compose train_compose(const TrainOptions& o) {
+  const models::InputSize size = models::input_size(o.arch, o.image_size);
+  return o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
+}
+
+// What every loader of a run shares: batch, workers, seed, bad images, image cache.
+io::LoaderOptions loader_options(const TrainOptions& o) {
+  io::LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.num_workers = o.workers;
+  lo.seed = o.seed;
+  lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
+  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
+  return lo;
+}
+
 LRSchedule make_schedule(const TrainOptions& o) {
   if (o.schedule == "step") return LRSchedule::step(o.step_size, o.gamma);
   if (o.schedule == "multistep") {
@@ -157,6 +174,35 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
   if (progress) progress->finish();
 }
 
+// --sync-bn: checked with any number of processes (a job that starts on one starts on several), applied with
+// several (enable_sync_bn). The model is in training mode (which batch norm layers use batch statistics).
+void setup_sync_bn(const TrainOptions& o, models::Model& model, const Distributed& dist, std::ostream& log) {
+  int layers = 0, batch_stats = 0;
+  model.train();
+  for (auto& [name, m] : model.named_modules())
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) {
+      ++layers;
+      batch_stats += bn->uses_running_stats() ? 0 : 1;
+    }
+  TL_CHECK(layers > 0, ValueError, "--sync-bn: ", o.arch, " has no batch norm layer; drop --sync-bn");
+  const bool unfreezes = !o.unfreeze.empty() || o.freeze_epochs > 0;  // frozen layers may train later
+  TL_CHECK(batch_stats > 0 || unfreezes, ValueError, "--sync-bn: every batch norm layer of ", o.arch,
+           " is frozen and uses its running statistics (--freeze-bn), so there are no batch statistics to "
+           "synchronise; drop --sync-bn (or --freeze-bn)");
+  TL_CHECK(dist.world_size() == 1 || o.on_bad_image != "skip", ValueError,
+           "--sync-bn with --on-bad-image skip on several processes: a rank whose whole batch was skipped has no "
+           "batch to take part in the batch-norm statistics of that step; use --on-bad-image fail (and remove the "
+           "bad images), or drop --sync-bn");
+  if (dist.world_size() == 1) {
+    log << "--sync-bn: one process, nothing to synchronise (batch norm over its batch, as without the flag)\n";
+    return;
+  }
+  enable_sync_bn(dist, model);
+  log << "sync batch norm: " << batch_stats << " of " << layers << " batch norm layers use the statistics of the "
+      << "global batch (" << dist.world_size() << " x " << o.batch_size << ")"
+      << (batch_stats < layers ? ", the frozen ones their running statistics (--freeze-bn)" : "") << "\n";
+}
+
 // TL_TEST_HANG_AT_STEP="<rank>:<step>" (trainer.h): the step at which `rank` hangs, or 0.
 int64_t hang_step_from_env(int rank) {
   const char* v = std::getenv("TL_TEST_HANG_AT_STEP");
@@ -179,19 +225,13 @@ TrainData build_data(const TrainOptions& o, std::ostream& log, int rank, int wor
   TrainData d;
   d.splits = io::load_splits(o.data, o.val_split, o.seed);
   log << "data: " << d.splits.description << "\n";
-  io::LoaderOptions lo;
-  lo.batch_size = o.batch_size;
-  lo.num_workers = o.workers;
-  lo.seed = o.seed;
-  lo.on_bad_image = io::parse_on_bad_image(o.on_bad_image);
-  lo.image_cache_bytes = io::parse_image_cache_bytes(o.cache_images);
+  const io::LoaderOptions lo = loader_options(o);
   io::LoaderOptions train_lo = lo;
   train_lo.shuffle = o.shuffle;
   train_lo.rank = rank;
   train_lo.world_size = world_size;
   const models::InputSize size = models::input_size(o.arch, o.image_size);
-  const io::Compose train_t = o.augment ? io::train_transform(size.crop) : val_compose(o.val_transform, size);
-  d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_t, train_lo);
+  d.train = std::make_unique<io::DataLoader>(d.splits.train.samples, train_compose(o), train_lo);
   d.val = std::make_unique<io::DataLoader>(d.splits.val.samples, val_compose(o.val_transform, size), lo);
   if (world_size > 1 && !d.splits.val.samples.empty()) {
     io::LoaderOptions share_lo = lo;
@@ -339,8 +379,10 @@ namespace {
 struct FeatureCaches {
   std::unique_ptr<FeatureCache> train, val;
 };
+// Several ranks: each runs the frozen part on its 1/N of the train images (FeatureCache's parts) and the rows are
+// exchanged, so that every rank can serve its share of any epoch; the val cache holds each rank's own val share.
 FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, models::Model& model, const FreezePlan& plan,
-                                   Device dev, Precision prec, int world_size, std::ostream& log) {
+                                   Device dev, Precision prec, const Distributed& dist, std::ostream& log) {
   const int views = o.augment ? o.cache_views : 1;  // K augmented views, or the one deterministic view
   const int64_t rows = std::max(views, 1) * data.train->num_samples() + data.val->num_samples();
   TL_CHECK(o.cache_dtype == "float32" || o.cache_dtype == "float16" || o.cache_dtype == "bfloat16", ValueError,
@@ -358,16 +400,27 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   log << fc.reason << "\n";
   FeatureCaches c;
   if (!fc.use) return c;
-  TL_CHECK(world_size == 1, ValueError,
-           "the feature cache does not work with several processes yet (each rank would need its share of the "
-           "cached rows): add --no-cache");
-  // Over the RAM budget: scratch files under --out, unlinked as soon as they are mapped.
-  auto spill = [&](const char* name) { return fc.spill ? (fs::path(o.out) / name).string() : std::string(); };
+  const bool several = dist.world_size() > 1;
+  // Over the RAM budget: scratch files under --out (one per rank), unlinked as soon as they are mapped.
+  auto spill = [&](const std::string& name) {
+    return fc.spill ? (fs::path(o.out) / (several ? detail::concat(name, ".rank", dist.rank()) : name)).string()
+                    : std::string();
+  };
+  std::unique_ptr<io::DataLoader> train_part;  // several ranks: this rank's 1/N of the train images, in order
+  if (several) {
+    io::LoaderOptions lo = loader_options(o);
+    lo.rank = dist.rank();
+    lo.world_size = dist.world_size();
+    lo.pad_shares = false;
+    train_part = std::make_unique<io::DataLoader>(data.splits.train.samples, train_compose(o), lo);
+  }
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
-                                           views, spill(".feature_cache_train.tmp"), storage, fc.cut);
+                                           views, spill(".feature_cache_train.tmp"), storage, fc.cut,
+                                           FeatureCacheParts{&dist, train_part.get()});
   if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
-  if (data.val->num_samples() > 0) {
-    c.val = std::make_unique<FeatureCache>(model, *data.val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
+  io::DataLoader& val = data.val_share ? *data.val_share : *data.val;  // each rank evaluates its own share
+  if (val.num_samples() > 0) {
+    c.val = std::make_unique<FeatureCache>(model, val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
                                            spill(".feature_cache_val.tmp"), storage, fc.cut);
     if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
   }
@@ -398,10 +451,11 @@ void add_partial_metrics(const json& j, ClassificationMetrics& m) {
 // Writes and reads <out>/last.ckpt: everything an exact --resume needs.
 class Checkpointer {
  public:
+  // `world_size`: the processes of this run (saved, so that a resume with another count can say what changed).
   Checkpointer(const TrainOptions& o, const std::vector<std::string>& classes, models::Model& model, Optimizer& opt,
-               LRScheduler& sched)
+               LRScheduler& sched, int world_size)
       : o_(o), classes_(classes), model_(model), opt_(opt), sched_(sched),
-        path_((fs::path(o.out) / "last.ckpt").string()) {}
+        path_((fs::path(o.out) / "last.ckpt").string()), world_size_(world_size) {}
   const std::string& path() const { return path_; }
 
   void save(const RunState& s, const TrainResult& r) const {
@@ -413,6 +467,8 @@ class Checkpointer {
     sd.set_string("classes", io::encode_names(classes_));
     sd.set_int("epoch", s.epoch);
     sd.set_int("batch", s.batch);
+    sd.set_int("world_size", world_size_);
+    sd.set_int("batch_size", o_.batch_size);
     sd.set_double("best_acc", r.best_val_acc);
     sd.set_int("best_epoch", r.best_epoch);
     sd.set_int("bad_epochs", s.bad_epochs);
@@ -452,16 +508,35 @@ class Checkpointer {
     r.best_val_acc = sd.get_double("best_acc");
     r.best_epoch = static_cast<int>(sd.get_int("best_epoch"));
     log << "resumed " << path_ << " at epoch " << s.epoch + 1 << ", batch " << s.batch << "\n";
+    if (sd.has_value("world_size")) check_global_batch(sd.get_int("world_size"), sd.get_int("batch_size"), s, log);
     return s;
   }
 
  private:
   const TrainOptions& o_;
   const std::vector<std::string>& classes_;
+  // A resume with another number of processes or batch size: fine at an epoch's end (said in the log); inside an
+  // epoch only with the same global batch, since step k of an epoch holds positions [k G, (k + 1) G) of its order
+  // (every rank's share of it), so another global batch would skip or repeat images.
+  void check_global_batch(int64_t world0, int64_t batch0, const RunState& s, std::ostream& log) const {
+    if (world0 == world_size_ && batch0 == o_.batch_size) return;
+    const int64_t global0 = world0 * batch0, global = world_size_ * o_.batch_size;
+    TL_CHECK(s.batch == 0 || global == global0, ValueError, path_, " was written inside epoch ", s.epoch + 1,
+             " (after step ", s.batch, ") by ", world0, " process(es) x batch ", batch0, " = global batch ", global0,
+             "; this run's global batch is ", world_size_, " x ", o_.batch_size, " = ", global, ", so its steps would "
+             "not hold the images left. Resume with a global batch of ", global0, " (processes x --batch-size), or "
+             "from an epoch's end");
+    log << "resuming with " << world_size_ << " process(es) x batch " << o_.batch_size << " = global batch " << global
+        << " (the checkpoint: " << world0 << " x " << batch0 << " = " << global0 << ")";
+    if (global != global0) log << "; the lr is not scaled (--lr " << o_.lr << ")";
+    log << "\n";
+  }
+
   models::Model& model_;
   Optimizer& opt_;
   LRScheduler& sched_;
   std::string path_;
+  int world_size_;
 };
 
 // Everything one training step and the epoch loop use.
@@ -589,7 +664,11 @@ struct Trainer {
       for (int64_t b = first; b < caches.train->batches_per_epoch(); ++b) {
         FeatureCache::Batch fb = caches.train->batch(state.epoch, b);
         if (fb.size == 0) {  // every image of the batch was skipped
-          ++state.batch;
+          if (!grads_needed()) {
+            ++state.batch;
+          } else if (after_step(empty_step(state.epoch, state.batch), 0)) {  // several ranks: every rank steps
+            return false;
+          }
           continue;
         }
         if (after_step(step(fb.features, fb.labels, true, state.epoch, state.batch, last_path), fb.size)) return false;
@@ -798,6 +877,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   Unfreezing unfreezing(o, *model, plan, log);
+  if (o.sync_bn) setup_sync_bn(o, *model, dist, log);
   auto opt = build_optimizer(o, *model, log, [&](const std::string& name) { return unfreezing.ever_trainable(name); });
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
@@ -806,12 +886,12 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   fs::create_directories(o.out);
   TrainResult result;
   result.best_path = (fs::path(o.out) / "best.bin").string();
-  Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched);
+  Checkpointer ckpt(o, data.splits.classes, *model, *opt, sched, dist.world_size());
   result.last_path = ckpt.path();
   RunState state = o.resume ? ckpt.restore(result, log) : RunState{};
   broadcast_parameters(dist, *model);  // the same start on every rank
   unfreezing.advance(*model, state.epoch, log);  // a run resumed after an unfreeze
-  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist.world_size(), log);
+  FeatureCaches caches = build_feature_caches(o, data, *model, unfreezing.plan(), dev, prec, dist, log);
   check_cuda_graphs(o, *model, caches);
   result.epochs_done = state.epoch;
 

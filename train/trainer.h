@@ -85,6 +85,9 @@ struct TrainOptions {
   int64_t stop_after_steps = 0;  // stop as if interrupted after this many steps (tests, debugging); 0: off
   // Several processes (mpirun, core/distributed.h): the longest a collective waits for the other ranks, seconds.
   double dist_timeout = 300;
+  // Several processes: batch norm in training mode takes its statistics over the global batch (all ranks' batches,
+  // PyTorch's SyncBatchNorm; CPU). Refused where no batch norm layer uses batch statistics; one process: no change.
+  bool sync_bn = false;
   int grid_images = 16;          // val images in predictions.png
   bool quiet = false;
 };
@@ -114,7 +117,8 @@ TrainResult run_training(const TrainOptions& options, std::ostream& log);
 // DistributedSampler) with --batch-size images per step, the gradients are averaged over the ranks in buckets
 // started during each backward pass (GradientAverager) and the train and val
 // metrics summed over them. Rank 0 alone writes the files (checkpoints, metrics.jsonl, PNGs, best.bin) and the log;
-// every rank can --resume from them (a shared filesystem). Batch norm uses each rank's own batch statistics.
+// every rank can --resume from them (a shared filesystem). Batch norm uses each rank's own batch statistics, or
+// with --sync-bn those of the global batch.
 // Test hook: the environment variable TL_TEST_HANG_AT_STEP="<rank>:<step>" makes that rank stop answering before
 // its step-th backward pass, before any of that step's gradient all-reduces starts (1-based, counted as
 // --stop-after-steps), so that the others time out.
