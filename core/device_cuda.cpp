@@ -110,6 +110,7 @@ class StreamResources {
   // The old buffer is forgotten before it is freed, so that a failed allocation leaves no pointer to freed memory
   // behind (pointer null, size 0). It grows by a quarter more than asked, or exactly what is asked when that does
   // not fit; when neither fits, OutOfMemoryError (callers such as the convolution try a candidate with less).
+  size_t workspace_bytes() const { return workspace_bytes_; }
   void* workspace(size_t bytes) {
     if (bytes <= workspace_bytes_) return workspace_;
     void* old = workspace_;
@@ -242,7 +243,15 @@ void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
 cudnnHandle_t cudnn() { return resources().cudnn(stream()); }
 cublasHandle_t cublas() { return resources().cublas(stream()); }
-void* workspace(size_t bytes) { return resources().workspace(bytes); }
+void* workspace(size_t bytes) {
+  StreamResources& r = resources();
+  // Growing frees the buffer a captured kernel may already point at: during a capture that would replay into
+  // freed memory, so it is an error here rather than a wrong replay (the warm-up steps size the workspace).
+  TL_CHECK(bytes <= r.workspace_bytes() || !stream_is_capturing(), CudaError, "the CUDA scratch workspace must grow ",
+           "to ", bytes, " bytes during a CUDA graph capture (the warm-up steps did not need it); train without ",
+           "--cuda-graphs");
+  return r.workspace(bytes);
+}
 
 void release_stream(cudaStream_t s) { runtime().streams.take_stream(s); }
 

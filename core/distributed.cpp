@@ -227,7 +227,7 @@ void Distributed::all_gather_rows(void* data, int64_t rows, int64_t row_bytes, c
   }
   MPI_Type_free(&row);
   for (int r = 0; r < world_size_; ++r)
-    wait(&reqs[static_cast<size_t>(r)], detail::concat(what, " (rank ", r, "'s rows)"));
+    wait_for(&reqs[static_cast<size_t>(r)], detail::concat(what, " (rank ", r, "'s rows)"));
 #else
   (void)data;
   (void)what;

@@ -532,6 +532,7 @@ TEST(DataParallelNccl, BuildWithoutNcclRefusesWithAClearMessage) {
   EXPECT_TRUE(contains(e, "needs NCCL, and this tlengine was built without it")) << e;
   EXPECT_TRUE(contains(e, "-DTL_WITH_NCCL=ON")) << e;
   EXPECT_TRUE(contains(e, "--device cpu")) << e;
+}
 
 // ---------------------------------------------------------------- --sync-bn
 
