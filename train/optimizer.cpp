@@ -290,8 +290,7 @@ void Optimizer::zero_grad(bool set_to_none) {
 // step(): plan (host bookkeeping and the coefficient table), then the CPU loops and the CUDA launches, both of
 // which read their coefficients from the table.
 
-void Optimizer::step() {
-  // Check every gradient first, so that a bad one leaves all parameters untouched.
+void Optimizer::check_gradients() const {
   for (const Group& group : groups_)
     for (const Parameter& param : group.params) {
       if (!param.trainable() || !param.grad().defined()) continue;
@@ -302,18 +301,69 @@ void Optimizer::step() {
                grad.str(), " but the parameter is ", value.str(),
                "; gradients must match their parameter's shape, dtype and device");
     }
+}
+
+void Optimizer::step() {
+  begin_parts({});
+  step_part(0);
+}
+
+void Optimizer::assign_parts(const std::vector<std::vector<ParamSlot>>& parts) {
+  part_of_.resize(groups_.size());
+  for (size_t g = 0; g < groups_.size(); ++g) part_of_[g].assign(groups_[g].params.size(), parts.size());
+  for (size_t k = 0; k < parts.size(); ++k)
+    for (const ParamSlot& s : parts[k]) {
+      TL_CHECK(s.group < groups_.size() && s.index < groups_[s.group].params.size(), ValueError,
+               optimizer_kind_name(kind_), ": part ", k, " names parameter ", s.index, " of group ", s.group,
+               ", which does not exist");
+      size_t& part = part_of_[s.group][s.index];
+      TL_CHECK(part == parts.size(), ValueError, optimizer_kind_name(kind_), ": parameter '",
+               groups_[s.group].params[s.index].name(), "' is named by parts ", part, " and ", k,
+               "; each parameter updates once per step");
+      part = k;
+    }
+}
+
+void Optimizer::begin_parts(const std::vector<std::vector<ParamSlot>>& parts) {
+  check_gradients();  // every gradient first, so that a bad one leaves all parameters untouched
+  assign_parts(parts);
   launches_.clear();
-  for (size_t g = 0; g < groups_.size(); ++g) plan_group(g);
+  part_begin_.assign(1, 0);
+  for (size_t k = 0; k <= parts.size(); ++k) {
+    for (size_t g = 0; g < groups_.size(); ++g) plan_group(g, k);
+    part_begin_.push_back(launches_.size());
+  }
   fill_step_scalars();
+  device_scalars_ = nullptr;
+#if TL_WITH_CUDA
+  for (const Launch& l : launches_)
+    if (l.device == Device::CUDA) {
+      device_scalars_ = scalars_.upload(cuda::stream());  // one copy for all launches of this step
+      break;
+    }
+#endif
+}
+
+void Optimizer::step_part(size_t k) {
+  TL_CHECK(k < num_parts(), ValueError, optimizer_kind_name(kind_), ": step_part(", k, ") of a step planned in ",
+           num_parts(), " part(s) (begin_parts() first)");
   bool any_cuda = false;
-  for (const Launch& l : launches_) {
+  for (size_t li = part_begin_[k]; li < part_begin_[k + 1]; ++li) {
+    const Launch& l = launches_[li];
     if (l.device == Device::CUDA) {
       any_cuda = true;
       continue;
     }
     for (size_t i : l.params) run_cpu(l, i);
   }
-  if (any_cuda) launch_cuda();
+  if (any_cuda) launch_cuda(part_begin_[k], part_begin_[k + 1]);
+}
+
+std::optional<Optimizer::ParamSlot> Optimizer::slot_of(const Parameter& p) const {
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (size_t i = 0; i < groups_[g].params.size(); ++i)
+      if (groups_[g].params[i].node() == p.node()) return ParamSlot{g, i};
+  return std::nullopt;
 }
 
 void Optimizer::replay_step() {
@@ -351,7 +401,7 @@ std::vector<int64_t> Optimizer::launch_layout() const {
   return v;
 }
 
-void Optimizer::plan_group(size_t gi) {
+void Optimizer::plan_group(size_t gi, size_t part) {
   Group& group = groups_[gi];
   const HyperParams& h = group.hyper;
   const bool is_sgd = kind_ == OptimizerKind::SGD;
@@ -361,6 +411,7 @@ void Optimizer::plan_group(size_t gi) {
   std::map<std::tuple<int, int, int64_t>, Launch> launches;
   for (size_t i = 0; i < group.params.size(); ++i) {
     Parameter& param = group.params[i];
+    if (part_of_[gi][i] != part) continue;
     if (!param.trainable() || !param.grad().defined()) continue;  // PyTorch: `if p.grad is None: continue`
     const Tensor& value = param.value();
     ParamState& st = group.states[i];
@@ -426,15 +477,16 @@ void Optimizer::run_cpu(const Launch& l, size_t i) {
   }
 }
 
-void Optimizer::launch_cuda() {
+void Optimizer::launch_cuda(size_t first, size_t last) {
 #if TL_WITH_CUDA
   if (!cuda_cache_) cuda_cache_ = std::make_unique<CudaCache>();
   if (cuda_cache_->launches.size() > 64) cuda_cache_->launches.clear();  // bound odd partition patterns
   cudaStream_t stream = cuda::stream();
-  const unsigned char* scalars = scalars_.upload(stream);  // one copy for all launches of this step
+  const unsigned char* scalars = device_scalars_;  // uploaded by begin_parts()
   const bool is_sgd = kind_ == OptimizerKind::SGD;
   std::vector<Tensor> converted;  // gradients converted to their parameter's layout, freed after the launches
-  for (const Launch& l : launches_) {
+  for (size_t li = first; li < last; ++li) {
+    const Launch& l = launches_[li];
     if (l.device != Device::CUDA) continue;
     Group& group = groups_[l.group];
     const std::vector<size_t>& indices = l.params;
@@ -638,6 +690,7 @@ void Optimizer::load_state_dict(const StateDict& sd) {
   }
   cuda_cache_.reset();  // the state tensors are new
   launches_.clear();    // nothing to replay
+  part_begin_.clear();
 }
 
 }  // namespace tl::train

@@ -100,8 +100,27 @@ class Optimizer {
   const ParamState& state(size_t g, size_t i) const;
 
   // One update of every parameter that trains and has a gradient. Gradients must have the parameter's
-  // shape, dtype and device (a different layout is converted).
+  // shape, dtype and device (a different layout is converted). The same as begin_parts({}) then step_part(0).
   void step();
+
+  // A step in parts (data-parallel: the parameters of each bucket of averaged gradients update as soon as that
+  // bucket's all-reduce ended, while the later buckets still reduce; train/data_parallel.h). begin_parts() checks
+  // every gradient (a bad one leaves all parameters untouched) and does the host bookkeeping of the whole step at
+  // once: state, step counts, the launches of part k (the parameters `parts[k]` names; every other one forms the
+  // last part, index parts.size()), one coefficient table and, on CUDA, its one upload. step_part(k) then runs part
+  // k's updates (the CPU loops, or its fused kernels on cuda::stream(), so that they wait only for what was queued
+  // there before: a bucket's own all-reduce). Each parameter's update is the one step() makes, bit for bit (updates
+  // are per parameter, with the same coefficients), so the parts may run in any order, each once. Whether a
+  // parameter updates (it trains and has a gradient) is decided in begin_parts(): a gradient may change its values
+  // after it, not whether it exists. A parameter named twice, or a slot out of range, is a ValueError.
+  struct ParamSlot {
+    size_t group = 0, index = 0;
+  };
+  void begin_parts(const std::vector<std::vector<ParamSlot>>& parts);
+  void step_part(size_t k);
+  size_t num_parts() const { return part_begin_.empty() ? 0 : part_begin_.size() - 1; }
+  // Where `p` is among the groups (nullopt when no group holds it).
+  std::optional<ParamSlot> slot_of(const Parameter& p) const;
   // Drops every parameter's gradient (set_to_none, PyTorch's default), or zeroes it in place (set_to_none =
   // false: PyTorch's zero_grad(set_to_none=False)), so that the next backward adds into the same storage: the
   // gradients keep their addresses from step to step, as a captured CUDA graph needs (train/cuda_graph.h). A
@@ -162,14 +181,20 @@ class Optimizer {
     size_t scalars = 0;
   };
 
-  void plan_group(size_t g);  // host bookkeeping of one group's update: state, step counts, launches_
+  void check_gradients() const;
+  void assign_parts(const std::vector<std::vector<ParamSlot>>& parts);
+  // Host bookkeeping of the update of group g's parameters in `part`: state, step counts, launches_.
+  void plan_group(size_t g, size_t part);
   void fill_step_scalars();   // the table from launches_
   void run_cpu(const Launch& l, size_t i);
-  void launch_cuda();
+  void launch_cuda(size_t first, size_t last);  // launches_[first, last) on CUDA
   OptimizerKind kind_;
   std::vector<Group> groups_;
   std::vector<Launch> launches_;  // of the last step
+  std::vector<std::vector<size_t>> part_of_;  // per group and parameter: its part in the step being planned
+  std::vector<size_t> part_begin_;  // part k's launches: launches_[part_begin_[k], part_begin_[k + 1])
   StepScalars scalars_;
+  const unsigned char* device_scalars_ = nullptr;  // CUDA: the table's device copy for this step's launches
   std::unique_ptr<CudaCache> cuda_cache_;
   CudaStats cuda_stats_;
 };
