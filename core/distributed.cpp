@@ -1,6 +1,7 @@
 // The MPI facade (see distributed.h). Only this file includes mpi.h (TL_HAVE_MPI, set by CMake when MPI is found).
 #include "core/distributed.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -114,7 +115,7 @@ Distributed::~Distributed() {
 #endif
 }
 
-void Distributed::wait_for(void* request, const std::string& what) const {
+void Distributed::wait_for(void* request, const std::string& what, const StepPosition* at) const {
 #ifdef TL_HAVE_MPI
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
@@ -124,15 +125,19 @@ void Distributed::wait_for(void* request, const std::string& what) const {
     MPI_Test(static_cast<MPI_Request*>(request), &done, MPI_STATUS_IGNORE);
     if (done) return;
     const auto now = clock::now();
-    if (now > deadline)
-      throw DistributedTimeout(detail::concat("rank ", rank_, ": ", what, " timed out after ", timeout_s_,
+    if (now > deadline) {
+      const std::string where =
+          at && at->epoch >= 0 ? detail::concat(" at epoch ", at->epoch + 1, " step ", at->step + 1) : std::string();
+      throw DistributedTimeout(detail::concat("rank ", rank_, ": ", what, where, " timed out after ", timeout_s_,
                                               " s: another rank died or hangs (--dist-timeout)"));
+    }
     // Spin briefly (a collective of the same step is usually microseconds away), then poll without burning a core.
     if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
 #else
   (void)request;
   (void)what;
+  (void)at;
 #endif
 }
 
@@ -165,10 +170,13 @@ bool Distributed::test(CollectiveRequest& request) const {
   return !request.pending_;
 }
 
-void Distributed::wait(CollectiveRequest& request, const std::string& what) const {
+void Distributed::wait(CollectiveRequest& request, const std::string& what, const StepPosition* at) const {
   if (!request.pending_) return;
 #ifdef TL_HAVE_MPI
-  wait_for(mpi_request(request.handle_), what);
+  wait_for(mpi_request(request.handle_), what, at);
+#else
+  (void)what;
+  (void)at;
 #endif
   request.pending_ = false;
 }
@@ -178,6 +186,20 @@ void Distributed::all_reduce_sum(std::vector<double>& values, const std::string&
   Tensor t = Tensor::from_values(values, {static_cast<int64_t>(values.size())}, DType::F64);
   all_reduce_sum(t, what);
   values = t.to_doubles();
+}
+
+void Distributed::all_reduce_sum(double* values, size_t n, const std::string& what, const StepPosition* at) const {
+  if (world_size_ == 1 || n == 0) return;
+  TL_CHECK(n <= (1u << 31) - 1, ValueError, "distributed all-reduce: ", n, " values in one call (at most 2^31 - 1)");
+#ifdef TL_HAVE_MPI
+  MPI_Request req;
+  MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &req);
+  wait_for(&req, what, at);
+#else
+  (void)values;
+  (void)what;
+  (void)at;
+#endif
 }
 
 void Distributed::broadcast(Tensor& t, int root, const std::string& what) const {
@@ -232,6 +254,37 @@ void Distributed::all_gather_rows(void* data, int64_t rows, int64_t row_bytes, c
   (void)data;
   (void)what;
 #endif
+}
+
+std::vector<std::string> Distributed::all_gather_bytes(const std::string& mine, const std::string& what) const {
+  if (world_size_ == 1) return {mine};
+  const int64_t limit = (1LL << 31) - 1;
+  TL_CHECK(static_cast<int64_t>(mine.size()) <= limit, ValueError, "distributed all-gather of bytes: ", mine.size(),
+           " bytes from rank ", rank_, " (at most 2^31 - 1 in all)");
+  std::vector<std::string> out(static_cast<size_t>(world_size_));
+#ifdef TL_HAVE_MPI
+  const int n = static_cast<int>(mine.size());
+  std::vector<int> sizes(static_cast<size_t>(world_size_)), displs(static_cast<size_t>(world_size_));
+  MPI_Request req;
+  MPI_Iallgather(&n, 1, MPI_INT, sizes.data(), 1, MPI_INT, MPI_COMM_WORLD, &req);
+  wait_for(&req, what + " (sizes)");
+  int64_t total = 0;
+  for (int r = 0; r < world_size_; ++r) {
+    displs[static_cast<size_t>(r)] = static_cast<int>(std::min(total, limit));
+    total += sizes[static_cast<size_t>(r)];
+  }
+  TL_CHECK(total <= limit, ValueError, "distributed all-gather of bytes (", what, "): ", total,
+           " bytes from all ranks (at most 2^31 - 1)");
+  std::string all(static_cast<size_t>(total), '\0');
+  MPI_Iallgatherv(mine.data(), n, MPI_BYTE, all.data(), sizes.data(), displs.data(), MPI_BYTE, MPI_COMM_WORLD, &req);
+  wait_for(&req, what);
+  for (int r = 0; r < world_size_; ++r)
+    out[static_cast<size_t>(r)] = all.substr(static_cast<size_t>(displs[static_cast<size_t>(r)]),
+                                             static_cast<size_t>(sizes[static_cast<size_t>(r)]));
+#else
+  (void)what;
+#endif
+  return out;
 }
 
 void Distributed::barrier(const std::string& what) const {

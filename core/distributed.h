@@ -15,6 +15,7 @@
 //
 // The only state is the object's own and what MPI holds: create one per process (MPI can be initialised once).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,13 @@ namespace tl {
 class DistributedTimeout : public Error {
  public:
   using Error::Error;
+};
+
+// Where training is, for the messages of the collectives a step makes ("... at epoch 2 step 17 timed out"):
+// the trainer updates it before each step; 0-based, -1 outside a step (then the messages say nothing of it).
+struct StepPosition {
+  int epoch = -1;
+  int64_t step = -1;
 };
 
 // What the launcher's environment says, without touching MPI: world size 1 when not launched by one.
@@ -72,6 +80,9 @@ class Distributed {
   // Sum over the ranks, in place; the tensor must be on the CPU, contiguous, float32 or float64. No-op for 1 rank.
   void all_reduce_sum(Tensor& t, const std::string& what) const;
   void all_reduce_sum(std::vector<double>& values, const std::string& what) const;
+  // The same on `n` doubles in place: no copy, no allocation (the --sync-bn sums, per layer and step). `at` (may be
+  // null) names the step in a timeout's message, after `what`.
+  void all_reduce_sum(double* values, size_t n, const std::string& what, const StepPosition* at = nullptr) const;
   // The same sum split in two, for reductions overlapped with other work (the gradient buckets during backward):
   // start_all_reduce_sum() starts it on `t` (which must stay alive and untouched until it ends), test() lets MPI
   // progress it (without an MPI progress thread a non-blocking collective advances only inside MPI calls) and says
@@ -79,7 +90,8 @@ class Distributed {
   // started in the same order. With 1 rank they end at once.
   void start_all_reduce_sum(Tensor& t, CollectiveRequest& request) const;
   bool test(CollectiveRequest& request) const;
-  void wait(CollectiveRequest& request, const std::string& what) const;
+  // `at` (may be null) names the step after `what` in a timeout's message (built only then).
+  void wait(CollectiveRequest& request, const std::string& what, const StepPosition* at = nullptr) const;
   // Rank `root`'s values to every rank, in place.
   void broadcast(Tensor& t, int root, const std::string& what) const;
   // The same for `bytes` raw bytes (NCCL's unique id, core/nccl.h).
@@ -89,12 +101,16 @@ class Distributed {
   // call every rank holds all of them (e.g. the feature cache: each rank extracts 1/N of the samples). One
   // broadcast per rank, its rows described by a strided MPI datatype: no staging copy of `data`. No-op for 1 rank.
   void all_gather_rows(void* data, int64_t rows, int64_t row_bytes, const std::string& what) const;
+  // Every rank's `mine` (any bytes, sizes may differ), on every rank, by rank: an all-gather of the sizes, then of
+  // the bytes (at most 2^31 - 1 in all). Outside the training steps (e.g. the skipped-image lists of a phase).
+  std::vector<std::string> all_gather_bytes(const std::string& mine, const std::string& what) const;
   void barrier(const std::string& what) const;
   // Ends every rank (MPI_Abort with `code`); with one process it returns and the caller exits as usual.
   void abort(int code) const;
 
  private:
-  void wait_for(void* request, const std::string& what) const;  // polls an MPI_Request* until done or the deadline
+  // Polls an MPI_Request* until done or the deadline; the message names `what` and the step `at` (may be null).
+  void wait_for(void* request, const std::string& what, const StepPosition* at = nullptr) const;
   int rank_ = 0, world_size_ = 1, local_rank_ = 0;
   double timeout_s_ = 300;
   bool owns_mpi_ = false;

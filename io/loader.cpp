@@ -260,7 +260,8 @@ const Batch* DataLoader::next() {
     for (int64_t row = 0; row < slot.count; ++row) {
       const std::string& bad = slot.bad[static_cast<size_t>(row)];
       if (!bad.empty()) {
-        skipped_.push_back({samples_[static_cast<size_t>(slot.sample_ids[row])].path, bad});
+        const int64_t position = (b * opt_.batch_size + row) * opt_.world_size + opt_.rank;
+        skipped_.push_back({samples_[static_cast<size_t>(slot.sample_ids[row])].path, bad, position});
         continue;
       }
       if (n != row) {
@@ -392,12 +393,14 @@ void DataLoader::process(int64_t position, Slot& slot, int64_t row) {
   slot.labels[row] = sample.label;
 }
 
-std::string DataLoader::skipped_report() const {
-  if (skipped_.empty()) return "";
+std::string skipped_report(const std::vector<SkippedImage>& skipped) {
+  if (skipped.empty()) return "";
   std::ostringstream os;
-  os << skipped_.size() << " image" << (skipped_.size() == 1 ? "" : "s") << " skipped:";
-  for (const SkippedImage& s : skipped_) os << "\n  " << s.path << ": " << s.reason;
+  os << skipped.size() << " image" << (skipped.size() == 1 ? "" : "s") << " skipped:";
+  for (const SkippedImage& s : skipped) os << "\n  " << s.path << ": " << s.reason;
   return os.str();
 }
+
+std::string DataLoader::skipped_report() const { return io::skipped_report(skipped_); }
 
 }  // namespace tl::io

@@ -75,7 +75,12 @@ struct Batch {
 struct SkippedImage {
   std::string path;
   std::string reason;
+  // Its place in the epoch's whole order, before the data-parallel split (this share's position x world_size +
+  // rank): the reports of all ranks merge into the order one process meets them (train::gather_skipped).
+  int64_t position = 0;
 };
+// "2 images skipped:" and a line per image ("  path: reason"), or "" when none (DataLoader::skipped_report).
+std::string skipped_report(const std::vector<SkippedImage>& skipped);
 
 class DataLoader {
  public:

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <vector>
 
 #include "core/device.h"
@@ -74,14 +75,26 @@ void write_channel_grads(const BatchNormGrads& gr, int64_t c, double dgamma, dou
   }
 }
 
-// --sync-bn: per-channel sums, and the value count appended, summed over the ranks in place. No-op without sync.
-void sync_sums(const BatchNormSync* sync, std::vector<double>& sums, double& m) {
+// --sync-bn: per-channel sums (one or more vectors), and the value count, summed over the ranks in place, in one
+// all-reduce through the layer's buffer (no allocation once it is big enough). No-op without sync.
+void sync_sums(const BatchNormSync* sync, std::initializer_list<std::vector<double>*> parts, double& m) {
   if (!sync || !sync->active()) return;
-  sums.push_back(m);
-  sync->dist->all_reduce_sum(sums, sync->what);
-  m = sums.back();
-  sums.pop_back();
+  size_t n = 1;
+  for (const std::vector<double>* v : parts) n += v->size();
+  std::vector<double>& buf = sync->buffer;
+  if (buf.size() < n) buf.resize(n);
+  auto it = buf.begin();
+  for (const std::vector<double>* v : parts) it = std::copy(v->begin(), v->end(), it);
+  *it = m;
+  sync->dist->all_reduce_sum(buf.data(), n, sync->what, sync->at);
+  it = buf.begin();
+  for (std::vector<double>* v : parts) {
+    std::copy(it, it + static_cast<std::ptrdiff_t>(v->size()), v->begin());
+    it += static_cast<std::ptrdiff_t>(v->size());
+  }
+  m = *it;
 }
+void sync_sums(const BatchNormSync* sync, std::vector<double>& sums, double& m) { sync_sums(sync, {&sums}, m); }
 
 // Sums per channel first (over this batch, then over the ranks with --sync-bn), then the output.
 template <typename T>
@@ -388,13 +401,7 @@ void backward_fast(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
   for (int64_t c = 0; c < d.c; ++c)
     write_channel_grads<float>(gr, c, s.b[c] * (need_xhat ? invstd.data_as<float>()[c] : 0.0), s.a[c]);
   if (!gr.dx) return;
-  if (training && gr.sync && gr.sync->active()) {  // --sync-bn: dx from the sums over all ranks
-    std::vector<double> both(s.a);
-    both.insert(both.end(), s.b.begin(), s.b.end());
-    sync_sums(gr.sync, both, m);
-    std::copy(both.begin(), both.begin() + d.c, s.a.begin());
-    std::copy(both.begin() + d.c, both.end(), s.b.begin());
-  }
+  if (training) sync_sums(gr.sync, {&s.a, &s.b}, m);  // --sync-bn: dx from the sums over all ranks
   Affine f(d.c, true);
   for (int64_t c = 0; c < d.c; ++c) {
     const double inv = invstd.data_as<float>()[c];

@@ -48,6 +48,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/distributed.h"
@@ -55,10 +56,15 @@
 namespace tl {
 
 // The ranks a batch norm layer shares its batch statistics with (--sync-bn). `what` names the layer in the
-// messages of its collectives (a timeout). A null or single-rank `dist` is the plain per-batch batch norm.
+// messages of its collectives (a timeout), `at` (may be null: the trainer's) the epoch and step. A null or
+// single-rank `dist` is the plain per-batch batch norm.
 struct BatchNormSync {
   const Distributed* dist = nullptr;
   std::string what;
+  const StepPosition* at = nullptr;
+  // The layer's sums and value count on their way through the all-reduce: allocated by its first reduction, grown
+  // only when one needs more (the backward's 2C + 1 values), then reused by every step.
+  mutable std::vector<double> buffer = {};
   bool active() const { return dist && dist->world_size() > 1; }
 };
 

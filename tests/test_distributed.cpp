@@ -3,24 +3,29 @@
 // when mpirun is on PATH and the engine was built with MPI, end to end through the CLI: 2 processes x batch B give
 // the losses and weights of 1 process x batch 2B, and a rank that hangs makes the other time out, after which a
 // single-process --resume finishes the run.
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "core/device.h"
+#include "core/memory.h"
 #include "core/distributed.h"
 #include "core/nccl.h"
 #include "io/loader.h"
 #include "io/synthetic.h"
+#include "layers/batchnorm.h"
 #include "layers/elementwise.h"
 #include "layers/loss.h"
 #include "models/registry.h"
 #include "train/data_parallel.h"
 #include "train/freeze.h"
+#include "train/optimizer.h"
 #include "train/state_dict.h"
 #include "tl_testing.h"
 
@@ -482,6 +487,188 @@ TEST(DataParallel, OverlappedReductionEqualsReductionAfterBackward) {
   EXPECT_EQ(count_of(log, "SKIPPED"), 0u) << log;
 }
 
+namespace {
+// Runs the rank test `test` (DataParallelRank.<test>) in 2 processes of this binary under mpirun.
+void run_rank_test(const std::string& test) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string log;
+  EXPECT_EQ(run_command(mpirun(2) + self + " --gtest_color=no --gtest_filter=DataParallelRank." + test, &log), 0) << log;
+  EXPECT_EQ(count_of(log, "[  PASSED  ] 1 test."), 2u) << "both ranks ran it (not skipped):\n" << log;
+  EXPECT_EQ(count_of(log, "SKIPPED"), 0u) << log;
+}
+
+// `n` steps of resnet18 (conv1, bn1 and layer1 frozen; the loss on the features, so fc is unused and gets no
+// gradient) on this rank's batches, the gradients averaged in buckets of 1 MB started during backward; the update
+// after every bucket (finish() then opt.step()) or bucket by bucket (finish_and_step). Returns the weights and
+// the optimizer's state dict.
+struct Trajectory {
+  std::vector<std::vector<double>> weights;
+  train::StateDict state;
+  int64_t buckets = 0;
+};
+Trajectory train_steps(const Distributed& dist, models::Model& model, const std::vector<Tensor>& start,
+                       train::OptimizerKind kind, bool bucketwise, int n) {
+  auto params = model.named_parameters();
+  for (size_t i = 0; i < params.size(); ++i) params[i].second.mutable_value().copy_(start[i]);
+  nn::invalidate_derived_state();
+  std::vector<Parameter> body, head;
+  for (auto& [name, p] : params) (name.rfind("fc.", 0) == 0 ? head : body).push_back(p);
+  const train::HyperParams h = kind == train::OptimizerKind::SGD ? train::HyperParams::sgd(0.05, 0.9, 1e-4)
+                                                                  : train::HyperParams::adam(1e-2, 1e-4);
+  train::Optimizer opt(kind, {train::ParamGroup("body", body), train::ParamGroup("head", head, 0.1)}, h);
+  train::GradientAverager avg(dist, 1 << 20);
+  Trajectory r;
+  for (int s = 0; s < n; ++s) {
+    const Tensor x = Tensor::randn({2, 3, 32, 32}, 1000 + 10 * static_cast<uint64_t>(s) + static_cast<uint64_t>(dist.rank()));
+    const Tensor labels =
+        Tensor::from_values({static_cast<double>(s % 4), static_cast<double>((s + 1 + dist.rank()) % 4)}, {2}, DType::I32);
+    Tape tape;
+    TapeScope scope(tape);
+    const Variable loss = cross_entropy(model.features(Variable(x)), labels);
+    avg.begin(model, 0, s, tape);
+    tape.backward(loss, Tensor(), avg.leaf_ready_hook());
+    if (bucketwise) {
+      avg.finish_and_step(opt);
+    } else {
+      avg.finish();
+      opt.step();
+    }
+    opt.zero_grad();
+    r.buckets = avg.last_overlap().buckets;
+  }
+  for (auto& [name, p] : model.named_parameters()) r.weights.push_back(p.value().to_doubles());
+  r.state = opt.state_dict();
+  return r;
+}
+}  // namespace
+
+// One rank of DataParallel.BucketwiseUpdateEqualsUpdateAfterEveryBucket: 4 steps of SGD (momentum, weight decay)
+// and of Adam, two parameter groups, a frozen prefix and an unused head, each rank with its own batches. Updating
+// each bucket's parameters as soon as its mean is in gives the weights and optimizer state (momentum / moments,
+// step counts) of the update after every bucket, to the bit; the frozen prefix and the unused head do not move.
+TEST(DataParallelRank, BucketwiseUpdateEqualsUpdateAfterEveryBucket) {
+  if (launch_info_from_env().world_size == 1)
+    GTEST_SKIP() << "a rank of DataParallel.BucketwiseUpdateEqualsUpdateAfterEveryBucket (run by it, under mpirun)";
+  const Distributed dist = Distributed::from_env(60);
+  ASSERT_EQ(dist.world_size(), 2);
+  auto model = models::create_model("resnet18", 4);
+  train::broadcast_parameters(dist, *model);
+  std::vector<Tensor> start;
+  for (auto& [name, p] : model->named_parameters()) {
+    start.push_back(p.value().clone());
+    const bool frozen = name.rfind("conv1.", 0) == 0 || name.rfind("bn1.", 0) == 0 || name.rfind("layer1.", 0) == 0;
+    if (frozen) p.set_trainable(false);
+  }
+  model->train();
+  for (const train::OptimizerKind kind : {train::OptimizerKind::SGD, train::OptimizerKind::Adam}) {
+    const Trajectory all = train_steps(dist, *model, start, kind, false, 4);
+    const Trajectory each = train_steps(dist, *model, start, kind, true, 4);
+    EXPECT_GE(each.buckets, 8) << "buckets of 1 MB";
+    const auto params = model->named_parameters();
+    ASSERT_EQ(all.weights.size(), each.weights.size());
+    int moved = 0;
+    for (size_t i = 0; i < all.weights.size(); ++i) {
+      const std::string& name = params[i].first;
+      ASSERT_EQ(each.weights[i], all.weights[i]) << train::optimizer_kind_name(kind) << " " << name;
+      const bool still = !params[i].second.trainable() || name.rfind("fc.", 0) == 0;
+      if (still) {
+        EXPECT_EQ(each.weights[i], start[i].to_doubles()) << name << " is frozen or unused";
+      }
+      moved += each.weights[i] != start[i].to_doubles();
+    }
+    EXPECT_GT(moved, 20) << train::optimizer_kind_name(kind);
+    ASSERT_EQ(all.state.tensors.size(), each.state.tensors.size());
+    for (const auto& [key, t] : all.state.tensors)
+      ASSERT_EQ(each.state.tensors.at(key).to_doubles(), t.to_doubles()) << train::optimizer_kind_name(kind) << " " << key;
+    int counts = 0;  // step counts (also 0: frozen, unused), by key
+    for (size_t g = 0; g < 2; ++g)
+      for (size_t i = 0; i < params.size(); ++i) {
+        const std::string key = "state." + std::to_string(g) + "." + std::to_string(i) + ".step";
+        if (!all.state.has_value(key)) continue;
+        EXPECT_EQ(each.state.get_int(key), all.state.get_int(key)) << key;
+        ++counts;
+      }
+    EXPECT_EQ(counts, static_cast<int>(params.size()));
+  }
+}
+
+TEST(DataParallel, BucketwiseUpdateEqualsUpdateAfterEveryBucket) {
+  run_rank_test("BucketwiseUpdateEqualsUpdateAfterEveryBucket");
+}
+
+// One rank of DataParallel.SyncBnReusesItsBufferAndNamesTheStepInATimeout. A batch norm layer with --sync-bn
+// (enable_sync_bn on a model holding it as "block.bn") in training, forward and backward: from the second step on
+// the reduction allocates no tensor (a step with the sync makes as many CPU allocations as one without), and the
+// result is the statistics of both ranks' batches. Then rank 1 stays away from the forward's first all-reduce:
+// rank 0 times out after 3 s naming itself, the layer, and the epoch and step the trainer's position holds.
+TEST(DataParallelRank, SyncBnReusesItsBufferAndNamesTheStepInATimeout) {
+  if (launch_info_from_env().world_size == 1)
+    GTEST_SKIP() << "a rank of DataParallel.SyncBnReusesItsBufferAndNamesTheStepInATimeout (run by it, under mpirun)";
+  const Distributed dist = Distributed::from_env(3);  // rank 1 comes 1.5 s after rank 0 gave up, 1.5 s before its barrier's deadline
+  ASSERT_EQ(dist.world_size(), 2);
+  struct Block : nn::Module {
+    Block() { bn = &add_module<nn::BatchNorm2d>("bn", 3); }
+    nn::BatchNorm2d* bn;
+  };
+  struct Net : nn::Module {
+    Net() { block = &add_module<Block>("block"); }
+    Block* block;
+  } net;
+  net.train();
+  StepPosition at;
+  ASSERT_EQ(train::enable_sync_bn(dist, net, &at), 1);
+  nn::BatchNorm2d& bn = *net.block->bn;
+  const Tensor x = Tensor::randn({2, 3, 4, 4}, 7 + static_cast<uint64_t>(dist.rank()));
+  const Tensor dy = Tensor::randn({2, 3, 4, 4}, 70 + static_cast<uint64_t>(dist.rank()));
+  auto step = [&] {  // forward and backward, dx included (its sums are reduced too)
+    Tape tape;
+    TapeScope scope(tape);
+    const Variable y = bn(Variable(x.clone(), true));
+    tape.backward(y, dy);
+    return y.value().to_doubles();
+  };
+  for (int s = 0; s < 2; ++s) step();  // warm-up: the layer's buffer exists
+  const double* buffer = bn.sync.buffer.data();
+  const size_t a0 = memory_stats(Device::CPU).allocations;
+  const std::vector<double> y = step();
+  const size_t a1 = memory_stats(Device::CPU).allocations;
+  EXPECT_EQ(bn.sync.buffer.data(), buffer) << "the buffer was reallocated";
+  EXPECT_EQ(bn.sync.buffer.size(), 7u) << "the backward's 2 x 3 sums and the count";
+  BatchNormSync saved = std::move(bn.sync);
+  bn.sync = BatchNormSync{};
+  step();
+  const size_t a2 = memory_stats(Device::CPU).allocations;
+  bn.sync = std::move(saved);
+  EXPECT_EQ(a1 - a0, a2 - a1) << "the synchronised step allocates tensors the plain one does not";
+  // Channel 0 is normalised over both ranks' values (beta = 0): zero-mean over both, not over this rank's alone.
+  double mine = 0;
+  for (int n = 0; n < 2; ++n)
+    for (int i = 0; i < 16; ++i) mine += y[static_cast<size_t>(n * 48 + i)];
+  std::vector<double> total = {mine};
+  dist.all_reduce_sum(total, "the sum of channel 0");
+  EXPECT_NEAR(total[0], 0.0, 1e-4);
+  EXPECT_GT(std::abs(mine), 1e-2) << "this rank's values alone are not zero-mean";
+  // The timeout: rank 1 posts the matching all-reduce only after rank 0 gave up on it.
+  at = StepPosition{1, 16};
+  if (dist.rank() == 0) {
+    const std::string message = error_of([&] { step(); });
+    EXPECT_TRUE(contains(message, "rank 0: all-reduce of the batch-norm statistics of block.bn (--sync-bn) at epoch 2 "
+                                  "step 17 timed out after 3 s"))
+        << message;
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(4500));
+    std::vector<double> sums(4, 0.0);  // the forward's first reduction: 3 channel sums and the count
+    dist.all_reduce_sum(sums.data(), sums.size(), "the partner of rank 0's abandoned all-reduce");
+  }
+  dist.barrier("the end of the test");
+}
+
+TEST(DataParallel, SyncBnReusesItsBufferAndNamesTheStepInATimeout) {
+  run_rank_test("SyncBnReusesItsBufferAndNamesTheStepInATimeout");
+}
+
 // The NCCL path on one GPU, one rank: 3 SGD steps of resnet18 with the gradients averaged by NCCL (buckets of 1 MB
 // started during backward on the communication stream, ordered by events) give the losses and weights of the same
 // steps without it: the mean over one rank is the gradient itself, so any mistake in the buckets' offsets, event
@@ -668,6 +855,71 @@ TEST(DataParallel, FeatureCacheWithSeveralProcessesMatchesOne) {
   EXPECT_LE(diff.loss, 1e-9);
   EXPECT_LE(diff.weights, 1e-9);
   EXPECT_GT(diff.tensors, 100);
+}
+
+// --cache-views 3 on 2 processes: each rank extracts 3 augmented views of its half of the train images (view v is
+// epoch v's draws, seeded per sample, so the same on any rank), the ranks exchange the rows of every view, and each
+// epoch picks a view per sample; the run equals 1 process x batch 8 with the same cache, float64, 1e-9 as above
+// (the same images and views, summed in another order). A rank that gathered only view 0, or picked its views by
+// another rule, would train on other images' augmentations.
+TEST(DataParallel, FeatureCacheViewsWithSeveralProcessesMatchOne) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_cache_views");
+  const std::string data = tiny_data(d + "/data");
+  const std::string common = " train --data " + data + " --arch resnet18 --freeze until=layer3 --freeze-bn --sync-bn "
+                             "--cache-views 3 --epochs 2 --image-size 64 --precision fp64 --device cpu -j 1 "
+                             "--lr 0.01 --seed 1 --dist-timeout 120";
+  std::string log2, log1;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 4 --out " + d + "/two", &log2), 0) << log2;
+  ASSERT_EQ(run_command(std::string("OMP_NUM_THREADS=1 ") + TL_CLI + common + " -b 8 --out " + d + "/one", &log1), 0)
+      << log1;
+  EXPECT_TRUE(contains(log2, "feature cache: on with 3 augmented views per image")) << log2;
+  EXPECT_TRUE(contains(log1, "feature cache: on with 3 augmented views per image")) << log1;
+  const RunDiff diff = run_diff(d + "/two", d + "/one");
+  std::cerr << "--cache-views 3, 2 x 4 vs 1 x 8: losses " << diff.loss << ", weights " << diff.weights << "\n";
+  EXPECT_LE(diff.loss, 1e-9);
+  EXPECT_LE(diff.weights, 1e-9);
+  EXPECT_GT(diff.tensors, 100);
+}
+
+namespace {
+// The "N images skipped:" block of a log (the first one), or "".
+std::string skipped_block(const std::string& log) {
+  const size_t start = log.find(" skipped:\n");
+  if (start == std::string::npos) return "";
+  size_t line = log.rfind('\n', start);
+  line = line == std::string::npos ? 0 : line + 1;
+  size_t end = log.find('\n', start) + 1;
+  while (end < log.size() && log.compare(end, 2, "  ") == 0) end = log.find('\n', end) + 1;
+  return log.substr(line, end - line);
+}
+}  // namespace
+
+// --on-bad-image skip on 2 processes: rank 0's report lists the bad images of every rank (each rank meets some of
+// the 6: without the gather rank 0 lists only its own), each once, in the order of the 1-process run with the
+// global batch, whose report it equals line for line.
+TEST(DataParallel, SkippedImagesOfEveryRankAreReportedOnce) {
+  const std::string why = mpi_missing();
+  if (!why.empty()) GTEST_SKIP() << why;
+  const std::string d = scratch_dir("ddp_skipped");
+  const std::string data = tiny_data(d + "/data");
+  std::vector<std::string> bad;
+  for (int k = 0; k < 6; ++k) {
+    bad.push_back(data + "/train/" + io::synthetic_class_name(k % 4) + "/zz_bad" + std::to_string(k) + ".png");
+    std::ofstream(bad.back()) << "not an image";
+  }
+  const std::string common = " train --data " + data + " --arch squeezenet1_0 --dropout 0 --epochs 1 "
+                             "--image-size 64 --no-augment --device cpu -j 1 --on-bad-image skip --dist-timeout 60";
+  std::string log2, log1;
+  ASSERT_EQ(run_command(mpirun(2) + TL_CLI + common + " -b 2 --out " + d + "/two", &log2), 0) << log2;
+  ASSERT_EQ(run_command(std::string("OMP_NUM_THREADS=1 ") + TL_CLI + common + " -b 4 --out " + d + "/one", &log1), 0)
+      << log1;
+  const std::string two = skipped_block(log2), one = skipped_block(log1);
+  EXPECT_TRUE(contains(two, "6 images skipped:")) << log2;
+  for (const std::string& path : bad) EXPECT_EQ(count_of(log2, "\n  " + path + ": "), 1u) << path << "\n" << log2;
+  EXPECT_EQ(two, one);
+  EXPECT_EQ(read_jsonl(d + "/two/metrics.jsonl").at(0)["train"]["count"], 32);
 }
 
 // Against PyTorch 1.13's DistributedDataParallel (tests/torch_ref/ddp_parity.py: gloo, 2 processes on the CPU): the

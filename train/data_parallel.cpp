@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "core/device.h"
 
@@ -34,19 +35,23 @@ void GradientAverager::rebuild(const std::vector<std::pair<std::string, Paramete
   buckets_.clear();
   names_.clear();
   bucket_of_.clear();
+  parts_opt_ = nullptr;  // parts_for() maps the new buckets
   for (auto it = trainable.rbegin(); it != trainable.rend(); ++it) {  // reverse: backward's order
     const Tensor& v = it->second.value();
     const int64_t bytes = static_cast<int64_t>(v.nbytes());
     if (buckets_.empty() || buckets_.back().dtype != v.dtype() ||
         (buckets_.back().numel * static_cast<int64_t>(dtype_size(v.dtype())) + bytes > bucket_bytes_ &&
          !buckets_.back().params.empty()))
-      buckets_.push_back(Bucket{v.dtype(), {}, 0, Tensor(), 0, CollectiveRequest()});
+      buckets_.push_back(Bucket{v.dtype(), {}, 0, Tensor(), 0, CollectiveRequest(), std::string()});
     buckets_.back().params.push_back(*it);
     buckets_.back().numel += v.numel();
     bucket_of_.emplace_back(it->second.node().get(), buckets_.size() - 1);
   }
-  for (Bucket& b : buckets_)  // reused by every step's reduction
+  for (size_t i = 0; i < buckets_.size(); ++i) {  // reused by every step's reduction
+    Bucket& b = buckets_[i];
     b.flat = Tensor::empty({b.numel}, b.dtype, b.params.front().second.value().device());
+    b.what = detail::concat("all-reduce of the gradients (bucket ", i + 1, " of ", buckets_.size(), ")");
+  }
   if (nccl_) nccl_->reserve(buckets_.size());
   for (const auto& [name, p] : trainable) names_.push_back(name);
   std::sort(bucket_of_.begin(), bucket_of_.end());
@@ -64,8 +69,7 @@ void GradientAverager::plan(const nn::Module& model) {
 void GradientAverager::start_step(const nn::Module& model, int epoch, int64_t step) {
   TL_CHECK(!in_step_, ValueError, "data-parallel: a step began before finish() of the previous one");
   plan(model);
-  epoch_ = epoch;
-  step_ = step;
+  at_ = StepPosition{epoch, step};
   for (Bucket& b : buckets_) b.ready = 0;
   next_start_ = first_pending_ = 0;
   overlap_ = Overlap{static_cast<int64_t>(buckets_.size()), 0};
@@ -167,15 +171,64 @@ void GradientAverager::scale(Tensor& flat, double factor) {
   }
 }
 
+// Backward is over: every gradient is final, every bucket starts (those not started yet).
+void GradientAverager::end_backward() {
+  TL_CHECK(in_step_, ValueError, "data-parallel: finish() without begin()");
+  in_step_ = false;  // also when a wait after this throws: the step is abandoned then
+  for (Bucket& b : buckets_) b.ready = b.params.size();
+  start_ready_buckets();
+  if (nccl_) nccl_->end_step(at_.epoch, at_.step);  // the previous step's reductions ended (or the timeout)
+}
+
 void GradientAverager::finish(bool empty_batch) {
   if (!active()) return;
-  TL_CHECK(in_step_, ValueError, "data-parallel: finish() without begin()");
-  in_step_ = false;  // also when a wait below throws: the step is abandoned then
-  for (Bucket& b : buckets_) b.ready = b.params.size();  // backward is over: every gradient is final
-  start_ready_buckets();
-  if (nccl_) nccl_->end_step(epoch_, step_);  // the previous step's reductions ended (or the timeout)
+  end_backward();
   for (size_t i = 0; i < buckets_.size(); ++i) complete(buckets_[i], i, empty_batch);
   last_overlap_ = overlap_;
+}
+
+// Whether each parameter updates is known now (complete() gives a mean to the gradients that exist, and creates
+// none without empty_batch), so the optimizer plans the step before the first wait.
+void GradientAverager::finish_and_step(Optimizer& opt) {
+  if (!active()) {
+    opt.step();
+    return;
+  }
+  end_backward();
+  opt.begin_parts(parts_for(opt));
+  for (size_t i = 0; i < buckets_.size(); ++i) {
+    complete(buckets_[i], i, false);
+    opt.step_part(i);
+    progress();  // the later buckets advance between the updates
+  }
+  opt.step_part(buckets_.size());  // the optimizer's parameters of no bucket (none when it holds the model's)
+  last_overlap_ = overlap_;
+}
+
+const std::vector<std::vector<Optimizer::ParamSlot>>& GradientAverager::parts_for(const Optimizer& opt) {
+  if (parts_opt_ == &opt && parts_hold(opt)) return parts_;
+  parts_.assign(buckets_.size(), {});
+  parts_nodes_.assign(buckets_.size(), {});
+  for (size_t k = 0; k < buckets_.size(); ++k)
+    for (const auto& [name, p] : buckets_[k].params)
+      if (const auto slot = opt.slot_of(p)) {
+        parts_[k].push_back(*slot);
+        parts_nodes_[k].push_back(p.node().get());
+      }
+  parts_opt_ = &opt;
+  return parts_;
+}
+
+// Whether every slot still holds the parameter it was found for (another optimizer at the same address does not).
+bool GradientAverager::parts_hold(const Optimizer& opt) const {
+  for (size_t k = 0; k < parts_.size(); ++k)
+    for (size_t j = 0; j < parts_[k].size(); ++j) {
+      const Optimizer::ParamSlot& s = parts_[k][j];
+      if (s.group >= opt.num_groups() || s.index >= opt.group_params(s.group).size() ||
+          opt.group_params(s.group)[s.index].node().get() != parts_nodes_[k][j])
+        return false;
+    }
+  return true;
 }
 
 void GradientAverager::average(const nn::Module& model, int epoch, int64_t step, bool empty_batch) {
@@ -191,9 +244,7 @@ void GradientAverager::complete(Bucket& b, size_t index, bool empty_batch) {
   if (device == Device::CUDA) {
     nccl_->wait_on_compute_stream(index);
   } else {
-    if (b.request.pending())
-      dist_.wait(b.request, detail::concat("all-reduce of the gradients (bucket ", index + 1, " of ", buckets_.size(),
-                                           ") at epoch ", epoch_ + 1, " step ", step_ + 1));
+    dist_.wait(b.request, b.what, &at_);  // the message is built only on a timeout
     scale(b.flat, 1.0 / dist_.world_size());
   }
   const char* base = static_cast<const char*>(b.flat.data());
@@ -235,6 +286,54 @@ void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const
 }
 
 namespace {
+// SkippedImage lists as bytes: per image its position, then the path's and the reason's sizes and bytes.
+void put_u64(std::string& out, uint64_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
+uint64_t get_u64(const std::string& in, size_t& at, const std::string& what) {
+  TL_CHECK(at + sizeof(uint64_t) <= in.size(), ValueError, what, ": a rank sent a truncated list");
+  uint64_t v;
+  std::memcpy(&v, in.data() + at, sizeof v);
+  at += sizeof v;
+  return v;
+}
+std::string get_str(const std::string& in, size_t& at, const std::string& what) {
+  const uint64_t n = get_u64(in, at, what);
+  TL_CHECK(n <= in.size() - at, ValueError, what, ": a rank sent a truncated list");
+  at += n;
+  return in.substr(at - n, n);
+}
+}  // namespace
+
+std::vector<io::SkippedImage> gather_skipped(const Distributed& dist, const std::vector<io::SkippedImage>& mine,
+                                             const std::string& what) {
+  if (dist.world_size() == 1) return mine;
+  std::string bytes;
+  for (const io::SkippedImage& s : mine) {
+    put_u64(bytes, static_cast<uint64_t>(s.position));
+    put_u64(bytes, s.path.size());
+    bytes += s.path;
+    put_u64(bytes, s.reason.size());
+    bytes += s.reason;
+  }
+  std::vector<io::SkippedImage> all;
+  for (const std::string& part : dist.all_gather_bytes(bytes, what))
+    for (size_t at = 0; at < part.size();) {
+      io::SkippedImage s;
+      s.position = static_cast<int64_t>(get_u64(part, at, what));
+      s.path = get_str(part, at, what);
+      s.reason = get_str(part, at, what);
+      all.push_back(std::move(s));
+    }
+  std::sort(all.begin(), all.end(), [](const io::SkippedImage& a, const io::SkippedImage& b) {
+    return a.position < b.position;
+  });
+  std::set<std::string> seen;
+  std::vector<io::SkippedImage> once;
+  for (io::SkippedImage& s : all)
+    if (seen.insert(s.path).second) once.push_back(std::move(s));
+  return once;
+}
+
+namespace {
 // MPI sends CPU float32 / float64 tensors: a CUDA (training on GPUs) or a bfloat16 / float16 tensor travels as a
 // host copy in float32 (exact for those), written back in place. Only at the start and before val phases.
 void broadcast_any(const Distributed& dist, Tensor& t, const std::string& what) {
@@ -264,11 +363,11 @@ void broadcast_buffers(const Distributed& dist, nn::Module& model) {
       broadcast_any(dist, *e.buffer, "broadcast of rank 0's buffers (" + e.name + ")");
 }
 
-int enable_sync_bn(const Distributed& dist, nn::Module& model) {
+int enable_sync_bn(const Distributed& dist, nn::Module& model, const StepPosition* at) {
   int layers = 0;
   for (auto& [name, m] : model.named_modules())
     if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(m)) {
-      bn->sync = {&dist, "all-reduce of the batch-norm statistics of " + name + " (--sync-bn)"};
+      bn->sync = {&dist, "all-reduce of the batch-norm statistics of " + name + " (--sync-bn)", at};
       ++layers;
     }
   return layers;

@@ -8,8 +8,10 @@
 #include "core/autograd.h"
 #include "core/distributed.h"
 #include "core/nccl.h"
+#include "io/loader.h"
 #include "layers/module.h"
 #include "train/metrics.h"
+#include "train/optimizer.h"
 
 namespace tl::train {
 
@@ -48,6 +50,14 @@ class GradientAverager {
   // `empty_batch`: this rank had no image in this step (all skipped, --on-bad-image skip) but takes part in the
   // reduction with zeros, and every trainable parameter gets the mean, so that it updates as the other ranks do.
   void finish(bool empty_batch = false);
+  // finish() and the update, bucket by bucket (the "the optimizer waits only for the buckets it needs"):
+  // `opt` plans the whole step first (Optimizer::begin_parts, one part per bucket), then as each bucket's mean is
+  // in (in bucket order, the order they were started) its parameters update while the later buckets still reduce
+  // (on CUDA the bucket's kernels wait on the compute stream for that bucket's all-reduce alone); parameters of no
+  // bucket update last. The same updates, bit for bit, as finish() then opt.step(): nothing between the two reads
+  // every gradient (no clipping by a global norm; the loss's NaN/Inf check runs before backward). Inactive (one
+  // rank, no NCCL): opt.step(). `opt` must keep its parameter groups while this averager keeps its buckets.
+  void finish_and_step(Optimizer& opt);
   // On CUDA the host checks each step's reductions one step later (core/nccl.h): drain() checks the last ones, at
   // the end of a train phase, so that a rank that hangs then times out instead of blocking the next host sync.
   void drain() {
@@ -74,6 +84,7 @@ class GradientAverager {
     Tensor flat;  // the bucket's gradients in one buffer, allocated when the buckets are built
     size_t ready = 0;  // parameters whose gradient is final in this step
     CollectiveRequest request;
+    std::string what;  // "all-reduce of the gradients (bucket 2 of 5)": a timeout adds the step (at_)
   };
   void rebuild(const std::vector<std::pair<std::string, Parameter>>& trainable);
   void start_step(const nn::Module& model, int epoch, int64_t step);
@@ -84,6 +95,9 @@ class GradientAverager {
   void start(Bucket& b, size_t index);
   void progress();
   void complete(Bucket& b, size_t index, bool empty_batch);
+  void end_backward();
+  const std::vector<std::vector<Optimizer::ParamSlot>>& parts_for(const Optimizer& opt);
+  bool parts_hold(const Optimizer& opt) const;
   static void scale(Tensor& flat, double factor);
   bool active() const { return dist_.world_size() > 1 || nccl_ != nullptr; }
 
@@ -94,9 +108,13 @@ class GradientAverager {
   std::vector<Bucket> buckets_;
   std::vector<std::pair<const GradNode*, size_t>> bucket_of_;  // each parameter's bucket, sorted by node
   std::vector<char> fed_;  // mark_unused_ready's scratch, by bucket_of_ position
+  // finish_and_step: each bucket's parameters as the optimizer's slots, for `parts_opt_` (rebuilt with the buckets,
+  // or when the slots no longer hold the parameters they were found for: checked each step, without allocating).
+  std::vector<std::vector<Optimizer::ParamSlot>> parts_;
+  std::vector<std::vector<const GradNode*>> parts_nodes_;
+  const Optimizer* parts_opt_ = nullptr;
   // The step in progress: where (for the messages), the next bucket to start, the first that may still be in flight.
-  int epoch_ = 0;
-  int64_t step_ = 0;
+  StepPosition at_;
   size_t next_start_ = 0, first_pending_ = 0;
   bool in_step_ = false;
   Overlap overlap_, last_overlap_;
@@ -104,6 +122,12 @@ class GradientAverager {
 
 // Sums a phase's metrics (counts, loss sum, confusion) over the ranks, so that every rank holds the whole set's.
 void all_reduce_metrics(const Distributed& dist, ClassificationMetrics& m, const std::string& what);
+
+// --on-bad-image skip: every rank's skipped images of a phase (each rank met those of its share), on every rank,
+// each image once (a padded share repeats the start of the order) and sorted by SkippedImage::position: the list
+// one process with the global batch makes. A collective (`what` names it in a timeout). One rank: `mine`.
+std::vector<io::SkippedImage> gather_skipped(const Distributed& dist, const std::vector<io::SkippedImage>& mine,
+                                             const std::string& what);
 
 // Rank 0's parameter values to every rank (the same start even if a rank read other weights). No-op with one rank.
 // CUDA and half-precision tensors travel as float32 host copies (these two run outside the training steps).
@@ -116,7 +140,9 @@ void broadcast_buffers(const Distributed& dist, nn::Module& model);
 // --sync-bn: points every batch norm layer of `model` at `dist` (layers/batchnorm.h BatchNormSync), so that in
 // training mode its batch statistics cover the batches of all ranks (PyTorch's SyncBatchNorm). Layers on their
 // running statistics (eval, or frozen with --freeze-bn) ignore it; with one rank it changes nothing. Returns the
-// number of batch norm layers. `dist` must outlive the model's use.
-int enable_sync_bn(const Distributed& dist, nn::Module& model);
+// number of batch norm layers. `dist` must outlive the model's use, and so must `at` (may be null), the trainer's
+// step position, which completes the messages of the layers' collectives (a timeout names rank, layer, epoch and
+// step).
+int enable_sync_bn(const Distributed& dist, nn::Module& model, const StepPosition* at = nullptr);
 
 }  // namespace tl::train

@@ -153,7 +153,7 @@ FeatureCache::FeatureCache(models::Model& model, io::DataLoader& loader, Device 
       }
       if (!quiet) progress.update(++done, b->size, NAN, NAN);
     }
-    if (v == 0) skipped_report_ = source.skipped_report();
+    if (v == 0) skipped_ = source.skipped();
   }
   if (!quiet) progress.finish();
   if (several) {

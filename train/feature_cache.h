@@ -86,8 +86,10 @@ class FeatureCache {
   int cut() const { return cut_; }  // the batches go through model.forward_from(features, cut())
   int64_t batches_per_epoch() const { return loader_.batches_per_epoch(); }
   int64_t dim() const { return dim_; }  // values per sample (the product of the features' shape after the batch)
-  // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built.
-  const std::string& skipped_report() const { return skipped_report_; }
+  // Images left out (bad, with --on-bad-image skip), as the loader reported them when the cache was built (several
+  // ranks: those of this rank's part; train::gather_skipped merges them).
+  const std::vector<io::SkippedImage>& skipped() const { return skipped_; }
+  std::string skipped_report() const { return io::skipped_report(skipped_); }
 
  private:
   const io::DataLoader& loader_;
@@ -105,7 +107,7 @@ class FeatureCache {
   std::unique_ptr<io::MappedScratch> spill_;
   char* base_ = nullptr;
   std::vector<uint8_t> valid_;  // per sample (an image skipped in any view is left out)
-  std::string skipped_report_;
+  std::vector<io::SkippedImage> skipped_;
   int64_t order_epoch_ = -1;  // the epoch whose order order_ holds
   std::vector<int64_t> order_;
 };

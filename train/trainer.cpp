@@ -176,7 +176,8 @@ void evaluate(models::Model& model, io::DataLoader& loader, Device dev, Precisio
 
 // --sync-bn: checked with any number of processes (a job that starts on one starts on several), applied with
 // several (enable_sync_bn). The model is in training mode (which batch norm layers use batch statistics).
-void setup_sync_bn(const TrainOptions& o, models::Model& model, const Distributed& dist, std::ostream& log) {
+void setup_sync_bn(const TrainOptions& o, models::Model& model, const Distributed& dist, const StepPosition& at,
+                   std::ostream& log) {
   int layers = 0, batch_stats = 0;
   model.train();
   for (auto& [name, m] : model.named_modules())
@@ -197,7 +198,7 @@ void setup_sync_bn(const TrainOptions& o, models::Model& model, const Distribute
     log << "--sync-bn: one process, nothing to synchronise (batch norm over its batch, as without the flag)\n";
     return;
   }
-  enable_sync_bn(dist, model);
+  enable_sync_bn(dist, model, &at);
   log << "sync batch norm: " << batch_stats << " of " << layers << " batch norm layers use the statistics of the "
       << "global batch (" << dist.world_size() << " x " << o.batch_size << ")"
       << (batch_stats < layers ? ", the frozen ones their running statistics (--freeze-bn)" : "") << "\n";
@@ -375,6 +376,15 @@ CrossEntropyOptions build_loss(const TrainOptions& o, const TrainData& data, Dev
 
 namespace {
 
+// --on-bad-image skip: the images a phase skipped, those of every rank (each met its share's), in the order one
+// process meets them. With several ranks a collective, made by every rank alike (the option is the same on all).
+void report_skipped(const TrainOptions& o, const Distributed& dist, const std::vector<io::SkippedImage>& mine,
+                    const std::string& what, std::ostream& log) {
+  if (dist.world_size() > 1 && io::parse_on_bad_image(o.on_bad_image) != io::OnBadImage::Skip) return;  // none
+  const std::vector<io::SkippedImage> all = gather_skipped(dist, mine, "all-gather of the images skipped " + what);
+  if (!all.empty()) log << io::skipped_report(all) << "\n";
+}
+
 // The feature caches of the train and val sets, when the plan allows them (see feature_cache.h).
 struct FeatureCaches {
   std::unique_ptr<FeatureCache> train, val;
@@ -417,12 +427,12 @@ FeatureCaches build_feature_caches(const TrainOptions& o, TrainData& data, model
   c.train = std::make_unique<FeatureCache>(model, *data.train, dev, prec.dtype, prec.layout, "cache train", o.quiet, log,
                                            views, spill(".feature_cache_train.tmp"), storage, fc.cut,
                                            FeatureCacheParts{&dist, train_part.get()});
-  if (!c.train->skipped_report().empty()) log << c.train->skipped_report() << "\n";
+  report_skipped(o, dist, c.train->skipped(), "by the train feature cache", log);
   io::DataLoader& val = data.val_share ? *data.val_share : *data.val;  // each rank evaluates its own share
   if (val.num_samples() > 0) {
     c.val = std::make_unique<FeatureCache>(model, val, dev, prec.dtype, prec.layout, "cache val", o.quiet, log, 1,
                                            spill(".feature_cache_val.tmp"), storage, fc.cut);
-    if (!c.val->skipped_report().empty()) log << c.val->skipped_report() << "\n";
+    report_skipped(o, dist, c.val->skipped(), "by the val feature cache", log);
   }
   return c;
 }
@@ -557,6 +567,7 @@ struct Trainer {
   const Distributed& dist;
   int64_t hang_at_step = 0;  // TL_TEST_HANG_AT_STEP for this rank (test hook, trainer.h); 0: off
   int64_t steps_run = 0;     // by this process (the hook counts as --stop-after-steps does)
+  StepPosition* position = nullptr;  // where the step in progress is, for --sync-bn's messages (run_training's)
 #if TL_WITH_CUDA
   std::unique_ptr<StepGraphs> graphs = nullptr;  // --cuda-graphs
 #endif
@@ -568,6 +579,7 @@ struct Trainer {
   RunningMetrics::Totals step(const Tensor& input, const Tensor& labels, bool cached, int epoch, int64_t batch_index,
                               const std::string& last_path) {
     sched.apply(epoch, batch_index);
+    if (position) *position = StepPosition{epoch, batch_index};
 #if TL_WITH_CUDA
     if (graphs && !cached) return graph_step(input, labels, epoch, batch_index, last_path);
 #endif
@@ -577,8 +589,7 @@ struct Trainer {
     if (hang_at_step > 0 && ++steps_run >= hang_at_step) hang(epoch, batch_index);  // before any bucket starts
     grads.begin(model, epoch, batch_index, tape);  // several ranks: buckets start reducing during backward
     tape.backward(loss, Tensor(), grads.leaf_ready_hook());
-    grads.finish();
-    opt.step();
+    grads.finish_and_step(opt);  // several ranks: each bucket updates as soon as its mean is in
     opt.zero_grad();
     return t;
   }
@@ -689,7 +700,7 @@ struct Trainer {
         if (after_step(t, b->size)) return false;
       }
       if (catch_up(data.train->batches_per_epoch())) return false;
-      if (!data.train->skipped().empty()) log << data.train->skipped_report() << "\n";
+      report_skipped(data.train->skipped(), "train", state.epoch, log);
     }
     end_phase();
     if (!o.quiet) progress.finish();
@@ -703,8 +714,12 @@ struct Trainer {
     broadcast_buffers(dist, model);  // one model's running statistics on every rank
     Progress vp("val", epoch + 1, o.epochs, val.batches_per_epoch(), log);
     evaluate(model, val, dev, prec, ce, m, o.quiet ? nullptr : &vp, caches.val.get());
-    if (!caches.val && !val.skipped().empty()) log << val.skipped_report() << "\n";
+    if (!caches.val) report_skipped(val.skipped(), "val", epoch, log);
     all_reduce_metrics(dist, m, detail::concat("sum of the val metrics at epoch ", epoch + 1));
+  }
+
+  void report_skipped(const std::vector<io::SkippedImage>& mine, const char* phase, int epoch, std::ostream& log) {
+    train::report_skipped(o, dist, mine, detail::concat("in the ", phase, " phase of epoch ", epoch + 1), log);
   }
 
   // The test hook: this rank stops answering (the others time out and end the job with MPI_Abort).
@@ -877,7 +892,8 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
   FreezePlan plan;
   auto model = build_model(o, data.num_classes(), dev, prec, plan, log);
   Unfreezing unfreezing(o, *model, plan, log);
-  if (o.sync_bn) setup_sync_bn(o, *model, dist, log);
+  StepPosition position;  // the step in progress (Trainer::step), for the messages of --sync-bn's collectives
+  if (o.sync_bn) setup_sync_bn(o, *model, dist, position, log);
   auto opt = build_optimizer(o, *model, log, [&](const std::string& name) { return unfreezing.ever_trainable(name); });
   LRScheduler sched(*opt, make_schedule(o), data.train->batches_per_epoch());
   log << "schedule " << sched.schedule().describe() << "\n";
@@ -903,6 +919,7 @@ TrainResult run_training(const TrainOptions& o, std::ostream& main_log, const Di
             RunningMetrics(static_cast<int>(data.num_classes()), dev),
             GradientAverager(dist, GradientAverager::kBucketBytes, nccl.get()), dist,
             hang_step_from_env(dist.rank())};
+  t.position = &position;
 #if TL_WITH_CUDA
   if (o.cuda_graphs) t.graphs = std::make_unique<StepGraphs>(step_counters(*model));
 #endif
