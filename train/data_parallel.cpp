@@ -57,13 +57,19 @@ void GradientAverager::rebuild(const std::vector<std::pair<std::string, Paramete
   std::sort(bucket_of_.begin(), bucket_of_.end());
 }
 
+// Each step: the model's parameters are listed (a module may have changed), but the trainable ones are compared
+// with the buckets' set in place; the list of them is built only when the set changed.
 void GradientAverager::plan(const nn::Module& model) {
+  const std::vector<std::pair<std::string, Parameter>> params = model.named_parameters();
+  size_t k = 0;
+  bool same = true;
+  for (const auto& [name, p] : params)
+    if (p.trainable()) same = same && k < names_.size() && names_[k++] == name;
+  if (same && k == names_.size()) return;
   std::vector<std::pair<std::string, Parameter>> trainable;
-  for (auto& [name, p] : model.named_parameters())
+  for (const auto& [name, p] : params)
     if (p.trainable()) trainable.emplace_back(name, p);
-  bool same = trainable.size() == names_.size();
-  for (size_t i = 0; same && i < trainable.size(); ++i) same = trainable[i].first == names_[i];
-  if (!same) rebuild(trainable);
+  rebuild(trainable);
 }
 
 void GradientAverager::start_step(const nn::Module& model, int epoch, int64_t step) {
