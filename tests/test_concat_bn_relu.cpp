@@ -197,6 +197,38 @@ TEST(ConcatBnRelu, TwoLayersShareTheChunkStatistics) {
     }
 }
 
+// Under checkpoint() (--memory-efficient): the recomputation in the backward pass reads the same cached chunk
+// statistics and does not update the running statistics again; outputs, gradients and buffers are those of the
+// plain fused run.
+TEST(ConcatBnRelu, UnderCheckpointUpdatesTheRunningStatisticsOnce) {
+  for (DType dt : {DType::F32, DType::F64}) {
+    const std::vector<Tensor> xs = make_chunks({2, 3}, dt, Layout::NHWC, 30);
+    auto run = [&](bool checkpointed) {
+      std::vector<Variable> chunks;
+      for (const Tensor& x : xs) chunks.emplace_back(x, true);
+      Parameter gamma(Tensor::uniform({5}, 0.5, 1.5, 31, dt), "gamma", true);
+      Parameter beta(Tensor::uniform({5}, -0.5, 0.5, 32, dt), "beta", true);
+      BatchNormBuffers buf = random_buffers(5, dt, 33);
+      Tape tape;
+      TapeScope scope(tape);
+      auto cache = std::make_shared<ChunkStatsCache>();
+      auto fn = [&, cache](const std::vector<Variable>& in) {
+        return concat_bn_relu(in, gamma, beta, buf, BatchNormOptions(), *cache);
+      };
+      const Variable y = checkpointed ? checkpoint(fn, chunks) : fn(chunks);
+      tape.backward(y, Tensor::randn(y.shape(), 34, dt, Device::CPU, Layout::NHWC));
+      EXPECT_EQ(cache->computed(), 2u);
+      std::vector<std::vector<double>> r{values(y.value()), values(buf.running_mean), values(buf.running_var),
+                                         {static_cast<double>(buf.num_batches_tracked)}};
+      for (const Variable& v : chunks) r.push_back(values(v.grad()));
+      r.push_back(values(gamma.grad()));
+      r.push_back(values(beta.grad()));
+      return r;
+    };
+    EXPECT_EQ(run(true), run(false)) << dtype_name(dt);
+  }
+}
+
 // The cache refuses a different tensor at a position it has statistics for (a cache reused across forwards).
 TEST(ConcatBnRelu, CacheRefusesAnotherTensor) {
   const std::vector<Tensor> a = make_chunks({2}, DType::F32, Layout::NCHW, 1), b = make_chunks({2}, DType::F32, Layout::NCHW, 2);
