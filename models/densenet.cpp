@@ -1,7 +1,7 @@
 // DenseNet family (torchvision's densenet.py): densenet121/161/169/201, with torchvision's module names
 // ("features.denseblock1.denselayer1.norm1", "features.transition1.conv", "classifier") and initialisation.
 // Memory-efficient mode (set_memory_efficient, --memory-efficient): each dense layer's bottleneck is recomputed in
-// the backward pass instead of keeping its concatenation and normalised copies, so the activation memory of a dense
+// the backward pass instead of keeping its normalised and rectified input, so the activation memory of a dense
 // block grows linearly with its layers instead of quadratically (Pleiss et al. 2017, "Memory-Efficient
 // Implementation of DenseNets"; torchvision's memory_efficient=True), for the same results.
 // Each dense layer's norm1 runs fused with the concatenation of its inputs and its relu (layers/concat_bn_relu.h;
