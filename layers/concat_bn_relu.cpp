@@ -141,7 +141,7 @@ channel_sums::ChannelSums sums_f32(const std::vector<Tensor>& xs, const Geometry
   if (g.nhwc) {
     return channel_sums::nhwc_sums(g.rows(), g.c, [&](int64_t o, double* a, double* b) {
       const int64_t r = o / g.c;
-      for (size_t k = 0; k < xs.size(); ++k) {
+      for (size_t k = 0; k < g.width.size(); ++k) {  // xs is empty when only dbeta is needed
         const int64_t ck = g.width[k], off = g.start[k];
         for (int64_t c = 0; c < ck; ++c) a[off + c] += masked(y, dy, o + off + c);
         if (!xmu) continue;
@@ -172,7 +172,7 @@ channel_sums::ChannelSums sums_f64(const std::vector<Tensor>& xs, const Geometry
     for (int64_t c = c0; c < c1; ++c) {
       const size_t k = g.chunk_of[c];
       const int64_t ck = g.width[k], lc = c - g.start[k];
-      const double* x = xs[k].data_as<double>();
+      const double* x = xmu ? xs[k].data_as<double>() : nullptr;  // xs is empty when only dbeta is needed
       double sum_dz = 0, sum_dz_xmu = 0;
       for (int64_t n = 0; n < g.n; ++n)
         for (int64_t s_ = 0; s_ < g.hw; ++s_) {

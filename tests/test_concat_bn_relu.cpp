@@ -116,6 +116,7 @@ TEST(ConcatBnRelu, GradcheckTrainFloat64) {
   expect_gradcheck(fn, in, {true, true, true, true, true});
   expect_gradcheck(fn, in, {false, true, false, false, true});
   expect_gradcheck(fn, in, {true, false, false, true, false});
+  expect_gradcheck(fn, in, {false, false, false, false, true});  // dbeta alone: nothing but y is kept
 }
 
 // Fused == unfused, bit for bit, over dtypes, layouts, modes and gradient requests.
@@ -123,12 +124,13 @@ TEST(ConcatBnRelu, MatchesConcatBatchNormReluExactly) {
   for (DType dt : {DType::F32, DType::F64})
     for (Layout layout : {Layout::NCHW, Layout::NHWC})
       for (bool training : {true, false})
-        for (int grads = 0; grads < 4; ++grads) {
+        for (int grads = 0; grads < 5; ++grads) {
           LayerCase s;
           s.xs = make_chunks({4, 3, 5}, dt, layout, 20 + grads);
-          // 0: all; 1: middle chunk without; 2: gamma/beta frozen; 3: only the parameters
-          s.chunk_grad = {grads != 3, grads != 1 && grads != 3, grads != 3};
-          s.gamma_grad = s.beta_grad = grads != 2;
+          // 0: all; 1: middle chunk without; 2: gamma/beta frozen; 3: only the parameters; 4: only beta
+          s.chunk_grad = {grads < 3, grads != 1 && grads < 3, grads < 3};
+          s.gamma_grad = grads != 2 && grads != 4;
+          s.beta_grad = grads != 2;
           s.opt.training = training;
           s.opt.momentum = 0.3;
           const std::string what = std::string(dtype_name(dt)) + (layout == Layout::NHWC ? " NHWC" : " NCHW") +
