@@ -307,7 +307,8 @@ Variable record(const std::vector<Variable>& chunks, const Variable& gamma, cons
   e.inputs.push_back(needs_grad(beta) ? beta.node() : nullptr);
   if (!any_dx && !needs_grad(gamma)) cx.xs.clear();  // dbeta = sum dz reads y and dy only
   if (!any_dx) cx.gamma = Tensor();
-  e.saved_bytes = bytes_of({cx.y});  // the chunks are the block's layer outputs, kept by the block anyway
+  // y only: the chunks are shared by every later layer of the block (one copy each, whoever counts them).
+  e.saved_bytes = bytes_of({cx.y});
   const Tensor y = cx.y;
   const bool f32 = y.dtype() == DType::F32;
   e.output = node;

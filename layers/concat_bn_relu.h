@@ -15,9 +15,10 @@
 //   dbeta = sum(dz),  dgamma = sum(dz xhat),  dx_k = gamma invstd (dz - dbeta / m - xhat dgamma / m)
 //   for the channels of chunk k, only for chunks that need a gradient (accumulated into a chunk's gradient by the
 //   Tape when several layers read it, as concat's gradients are).
-// Saved for backward: the chunks (the layers' outputs, alive anyway), gamma, the per-channel statistics and y
-// (ReLU's mask is y > 0): one tensor of the concatenation's size per layer instead of the concatenation and the
-// ReLU output of the unfused path; its backward allocates no tensor of that size either.
+// Saved for backward: the chunks (each one tensor shared by every layer of the block that reads it: O(L) per
+// block), gamma, the per-channel statistics and y (ReLU's mask is y > 0): one tensor of the concatenation's size per
+// layer instead of the concatenation and the ReLU output of the unfused path; its backward allocates no tensor of
+// that size either.
 // Results: the same numbers as concat -> batch_norm2d -> relu, bit for bit: the same per-channel sums in the same
 // order (layers/channel_sums.h for float32, (n, s) order for the float64 reference), the same formulas.
 // Supported: CPU float32 and float64, NCHW and NHWC (all chunks in one layout). Everything else runs the unfused
