@@ -13,6 +13,7 @@
 #include "kernels/batchnorm.h"
 #include "layers/cudnn_util.h"
 #endif
+#include "layers/channel_sums.h"
 #include "layers/layer_util.h"
 #include "layers/mac_counter.h"
 
@@ -96,6 +97,47 @@ void sync_sums(const BatchNormSync* sync, std::initializer_list<std::vector<doub
 }
 void sync_sums(const BatchNormSync* sync, std::vector<double>& sums, double& m) { sync_sums(sync, {&sums}, m); }
 
+// Per-channel mean and biased variance (over this batch, then over the ranks with --sync-bn): sum x first, then
+// sum (x - mean)^2 around the mean (not E[x^2] - mean^2, which cancels), each channel in (n, s) order.
+template <typename T>
+BatchMoments moments_cpu(const Tensor& x, const BatchNormSync* sync) {
+  const Dims d = dims_of(x);
+  const bool nx = x.layout() == Layout::NHWC;
+  const T* xp = x.data_as<T>();
+  BatchMoments mo{std::vector<double>(static_cast<size_t>(d.c), 0.0), std::vector<double>(static_cast<size_t>(d.c), 0.0),
+                  static_cast<double>(d.m())};
+  std::vector<double>& sum = mo.mean;
+  std::vector<double>& sq = mo.var;
+  for (int64_t c = 0; c < d.c; ++c)
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) sum[c] += xp[offset(nx, d, n, c, s)];
+  sync_sums(sync, sum, mo.count);
+  for (int64_t c = 0; c < d.c; ++c) {
+    sum[c] /= mo.count;
+    const double mean = sum[c];
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t s = 0; s < d.hw; ++s) {
+        const double v = xp[offset(nx, d, n, c, s)] - mean;
+        sq[c] += v * v;
+      }
+  }
+  double m_sq = static_cast<double>(d.m());
+  sync_sums(sync, sq, m_sq);
+  for (int64_t c = 0; c < d.c; ++c) sq[c] /= mo.count;
+  return mo;
+}
+
+// running_mean = (1 - f) running_mean + f mean, running_var = (1 - f) running_var + f var m / (m - 1).
+template <typename T>
+void update_running_cpu(Tensor& running_mean, Tensor& running_var, const BatchMoments& mo, double factor) {
+  T *rm = running_mean.data_as<T>(), *rv = running_var.data_as<T>();
+  const double m = mo.count;
+  for (size_t c = 0; c < mo.mean.size(); ++c) {
+    rm[c] = static_cast<T>((1.0 - factor) * rm[c] + factor * mo.mean[c]);
+    rv[c] = static_cast<T>((1.0 - factor) * rv[c] + factor * mo.var[c] * m / (m - 1.0));
+  }
+}
+
 // Sums per channel first (over this batch, then over the ranks with --sync-bn), then the output.
 template <typename T>
 void forward_train_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
@@ -105,35 +147,18 @@ void forward_train_cpu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   const bool nx = x.layout() == Layout::NHWC, ny = y.layout() == Layout::NHWC;
   const T *xp = x.data_as<T>(), *g = gamma.data_as<T>(), *b = beta.data_as<T>();
   T *yp = y.data_as<T>(), *sm = save_mean.data_as<T>(), *si = save_invstd.data_as<T>();
-  T *rm = running_mean.data_as<T>(), *rv = running_var.data_as<T>();
-  double m = static_cast<double>(d.m());
-  std::vector<double> sum(static_cast<size_t>(d.c), 0.0), sq(static_cast<size_t>(d.c), 0.0);
-  for (int64_t c = 0; c < d.c; ++c)
-    for (int64_t n = 0; n < d.n; ++n)
-      for (int64_t s = 0; s < d.hw; ++s) sum[c] += xp[offset(nx, d, n, c, s)];
-  sync_sums(sync, sum, m);
+  const BatchMoments mo = moments_cpu<T>(x, sync);
   for (int64_t c = 0; c < d.c; ++c) {
-    const double mean = sum[c] / m;
-    for (int64_t n = 0; n < d.n; ++n)
-      for (int64_t s = 0; s < d.hw; ++s) {
-        const double v = xp[offset(nx, d, n, c, s)] - mean;
-        sq[c] += v * v;
-      }
-  }
-  double m_sq = static_cast<double>(d.m());
-  sync_sums(sync, sq, m_sq);
-  for (int64_t c = 0; c < d.c; ++c) {
-    const double mean = sum[c] / m;
-    const double var = sq[c] / m, invstd = 1.0 / std::sqrt(var + eps);
+    const double mean = mo.mean[c];
+    const double invstd = 1.0 / std::sqrt(mo.var[c] + eps);
     const double scale = invstd * g[c], shift = b[c];
     for (int64_t n = 0; n < d.n; ++n)
       for (int64_t s = 0; s < d.hw; ++s)
         yp[offset(ny, d, n, c, s)] = static_cast<T>((xp[offset(nx, d, n, c, s)] - mean) * scale + shift);
     sm[c] = static_cast<T>(mean);
     si[c] = static_cast<T>(invstd);
-    rm[c] = static_cast<T>((1.0 - factor) * rm[c] + factor * mean);
-    rv[c] = static_cast<T>((1.0 - factor) * rv[c] + factor * var * m / (m - 1.0));
   }
+  update_running_cpu<T>(running_mean, running_var, mo, factor);
 }
 
 template <typename T>
@@ -210,50 +235,12 @@ void backward_cpu(const Tensor& x, const Tensor& dy, const Tensor& gamma, const 
 // ---------------------------------------------------------------- CPU fast path (float32)
 // The same formulas as the reference above, on the process's thread pool (core/parallel.h), in passes that
 // read memory in order: NHWC as rows of C channels, NCHW plane by plane. Per-channel sums are taken over fixed
-// blocks (kRowBlock rows, or one plane) and the blocks' partial sums added in block order in double, so results
-// do not depend on the thread count. The reference stays the float64 path; tests compare the two.
+// blocks (layers/channel_sums.h: kRowBlock rows, or one plane) and the blocks' partial sums added in block order in
+// double, so results do not depend on the thread count. The reference stays the float64 path; tests compare the two.
 
-constexpr int64_t kRowBlock = 128;
-
-// Two per-channel sums (e.g. sum x and sum (x - mu)^2, or sum dy and sum dy (x - mu)).
-struct ChannelSums {
-  std::vector<double> a, b;  // the two sums per channel
-};
-
-// NHWC: rows of C values. fn(row_offset, acc_a, acc_b) adds one row's terms into double accumulators (double, as
-// the NCHW planes: a channel whose mean is large against its spread needs it for the mean).
-template <typename RowFn>
-ChannelSums nhwc_sums(int64_t rows, int64_t C, RowFn&& fn) {
-  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  std::vector<double> pa(static_cast<size_t>(blocks * C)), pb(static_cast<size_t>(blocks * C));
-  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<double> fa(static_cast<size_t>(C)), fb(static_cast<size_t>(C));
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      std::fill(fa.begin(), fa.end(), 0.0);
-      std::fill(fb.begin(), fb.end(), 0.0);
-      const int64_t r1 = std::min(rows, (blk + 1) * kRowBlock);
-      for (int64_t r = blk * kRowBlock; r < r1; ++r) fn(r * C, fa.data(), fb.data());
-      for (int64_t c = 0; c < C; ++c) pa[blk * C + c] = fa[c], pb[blk * C + c] = fb[c];
-    }
-  });
-  ChannelSums s{std::vector<double>(static_cast<size_t>(C)), std::vector<double>(static_cast<size_t>(C))};
-  for (int64_t blk = 0; blk < blocks; ++blk)
-    for (int64_t c = 0; c < C; ++c) s.a[c] += pa[blk * C + c], s.b[c] += pb[blk * C + c];
-  return s;
-}
-
-// NCHW: planes (n, c) of HW values. fn(plane_offset, c, &a, &b) returns one plane's sums in double.
-template <typename PlaneFn>
-ChannelSums nchw_sums(int64_t N, int64_t C, PlaneFn&& fn) {
-  std::vector<double> pa(static_cast<size_t>(N * C)), pb(static_cast<size_t>(N * C));
-  parallel_for(N * C, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) fn(p, p % C, &pa[p], &pb[p]);
-  });
-  ChannelSums s{std::vector<double>(static_cast<size_t>(C)), std::vector<double>(static_cast<size_t>(C))};
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) s.a[c] += pa[n * C + c], s.b[c] += pb[n * C + c];
-  return s;
-}
+using channel_sums::ChannelSums;
+using channel_sums::nchw_sums;
+using channel_sums::nhwc_sums;
 
 // Per-channel coefficients of affine_pass.
 struct Affine {
@@ -322,35 +309,46 @@ ChannelSums sums_x(const Dims& d, bool nhwc, const float* x, const std::vector<f
   });
 }
 
+// The float32 moments_cpu: the same two passes on the thread pool; the mean is rounded to float32 before the
+// second pass (the value the affine pass and the saved mean use).
+BatchMoments moments_fast(const Tensor& x, const BatchNormSync* sync) {
+  const Dims d = dims_of(x);
+  const bool nhwc = x.layout() == Layout::NHWC;
+  const float* xp = x.data_as<float>();
+  BatchMoments mo;
+  mo.count = static_cast<double>(d.m());
+  std::vector<float> mu(static_cast<size_t>(d.c));
+  ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
+  sync_sums(sync, s1.a, mo.count);
+  for (int64_t c = 0; c < d.c; ++c) mu[c] = static_cast<float>(s1.a[c] / mo.count);
+  ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
+  double m_sq = static_cast<double>(d.m());
+  sync_sums(sync, s2.b, m_sq);
+  mo.mean.assign(mu.begin(), mu.end());
+  mo.var = std::move(s2.b);
+  for (double& v : mo.var) v /= mo.count;
+  return mo;
+}
+
 void forward_train_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, Tensor& save_mean,
                         Tensor& save_invstd, Tensor& running_mean, Tensor& running_var, double factor, double eps,
                         const BatchNormSync* sync) {
   const Dims d = dims_of(x);
   const bool nhwc = x.layout() == Layout::NHWC;  // y has x's layout
-  const float* xp = x.data_as<float>();
-  double m = static_cast<double>(d.m());
-  std::vector<float> mu(static_cast<size_t>(d.c));
-  ChannelSums s1 = sums_x(d, nhwc, xp, nullptr);
-  sync_sums(sync, s1.a, m);
-  for (int64_t c = 0; c < d.c; ++c) mu[c] = static_cast<float>(s1.a[c] / m);
-  ChannelSums s2 = sums_x(d, nhwc, xp, &mu);
-  double m_sq = static_cast<double>(d.m());
-  sync_sums(sync, s2.b, m_sq);
+  const BatchMoments mo = moments_fast(x, sync);
   Affine f(d.c, false);
   const float *g = gamma.data_as<float>(), *b = beta.data_as<float>();
   float *sm = save_mean.data_as<float>(), *si = save_invstd.data_as<float>();
-  float *rm = running_mean.data_as<float>(), *rv = running_var.data_as<float>();
   for (int64_t c = 0; c < d.c; ++c) {
-    const double var = s2.b[c] / m, invstd = 1.0 / std::sqrt(var + eps);
-    f.M[c] = mu[c];
+    const double invstd = 1.0 / std::sqrt(mo.var[c] + eps);
+    f.M[c] = static_cast<float>(mo.mean[c]);
     f.A[c] = static_cast<float>(invstd * g[c]);
     f.B[c] = b[c];
-    sm[c] = mu[c];
+    sm[c] = f.M[c];
     si[c] = static_cast<float>(invstd);
-    rm[c] = static_cast<float>((1.0 - factor) * rm[c] + factor * mu[c]);
-    rv[c] = static_cast<float>((1.0 - factor) * rv[c] + factor * var * m / (m - 1.0));
   }
-  affine_pass(d, nhwc, xp, nullptr, f, y.data_as<float>(), false);
+  update_running_cpu<float>(running_mean, running_var, mo, factor);
+  affine_pass(d, nhwc, x.data_as<float>(), nullptr, f, y.data_as<float>(), false);
 }
 
 void forward_eval_fast(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor& y, const Tensor& running_mean,
@@ -636,6 +634,12 @@ void backward_cuda(const Tensor& x, const Tensor& dy, const Tensor& gamma, const
 }
 
 #endif  // TL_WITH_CUDA
+
+// num_batches_tracked += 1; returns this batch's running-statistics factor (momentum, or 1 / num_batches_tracked).
+double count_batch(BatchNormBuffers& buffers, const BatchNormOptions& opt) {
+  buffers.num_batches_tracked += 1;
+  return opt.cumulative_average ? 1.0 / static_cast<double>(buffers.num_batches_tracked) : opt.momentum;
+}
 }  // namespace
 
 // ---------------------------------------------------------------- public API
@@ -676,9 +680,7 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
            ": cumulative-average batch norm (momentum=None) cannot run in a captured CUDA graph (its factor "
            "1/num_batches_tracked changes every batch); train without --cuda-graphs or give the layer a momentum");
 #endif
-  buffers.num_batches_tracked += 1;
-  const double factor =
-      opt.cumulative_average ? 1.0 / static_cast<double>(buffers.num_batches_tracked) : opt.momentum;
+  const double factor = count_batch(buffers, opt);
   const DType pdt = batchnorm_param_dtype(x.dtype());
   const int64_t C = x.size(1);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device(), x.layout());
@@ -698,6 +700,32 @@ Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tenso
   }
   if (reserve) *reserve = cudnn_reserve;
   return y;
+}
+
+BatchMoments batchnorm_batch_moments(const Tensor& x) {
+  const char* op = "batchnorm_batch_moments";
+  check_input(x, op);
+  TL_CHECK(!x.is_cuda(), ValueError, op, ": CPU tensors only, got ", x.str());
+  TL_CHECK(dims_of(x).m() > 1, ShapeError, op, ": expected more than 1 value per channel when training, got x ",
+           x.str());
+  return x.dtype() == DType::F32 ? moments_fast(x, nullptr) : moments_cpu<double>(x, nullptr);
+}
+
+void batchnorm_update_running(BatchNormBuffers& buffers, const BatchMoments& moments, const BatchNormOptions& opt) {
+  const char* op = "batchnorm_update_running";
+  const Tensor& rm = buffers.running_mean;
+  TL_CHECK(rm.defined() && !rm.is_cuda() && rm.shape() == Shape{static_cast<int64_t>(moments.mean.size())} &&
+               moments.var.size() == moments.mean.size() && buffers.running_var.shape() == rm.shape() &&
+               buffers.running_var.dtype() == rm.dtype(),
+           ShapeError, op, ": running statistics ", rm.str(), " do not match ", moments.mean.size(),
+           " channels on the CPU");
+  TL_CHECK(opt.cumulative_average || (opt.momentum >= 0 && opt.momentum <= 1), ValueError, op,
+           ": momentum must be in [0, 1], got ", opt.momentum);
+  const double factor = count_batch(buffers, opt);
+  if (rm.dtype() == DType::F32)
+    update_running_cpu<float>(buffers.running_mean, buffers.running_var, moments, factor);
+  else
+    update_running_cpu<double>(buffers.running_mean, buffers.running_var, moments, factor);
 }
 
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,

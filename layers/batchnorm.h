@@ -102,6 +102,20 @@ BatchNormBuffers batchnorm_buffers(int64_t channels, DType param_dtype = DType::
 Tensor batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormBuffers& buffers,
                                const BatchNormOptions& opt, Tensor& save_mean, Tensor& save_invstd,
                                Tensor* reserve = nullptr);
+// Per-channel batch statistics of a CPU float32/float64 x (this batch only), exactly as batchnorm_forward_train
+// computes them: mean, biased variance, and the count m of values per channel. float32: the mean is rounded to
+// float32 (the value the forward subtracts and saves) and the variance taken around that rounded mean. A channel's
+// statistics depend on its own values only (layers/channel_sums.h), so those of a channel slice of x are the same
+// numbers (fused concat + batch norm, layers/concat_bn_relu.h).
+struct BatchMoments {
+  std::vector<double> mean, var;
+  double count = 0;
+};
+BatchMoments batchnorm_batch_moments(const Tensor& x);
+// The running-statistics update of a training forward from given statistics (CPU buffers): num_batches_tracked
+// += 1, then running_mean and running_var (unbiased: var * m / (m - 1)) as batchnorm_forward_train updates them.
+void batchnorm_update_running(BatchNormBuffers& buffers, const BatchMoments& moments, const BatchNormOptions& opt);
+
 // Eval-mode forward with the running statistics (buffers unchanged).
 Tensor batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                               const BatchNormBuffers& buffers, double eps);

@@ -168,13 +168,15 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps_, double momentum_) : eps(
   add_counter("num_batches_tracked", &buffers.num_batches_tracked);
 }
 
-Variable BatchNorm2d::operator()(const Variable& x) {
+Variable BatchNorm2d::operator()(const Variable& x) { return batch_norm2d(x, weight, bias, buffers, options()); }
+
+BatchNormOptions BatchNorm2d::options() const {
   BatchNormOptions o;
   o.eps = eps;
   o.momentum = momentum;
   o.training = !uses_running_stats();
   if (o.training && sync.active()) o.sync = &sync;
-  return batch_norm2d(x, weight, bias, buffers, o);
+  return o;
 }
 
 bool BatchNorm2d::uses_running_stats() const {

@@ -144,6 +144,8 @@ class BatchNorm2d : public Module {
  public:
   explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
   Variable operator()(const Variable& x);
+  // The options operator() runs with now (training follows uses_running_stats(); sync when active).
+  BatchNormOptions options() const;
   Parameter weight, bias;
   BatchNormBuffers buffers;
   double eps, momentum;

@@ -1,9 +1,12 @@
 // DenseNet family (torchvision's densenet.py): densenet121/161/169/201, with torchvision's module names
 // ("features.denseblock1.denselayer1.norm1", "features.transition1.conv", "classifier") and initialisation.
 // Memory-efficient mode (set_memory_efficient, --memory-efficient): each dense layer's bottleneck is recomputed in
-// the backward pass instead of keeping its concatenation and normalised copies, so the activation memory of a dense
+// the backward pass instead of keeping its normalised and rectified input, so the activation memory of a dense
 // block grows linearly with its layers instead of quadratically (Pleiss et al. 2017, "Memory-Efficient
 // Implementation of DenseNets"; torchvision's memory_efficient=True), for the same results.
+// Each dense layer's norm1 runs fused with the concatenation of its inputs and its relu (layers/concat_bn_relu.h;
+// set_fused_concat_norm): it reads the block's chunks in place instead of concatenating copies whose size grows
+// with the layer's depth, and each chunk's batch statistics are computed once per block, not once per later layer.
 // Conv + batch-norm folding (layers/fused.h) does not apply: the dense layers and transitions are pre-activation
 // (norm, relu, conv), so no batch norm follows a convolution except the stem's norm0 (one pair of ~120, left
 // unfolded).
@@ -11,6 +14,7 @@
 
 #include "layers/activation.h"
 #include "layers/concat.h"
+#include "layers/concat_bn_relu.h"
 #include "layers/elementwise.h"
 #include "layers/pooling.h"
 #include "models/registry.h"
@@ -37,20 +41,27 @@ class DenseLayer : public nn::Module {
     kaiming_fan_in(*conv1_, gen);
     kaiming_fan_in(*conv2_, gen);
   }
-  // Memory-efficient mode: the bottleneck (concatenation, norm1, relu, conv1), whose tensors grow with every layer of
-  // the block, keeps nothing and runs again in the backward pass (torchvision's _DenseLayer.call_checkpoint_bottleneck);
-  // what is kept per layer no longer grows with its depth.
+  // Memory-efficient mode: the bottleneck (norm1, relu, conv1), whose input grows with every layer of the block,
+  // keeps nothing and runs again in the backward pass (torchvision's _DenseLayer.call_checkpoint_bottleneck); what
+  // is kept per layer no longer grows with its depth. The recomputation reads the block's chunk statistics again.
   bool memory_efficient = false;
-  Variable operator()(const std::vector<Variable>& features) {
+  // norm1 and its relu as one op over the block's chunks (layers/concat_bn_relu.h): no concatenation, each chunk's
+  // batch statistics computed once per block. Off: concat -> norm1 -> relu (the same results; tests compare).
+  bool fused_norm1 = true;
+  // `stats`: the block's chunk statistics for this forward pass.
+  Variable operator()(const std::vector<Variable>& features, const std::shared_ptr<ChunkStatsCache>& stats) {
     Variable h = memory_efficient
-                     ? checkpoint([this](const std::vector<Variable>& f) { return bottleneck(f); }, features,
-                                  "dense_bottleneck")
-                     : bottleneck(features);
+                     ? checkpoint([this, stats](const std::vector<Variable>& f) { return bottleneck(f, *stats); },
+                                  features, "dense_bottleneck")
+                     : bottleneck(features, *stats);
     return (*conv2_)(relu((*norm2_)(h)));
   }
 
  private:
-  Variable bottleneck(const std::vector<Variable>& features) {
+  Variable bottleneck(const std::vector<Variable>& features, ChunkStatsCache& stats) {
+    if (fused_norm1)
+      return (*conv1_)(concat_bn_relu(features, norm1_->weight, norm1_->bias, norm1_->buffers, norm1_->options(),
+                                      stats));
     Variable x = features.size() == 1 ? features[0] : concat(features, 1);
     return (*conv1_)(relu((*norm1_)(x)));
   }
@@ -139,6 +150,11 @@ class DenseNet : public Model {
       for (DenseLayer* layer : block) layer->memory_efficient = on;
     return true;
   }
+  bool set_fused_concat_norm(bool on) override {
+    for (auto& block : blocks_)
+      for (DenseLayer* layer : block) layer->fused_norm1 = on;
+    return true;
+  }
 
  private:
   static int64_t final_features(int64_t growth, const std::vector<int>& cfg, int64_t init) {
@@ -158,8 +174,9 @@ class DenseNet : public Model {
         h = (*transitions_[u / 2])(h);
         continue;
       }
-      std::vector<Variable> features{h};
-      for (DenseLayer* layer : blocks_[u / 2]) features.push_back((*layer)(features));
+      std::vector<Variable> features{h};  // the block's chunks: its input, then each layer's new channels
+      auto stats = std::make_shared<ChunkStatsCache>();
+      for (DenseLayer* layer : blocks_[u / 2]) features.push_back((*layer)(features, stats));
       h = concat(features, 1);
     }
     return h;

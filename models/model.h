@@ -83,6 +83,10 @@ class Model : public nn::Module {
   virtual bool set_memory_efficient(bool /*on*/) { return false; }
   // set_memory_efficient(true), or a ValueError naming the option when the model has no such mode.
   void require_memory_efficient();
+  // DenseNet: every dense layer's concatenation, norm1 and relu as one fused op over the block's chunks
+  // (layers/concat_bn_relu.h; on by default), or, off, the plain composition (the same results; tests compare the
+  // two). Returns false for models without such layers.
+  virtual bool set_fused_concat_norm(bool /*on*/) { return false; }
   // Conv + batch-norm pairs of the last forward() that ran folded (layers/fused.h: frozen prefix with running
   // statistics), and all conv + batch-norm pairs it ran. Both 0 for models without such pairs (DenseNet, VGG16).
   int64_t folded_conv_bn() const { return last_counts_.folded; }
