@@ -1,5 +1,7 @@
 // ReLU, ReLU6, add and flatten: gradient checks, gradient contract, PyTorch parity, CUDA vs CPU.
 #include <cmath>
+#include <limits>
+#include <string>
 
 #include "layers/activation.h"
 #include "layers/elementwise.h"
@@ -28,6 +30,44 @@ TEST(Relu, MatchesPyTorch) {
   expect_close(y.value(), f.at("relu.y"), kTorchTol, "relu y");
   tape.backward(y, f.at("relu.gy"));
   expect_close(x.grad(), f.at("relu.gx"), kTorchTol, "relu dx");
+}
+
+// The CPU loops are written for vectorization (layers/activation.cpp); they must keep the definition at every
+// special value, in the vector body and the remainder alike (37 values: several vectors plus a tail):
+// y = x > 0 ? min(x, hi) : 0 (NaN gives 0), and the gradient passes where 0 < y (< hi), assigned or added.
+TEST(Relu, SpecialValuesFollowTheDefinitionInEveryLoop) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  const std::vector<double> pattern{-inf, -1.0, -0.0, 0.0, 1e-30, 2.0, 6.0, 7.5, inf, nan, 5.999};
+  std::vector<double> xs, dys;
+  for (int i = 0; i < 37; ++i) {
+    xs.push_back(pattern[i % pattern.size()]);
+    dys.push_back(0.25 * (i + 1));
+  }
+  for (DType dt : {DType::F32, DType::F64})
+    for (double hi : {0.0, 6.0}) {
+      const Tensor x = Tensor::from_values(xs, {37}, dt), dy = Tensor::from_values(dys, {37}, dt);
+      const Tensor y = hi > 0 ? relu6_forward(x) : relu_forward(x);
+      Tensor dx, acc = Tensor::full({37}, 1.0, dt);
+      if (hi > 0) {
+        relu6_backward(y, dy, dx, false);
+        relu6_backward(y, dy, acc, true);
+      } else {
+        relu_backward(y, dy, dx, false);
+        relu_backward(y, dy, acc, true);
+      }
+      const std::vector<double> xv = x.to_doubles(), yv = y.to_doubles(), dxv = dx.to_doubles(),
+                                accv = acc.to_doubles();
+      for (int i = 0; i < 37; ++i) {
+        const double v = xv[i];  // as stored in dt
+        const double want_y = v > 0 ? (hi > 0 && v > hi ? hi : v) : 0.0;
+        const bool pass = want_y > 0 && (hi == 0 || want_y < hi);
+        const std::string at = std::string(dtype_name(dt)) + " hi=" + std::to_string(hi) + " x=" + std::to_string(v);
+        EXPECT_EQ(yv[i], want_y) << at;
+        EXPECT_FALSE(std::signbit(yv[i])) << at << ": -0 must give +0";
+        EXPECT_EQ(dxv[i], pass ? dys[i] : 0.0) << at;
+        EXPECT_EQ(accv[i], 1.0 + (pass ? dys[i] : 0.0)) << at;
+      }
+    }
 }
 
 namespace {
