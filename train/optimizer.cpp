@@ -334,6 +334,10 @@ void Optimizer::begin_parts(const std::vector<std::vector<ParamSlot>>& parts) {
     part_begin_.push_back(launches_.size());
   }
   fill_step_scalars();
+  upload_step_scalars();
+}
+
+void Optimizer::upload_step_scalars() {
   device_scalars_ = nullptr;
 #if TL_WITH_CUDA
   for (const Launch& l : launches_)
@@ -376,13 +380,7 @@ void Optimizer::replay_step() {
     l.first = false;  // the last step created every momentum buffer of its parameters
   }
   fill_step_scalars();
-#if TL_WITH_CUDA
-  for (const Launch& l : launches_)
-    if (l.device == Device::CUDA) {
-      scalars_.upload(cuda::stream());
-      break;
-    }
-#endif
+  upload_step_scalars();
 }
 
 std::optional<size_t> Optimizer::step_scalar_offset(size_t g, size_t i) const {

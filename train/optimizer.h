@@ -186,6 +186,7 @@ class Optimizer {
   // Host bookkeeping of the update of group g's parameters in `part`: state, step counts, launches_.
   void plan_group(size_t g, size_t part);
   void fill_step_scalars();   // the table from launches_
+  void upload_step_scalars();  // CUDA launches planned: the table to the device (device_scalars_), once per step
   void run_cpu(const Launch& l, size_t i);
   void launch_cuda(size_t first, size_t last);  // launches_[first, last) on CUDA
   OptimizerKind kind_;
