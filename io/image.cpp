@@ -483,32 +483,43 @@ std::string printable(std::string s) {
   throw IOError(detail::concat("PNG image '", name, "' is corrupt: ", what, "; copy or export the file again"));
 }
 
+// What check_png_like_pil found out about the chunks, for the copy stb_image gets (png_for_stb).
+struct PngScan {
+  size_t data_end = 0;        // where the last IDAT chunk ends (0: no IDAT chunk)
+  bool iend_follows = false;  // an IEND chunk right after the image data
+  bool empty_idat = false;    // a zero-length IDAT chunk (legal; PIL skips it)
+  // stb_image needs its own copy: it refuses a file without IEND (or with an unknown critical chunk after the
+  // data), and a zero-length first IDAT makes it copy 0 bytes to a null pointer (undefined behaviour; found by
+  // fuzzing).
+  bool needs_copy() const { return data_end != 0 && (!iend_follows || empty_idat); }
+};
+
 // PIL's checks: the CRC of every chunk before the image data ("broken PNG file"; PIL does not check the CRCs of
 // IDAT and later chunks), and the zlib stream of the image data, with its Adler-32 ("broken data stream"). The
 // stream must inflate to no more than the header's image needs (a zlib bomb is refused; PIL would stop reading).
-// PIL reads nothing after the image data: returns 0 when an IEND chunk follows it (the normal file), else where
-// the image data ends, for stb_image to get the file up to there with an IEND chunk (it refuses a file without
-// IEND, or with an unknown critical chunk after the data).
-size_t check_png_like_pil(const std::vector<uint8_t>& b, const std::string& name) {
+// PIL reads nothing after the image data (the scan says where it ends and what follows it).
+PngScan check_png_like_pil(const std::vector<uint8_t>& b, const std::string& name) {
   std::vector<uint8_t> idat;
-  size_t pos = 8, data_end = 0;
-  bool iend_follows = false;
+  PngScan scan;
+  size_t pos = 8;
   while (pos + 12 <= b.size()) {
     const size_t len = be32(b.data() + pos);
     const std::string type(reinterpret_cast<const char*>(b.data()) + pos + 4, 4);
     if (len > b.size() - pos - 12) break;  // cut short: stb_image or the zlib check below reports it
     if (type == "IDAT") {
       idat.insert(idat.end(), b.begin() + pos + 8, b.begin() + pos + 8 + len);
-      data_end = pos + 12 + len;
-    } else if (data_end == 0 && png_crc(b.data() + pos + 4, len + 4) != be32(b.data() + pos + 8 + len)) {
+      scan.data_end = pos + 12 + len;
+      scan.empty_idat = scan.empty_idat || len == 0;
+    } else if (scan.data_end == 0 && png_crc(b.data() + pos + 4, len + 4) != be32(b.data() + pos + 8 + len)) {
       throw_broken_png(name, "bad checksum in the " + printable(type) + " chunk (PIL refuses it too)");
-    } else if (data_end != 0) {
-      iend_follows = type == "IEND" && pos == data_end;
+    } else if (scan.data_end != 0) {
+      scan.iend_follows = type == "IEND" && pos == scan.data_end;
       break;
     }
     pos += 12 + len;
   }
-  if (idat.size() < 6 || b.size() < 26) return 0;  // no image data: stb_image says so
+  if (scan.data_end != 0 && idat.empty()) throw_broken_png(name, "it has no image data (its IDAT chunks are empty)");
+  if (idat.size() < 6 || b.size() < 26) return scan;  // too short for a zlib stream: stb_image says so
   const std::string size = std::to_string(be32(b.data() + 16)) + "x" + std::to_string(be32(b.data() + 20));
   switch (check_zlib_stream(idat, png_raw_bound(b))) {
     case ZlibCheck::ok: break;
@@ -519,12 +530,20 @@ size_t check_png_like_pil(const std::vector<uint8_t>& b, const std::string& name
       throw_broken_png(name, "the compressed image data is damaged, cut short, or inflates to more than the " + size +
                                  " pixels of its header need (a zlib bomb)");
   }
-  return iend_follows ? 0 : data_end;
+  return scan;
 }
 
-std::vector<uint8_t> with_iend(const std::vector<uint8_t>& b, size_t end) {
+// The file as stb_image can read it: up to the end of the image data, without zero-length IDAT chunks, then IEND.
+std::vector<uint8_t> png_for_stb(const std::vector<uint8_t>& b, const PngScan& scan) {
   static const uint8_t kIend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
-  std::vector<uint8_t> out(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(end));
+  std::vector<uint8_t> out(b.begin(), b.begin() + 8);
+  for (size_t pos = 8; pos < scan.data_end;) {  // the chunks up to data_end were walked whole by the scan
+    const size_t len = be32(b.data() + pos);
+    if (len != 0 || std::memcmp(b.data() + pos + 4, "IDAT", 4) != 0)
+      out.insert(out.end(), b.begin() + static_cast<std::ptrdiff_t>(pos),
+                 b.begin() + static_cast<std::ptrdiff_t>(pos + 12 + len));
+    pos += 12 + len;
+  }
   out.insert(out.end(), kIend, kIend + 12);
   return out;
 }
@@ -561,8 +580,8 @@ Image decode_stb(const std::vector<uint8_t>& bytes, const std::string& name, con
   check_limits(info.width, info.height, name, limits);
   if (format == "jpeg") check_jpeg_for_stb(bytes, name);
   if (format == "png") {
-    const size_t data_end = check_png_like_pil(bytes, name);
-    if (data_end) return stb_pixels(with_iend(bytes, data_end), name, format);
+    const PngScan scan = check_png_like_pil(bytes, name);
+    if (scan.needs_copy()) return stb_pixels(png_for_stb(bytes, scan), name, format);
   }
   return stb_pixels(bytes, name, format);
 }

@@ -249,8 +249,9 @@ TEST(DataDecode, EdgeCasesMatchPIL) {
     ++exact;
   }
   if (jpeg_like_pil()) {
-    EXPECT_EQ(exact, 23);
-    EXPECT_EQ(refused, 5);  // truncated baseline and progressive JPEG, no end-of-image marker, 2 damaged PNGs
+    EXPECT_EQ(exact, 24);
+    EXPECT_EQ(refused, 6);  // truncated baseline and progressive JPEG, no end-of-image marker, 2 damaged PNGs,
+                            // a PNG whose only IDAT chunk is empty
   }
   // EXIF orientation 6 is ignored, as torchvision's loader ignores it: stored 64 wide, 40 high, not rotated.
   const Image exif = decode_image(dir + "exif_orient6_64x40.jpg");

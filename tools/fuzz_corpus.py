@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -55,6 +56,20 @@ def image_seeds(out):
     write(os.path.join(out, "grey16.png"), buf.getvalue())
     write(os.path.join(out, "ascii.ppm"), b"P3\n2 2\n255\n255 0 0  0 255 0\n0 0 255  9 9 9\n")
     write(os.path.join(out, "ascii.pgm"), b"P2\n# comment\n3 1\n15\n0 7 15\n")
+    # A zero-length IDAT chunk before the image data (legal; the finding of 2026-12-01: stb_image copied 0 bytes to
+    # a null pointer there) and one split across two IDAT chunks.
+    with open(os.path.join(out, "rgb.png"), "rb") as f:
+        png = f.read()
+    data_at = png.index(b"IDAT") - 4
+    n = struct.unpack(">I", png[data_at:data_at + 4])[0]
+    data = png[data_at + 8:data_at + 8 + n]
+    write(os.path.join(out, "empty_idat.png"), png[:data_at] + png_chunk(b"IDAT", b"") + png[data_at:])
+    write(os.path.join(out, "split_idat.png"), png[:data_at] + png_chunk(b"IDAT", data[:n // 2]) +
+          png_chunk(b"IDAT", data[n // 2:]) + png[data_at + 12 + n:])
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def safetensors_bytes(tensors, metadata=None):

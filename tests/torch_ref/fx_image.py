@@ -9,7 +9,7 @@ Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
 quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, a file cut after its last
 row, corrupt entropy data, truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA
-chunk, damaged chunks and zlib data, a zlib bomb. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
+chunk, damaged chunks and zlib data, empty IDAT chunks, a zlib bomb. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
 YCCK, arithmetic-coded and restart-marker JPEGs cannot be written by PIL; tests/test_data.cpp writes them with
 libjpeg and asks tests/torch_ref/pil_decode.py for PIL's pixels.
 """
@@ -160,6 +160,12 @@ def png_damage_cases(put, good):
     put("idat_crc_wrong_40x30.png", bytes(b))
     put("no_iend_40x30.png", good[:-12])
     put("junk_after_data_40x30.png", good[:-12] + b"\x00\x00\x00\x00IEN_\x00\x00\x00\x00")
+    # Zero-length IDAT chunks are legal and PIL skips them; one before the data made stb_image copy 0 bytes to a
+    # null pointer (undefined behaviour, found by fuzzing). With only an empty IDAT PIL reports a truncated file.
+    data_at, _ = find(bytearray(good), b"IDAT")
+    empty = _chunk(b"IDAT", b"")
+    put("empty_idat_first_40x30.png", good[:data_at] + empty + good[data_at:])
+    put("only_empty_idat_40x30.png", good[:data_at] + empty + _chunk(b"IEND", b""))
     rows = b"".join(b"\x00" + bytes(16 * 3) for _ in range(16)) + bytes(24 << 20)
     put("zlib_bomb_16x16.png", png_bytes(np.zeros((16, 16, 3), np.uint8), 8, 2)[:33] +
         _chunk(b"IDAT", zlib.compress(rows, 9)) + _chunk(b"IEND", b""))
