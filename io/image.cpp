@@ -490,7 +490,8 @@ struct PngScan {
   bool empty_idat = false;    // a zero-length IDAT chunk (legal; PIL skips it)
   // stb_image needs its own copy: it refuses a file without IEND (or with an unknown critical chunk after the
   // data), and a zero-length first IDAT makes it copy 0 bytes to a null pointer (undefined behaviour; found by
-  // fuzzing).
+  // fuzzing), so it must never see one: the copy drops them, and a file cut short before its image data is
+  // refused here.
   bool needs_copy() const { return data_end != 0 && (!iend_follows || empty_idat); }
 };
 
@@ -505,7 +506,11 @@ PngScan check_png_like_pil(const std::vector<uint8_t>& b, const std::string& nam
   while (pos + 12 <= b.size()) {
     const size_t len = be32(b.data() + pos);
     const std::string type(reinterpret_cast<const char*>(b.data()) + pos + 4, 4);
-    if (len > b.size() - pos - 12) break;  // cut short: stb_image or the zlib check below reports it
+    if (len > b.size() - pos - 12) {  // cut short: after image data the zlib check below reports it
+      if (scan.data_end == 0)
+        throw_broken_png(name, "the file ends inside its " + printable(type) + " chunk (cut short)");
+      break;
+    }
     if (type == "IDAT") {
       idat.insert(idat.end(), b.begin() + pos + 8, b.begin() + pos + 8 + len);
       scan.data_end = pos + 12 + len;
@@ -518,6 +523,8 @@ PngScan check_png_like_pil(const std::vector<uint8_t>& b, const std::string& nam
     }
     pos += 12 + len;
   }
+  // stb_image would read a chunk header cut short too (a zero-length IDAT header there is the null-pointer copy).
+  if (scan.data_end == 0 && pos < b.size()) throw_broken_png(name, "the file ends inside a chunk header (cut short)");
   if (scan.data_end != 0 && idat.empty()) throw_broken_png(name, "it has no image data (its IDAT chunks are empty)");
   if (idat.size() < 6 || b.size() < 26) return scan;  // too short for a zlib stream: stb_image says so
   const std::string size = std::to_string(be32(b.data() + 16)) + "x" + std::to_string(be32(b.data() + 20));

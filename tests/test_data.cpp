@@ -173,7 +173,10 @@ TEST(DataDecode, BadFilesGiveClearErrors) {
   write_all(d + "/text.jpg", "hello, I am not an image\n");
   expect_io_error([&] { decode_image(d + "/text.jpg"); }, {d + "/text.jpg", "not an image file"});
   write_all(d + "/trunc.png", png.substr(0, png.size() / 2));
-  expect_io_error([&] { decode_image(d + "/trunc.png"); }, {d + "/trunc.png", "cannot decode png image"});
+  expect_io_error([&] { decode_image(d + "/trunc.png"); }, {d + "/trunc.png", "corrupt", "IDAT chunk (cut short)"});
+  // Cut inside the header of a zero-length IDAT chunk (stb_image would copy 0 bytes to a null pointer there).
+  write_all(d + "/trunc_empty_idat.png", png.substr(0, 33) + std::string("\0\0\0\0IDAT", 8));
+  expect_io_error([&] { decode_image(d + "/trunc_empty_idat.png"); }, {d + "/trunc_empty_idat.png", "cut short"});
   write_all(d + "/trunc.jpg", jpg.substr(0, jpg.size() * 2 / 3));
   expect_io_error([&] { decode_image(d + "/trunc.jpg"); }, {d + "/trunc.jpg", "truncated"});
   write_all(d + "/header_only.jpg", jpg.substr(0, 20));

@@ -56,8 +56,8 @@ def image_seeds(out):
     write(os.path.join(out, "grey16.png"), buf.getvalue())
     write(os.path.join(out, "ascii.ppm"), b"P3\n2 2\n255\n255 0 0  0 255 0\n0 0 255  9 9 9\n")
     write(os.path.join(out, "ascii.pgm"), b"P2\n# comment\n3 1\n15\n0 7 15\n")
-    # A zero-length IDAT chunk before the image data (legal; the finding of 2026-12-01: stb_image copied 0 bytes to
-    # a null pointer there) and one split across two IDAT chunks.
+    # A zero-length IDAT chunk before the image data (legal; the findings of 2026-12-01: stb_image copied 0 bytes to
+    # a null pointer there), the file cut short after such a chunk's header, and the data split across two chunks.
     with open(os.path.join(out, "rgb.png"), "rb") as f:
         png = f.read()
     data_at = png.index(b"IDAT") - 4
@@ -66,6 +66,7 @@ def image_seeds(out):
     write(os.path.join(out, "empty_idat.png"), png[:data_at] + png_chunk(b"IDAT", b"") + png[data_at:])
     write(os.path.join(out, "split_idat.png"), png[:data_at] + png_chunk(b"IDAT", data[:n // 2]) +
           png_chunk(b"IDAT", data[n // 2:]) + png[data_at + 12 + n:])
+    write(os.path.join(out, "cut_empty_idat.png"), png[:data_at] + png_chunk(b"IDAT", b"")[:8])
 
 
 def png_chunk(kind, data):
