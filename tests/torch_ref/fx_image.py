@@ -9,7 +9,8 @@ Writes test images into <fixture dir>/image_files and returns what PIL (Pillow 9
 Cases: JPEG subsampling 4:2:0 / 4:2:2 / 4:4:4 at odd sizes (fancy upsampling at the edges), progressive,
 quality 100 and 30, CMYK (Adobe), EXIF orientation 6, a missing end-of-image marker, a file cut after its last
 row, corrupt entropy data, truncation; PNG 16-bit grey / grey+alpha / RGB / RGBA, 1/2/4-bit grey, a gAMA
-chunk, damaged chunks and zlib data, empty IDAT chunks, a zlib bomb. PNG files are written by hand (zlib) so the bit depth and chunks are exactly what the case needs.
+chunk, damaged chunks and zlib data, empty IDAT chunks, a zlib bomb. PNG files are written by hand (zlib) so the
+bit depth and chunks are exactly what the case needs.
 YCCK, arithmetic-coded and restart-marker JPEGs cannot be written by PIL; tests/test_data.cpp writes them with
 libjpeg and asks tests/torch_ref/pil_decode.py for PIL's pixels.
 """
