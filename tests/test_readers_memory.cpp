@@ -185,3 +185,32 @@ TEST(ReadersMemory, PnmHeaderNumberTooLargeIsRefused) {
   const std::string ok = "P5\n# comment\n3 2\n255\n" + std::string(6, '\x01');
   EXPECT_EQ(io::decode_image_memory({ok.begin(), ok.end()}, "mem:ok.pgm").width, 3);
 }
+
+// A zero-length IDAT chunk before a PNG's image data (legal; PIL skips it) made stb_image 2.27 copy 0 bytes to a
+// null pointer (undefined behaviour found by CI's fuzz_image run, 2026-12-01), and so did the header of such a
+// chunk with the file cut short after it (the second finding). The first decodes as the file without the empty
+// chunk, the second is refused as cut short; under tools/sanitize.sh this test also shows the undefined behaviour
+// gone.
+TEST(ReadersMemory, PngZeroLengthIdatNeverReachesStbImage) {
+  io::Image src(5, 7);
+  for (size_t i = 0; i < src.pixels.size(); ++i) src.pixels[i] = static_cast<uint8_t>(37 * i + 11);
+  const std::string path = scratch_dir("png_empty_idat") + "/src.png";
+  io::write_image(path, src);
+  const std::string png = read_all(path);
+  ASSERT_EQ(png.compare(12, 4, "IHDR"), 0);
+  const size_t data_at = 33;  // after the signature and IHDR (8 + 25 bytes)
+  const std::string empty_idat("\0\0\0\0IDAT\x35\xAF\x06\x1E", 12);  // length 0, "IDAT", its CRC-32
+  const std::string with_empty = png.substr(0, data_at) + empty_idat + png.substr(data_at);
+  const io::Image img = io::decode_image_memory({with_empty.begin(), with_empty.end()}, "mem:empty_idat.png");
+  ASSERT_EQ(img.width, 5);
+  ASSERT_EQ(img.height, 7);
+  EXPECT_EQ(img.pixels, src.pixels);
+  // The fuzzer's input: IHDR, then the first 9 bytes of a zero-length IDAT chunk.
+  const std::string cut = png.substr(0, data_at) + empty_idat.substr(0, 9);
+  std::string err = error_of([&] { io::decode_image_memory({cut.begin(), cut.end()}, "mem:cut.png"); });
+  EXPECT_TRUE(contains(err, "mem:cut.png") && contains(err, "cut short")) << err;
+  // Only empty image data: refused, as PIL refuses it.
+  const std::string none = png.substr(0, data_at) + empty_idat + png.substr(png.size() - 12);
+  err = error_of([&] { io::decode_image_memory({none.begin(), none.end()}, "mem:none.png"); });
+  EXPECT_TRUE(contains(err, "mem:none.png") && contains(err, "no image data")) << err;
+}
